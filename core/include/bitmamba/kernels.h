@@ -1,0 +1,76 @@
+// One interface for every instruction-set level: ternary GEMV/GEMM on the packed layout,
+// activation quantization, and the float vector helpers of the forward pass.
+//
+// Packed ternary layout (PERF-NOTES): codes c = w + 1 in {0,1,2}, 2 bits each. A block holds
+// 128 weights of one row in 32 bytes; byte j holds weights j, j+32, j+64, j+96 in bits 0-1,
+// 2-3, 4-5, 6-7. Rows are interleaved in groups of 4:
+//     data[((group * kblocks) + kb) * 128 + r * 32 + j]
+// K is padded to a multiple of 128 and M to a multiple of 4 with code 1 (weight 0).
+//
+// Integer results are exact: y[r] = sum_c w[r,c] * x[c], computed as sum_c c[r,c]*x[c] - sum_c x[c].
+// Every level must return bit-identical integers to the scalar reference.
+#pragma once
+
+#include <cstdint>
+
+#include "bitmamba/common.h"
+
+namespace bm {
+
+constexpr int kBlockK = 128;   // weights per block (per row)
+constexpr int kRowGroup = 4;   // rows interleaved together
+constexpr int kBlockBytes = 32;
+constexpr int kGemmTokens = 4; // GEMM token count granularity (X is padded to a multiple)
+
+struct PackedMatrix {
+    int rows = 0, cols = 0;          // logical shape
+    int rows_pad = 0, cols_pad = 0;  // rows_pad % 4 == 0, cols_pad % 128 == 0
+    int groups = 0, kblocks = 0;
+    AlignedBuffer<uint8_t> data;
+
+    std::size_t bytes() const { return data.size(); }
+    const uint8_t* group_ptr(int g) const {
+        return data.data() + static_cast<std::size_t>(g) * kblocks * kRowGroup * kBlockBytes;
+    }
+};
+
+// Allocate the packed storage for rows x cols (all weights zero).
+void packed_init(PackedMatrix& m, int rows, int cols);
+// Repack bitmamba.cpp row-major codes (rows x ceil(cols/4) bytes, 4 codes per byte, low bits first).
+// Throws FormatError naming `what` when a code 3 is found.
+void packed_from_file_codes(PackedMatrix& m, const uint8_t* src, int rows, int cols, const char* what);
+// Pack int8 ternary values (rows x cols, row-major). Throws FormatError on values outside {-1,0,1}.
+void packed_from_int8(PackedMatrix& m, const int8_t* q, int rows, int cols, const char* what);
+// Unpack to int8 values (rows x cols) for tests.
+void packed_to_int8(const PackedMatrix& m, int8_t* out);
+
+struct KernelSet {
+    const char* name;
+    // y[r] for rows of row groups [g0, g1). x has cols_pad int8 (zero padded); sum_x = sum of x.
+    void (*gemv)(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1);
+    // Y[t * ldy + r] for t < T (T % 4 == 0) and rows of groups [g0, g1). X rows are cols_pad apart.
+    // scratch: at least 4 * cols_pad bytes, 64-byte aligned, private to the caller thread.
+    void (*gemm)(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int T, int32_t* Y, int ldy,
+                 int g0, int g1, uint8_t* scratch);
+    // Absmax int8 quantization (FORMATS.md): sx = 127 / (max|x| + 1e-5); q = clamp(round(x*sx), -128, 127)
+    // with round half away from zero. Writes n values, returns sx and the sum of q.
+    float (*quantize)(const float* x, int n, int8_t* q, int32_t* sum_q);
+    // y = x * w / sqrt(mean(x^2) + eps)   (w may be null: weight 1). y may alias x.
+    void (*rmsnorm)(const float* x, const float* w, int n, float eps, float* y);
+    // x[i] = x[i] / (1 + exp(-x[i]))
+    void (*silu)(float* x, int n);
+    // x[i] = exp(x[i])
+    void (*exp)(float* x, int n);
+    // index of the largest value (first on ties)
+    int (*argmax)(const float* x, int n);
+};
+
+const KernelSet& scalar_kernels();
+// The level chosen when the package was built (BITMAMBA_SIMD). Equals scalar_kernels() for scalar builds.
+const KernelSet& best_kernels();
+// Name of the compiled SIMD level: "avx512", "avx2", "neon" or "scalar".
+const char* simd_level();
+// Whether the running CPU supports the compiled level (checked at import).
+bool simd_supported_by_cpu();
+
+}  // namespace bm

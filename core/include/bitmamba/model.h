@@ -1,0 +1,134 @@
+// Models and their recurrent state. A State is a fixed-size block of floats (per layer: the conv
+// window and the SSM state); it can be copied, compared and serialised, which is what lets the
+// daemon checkpoint a document and resume from any checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "bitmamba/common.h"
+#include "bitmamba/kernels.h"
+#include "bitmamba/threadpool.h"
+
+namespace bm {
+
+struct StateLayout {
+    int n_layers = 0;
+    int conv_floats = 0;  // per layer
+    int ssm_floats = 0;   // per layer
+    uint64_t signature = 0;  // hash of the model's architecture/shape: states of other models are rejected
+
+    std::size_t layer_floats() const { return static_cast<std::size_t>(conv_floats) + ssm_floats; }
+    std::size_t total_floats() const { return layer_floats() * n_layers; }
+    bool operator==(const StateLayout& o) const {
+        return n_layers == o.n_layers && conv_floats == o.conv_floats && ssm_floats == o.ssm_floats &&
+               signature == o.signature;
+    }
+};
+
+class State {
+public:
+    explicit State(const StateLayout& layout) : layout_(layout), data_(layout.total_floats()) {}
+
+    const StateLayout& layout() const { return layout_; }
+    float* layer(int l) { return data_.data() + layout_.layer_floats() * l; }
+    const float* layer(int l) const { return data_.data() + layout_.layer_floats() * l; }
+    float* data() { return data_.data(); }
+    const float* data() const { return data_.data(); }
+    std::size_t n_floats() const { return data_.size(); }
+    std::size_t n_bytes() const { return data_.size() * sizeof(float); }
+
+    int64_t n_tokens = 0;  // tokens consumed since the empty state
+
+    void copy_from(const State& o);
+    void reset();
+    bool equals(const State& o) const;
+    float max_abs_diff(const State& o) const;
+
+    // Serialised form: 32-byte header (magic "BMST", version, signature, n_tokens, n_floats) + floats.
+    std::string to_bytes() const;
+    void load_bytes(const char* p, std::size_t n);
+
+private:
+    StateLayout layout_;
+    AlignedBuffer<float> data_;
+};
+
+// A view of one tensor handed over by the loader (the bytes belong to the caller).
+struct TensorView {
+    const void* data = nullptr;
+    std::vector<int64_t> shape;
+    std::string dtype;  // "f32", "u8" (packed file codes), "i8" (ternary values)
+    float scale = 1.0f; // ternary per-tensor scale (W ~= q / scale)
+    int64_t cols = 0;   // logical columns for packed "u8" codes
+};
+using TensorMap = std::unordered_map<std::string, TensorView>;
+
+struct ModelInfo {
+    std::string arch;
+    int vocab_size = 0;
+    int d_model = 0;
+    int n_layers = 0;
+    std::unordered_map<std::string, int64_t> dims;  // everything else worth reporting
+};
+
+class Model {
+public:
+    Model(int n_threads, const KernelSet* kernels);
+    virtual ~Model() = default;
+
+    const ModelInfo& info() const { return info_; }
+    const StateLayout& state_layout() const { return layout_; }
+    std::unique_ptr<State> new_state() const { return std::make_unique<State>(layout_); }
+
+    // Consume one token; write vocab_size logits (unless logits is null).
+    virtual void step(State& st, int32_t token, float* logits) = 0;
+    // Consume T tokens with batched matrix products. logits: vocab_size floats for the last token,
+    // or T*vocab_size when all_logits, or null. snapshots: (position p in 1..T, state) pairs sorted
+    // by p: the state after the first p tokens is copied into each.
+    virtual void prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
+                         const std::vector<std::pair<int, State*>>& snapshots) = 0;
+    // Several independent sequences, one token each, in one batched step. logits: n*vocab.
+    virtual void step_batch(State* const* states, const int32_t* tokens, int n, float* logits) = 0;
+
+    int threads() const { return pool_->size(); }
+    void set_threads(int n);
+    const KernelSet& kernels() const { return *kernels_; }
+    void set_kernels(const KernelSet* k) { kernels_ = k; }
+    std::size_t weight_bytes() const { return weight_bytes_; }
+    // Held for the duration of every forward call: one pass at a time per model.
+    std::mutex& lock() { return mutex_; }
+
+protected:
+    void check_state(const State& st) const;
+    void check_tokens(const int32_t* tokens, int n) const;
+    void snapshot_layer(const State& st, int layer, State& dst, int c0, int c1) const;
+
+    ModelInfo info_;
+    StateLayout layout_;
+    std::unique_ptr<ThreadPool> pool_;
+    const KernelSet* kernels_;
+    std::size_t weight_bytes_ = 0;
+    std::mutex mutex_;
+};
+
+// A ternary linear layer: y = W q(x) / (sx * scale) [* row_scale] [* alpha], with an optional
+// RMSNorm of the input inside (BitMamba-2 style).
+struct BitLinear {
+    PackedMatrix w;
+    float scale = 1.0f;              // y = dot / (sx * scale)
+    AlignedBuffer<float> norm;       // empty: no internal norm
+    AlignedBuffer<float> row_scale;  // empty: per-tensor scale only (rows_pad entries)
+    int in() const { return w.cols; }
+    int out() const { return w.rows; }
+};
+
+std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
+                                      int n_threads, const KernelSet* kernels);
+
+}  // namespace bm

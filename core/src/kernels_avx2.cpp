@@ -1,0 +1,309 @@
+// AVX2 (+FMA) kernels. Integer results are bit-identical to kernels_scalar.cpp.
+#if defined(__AVX2__) && defined(__FMA__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "bitmamba/kernels.h"
+#include "bitmamba/simd_levels.h"
+
+namespace bm {
+namespace {
+
+constexpr int kPrefetchBytes = 4096;
+// int16 lanes hold at most 32 maddubs results of |v| <= 512 before being widened (<= 16384).
+constexpr int kWidenBlocksGemv = 8;   // 8 blocks x 4 quarters = 32 accumulations per lane
+constexpr int kWidenStepsGemm = 32;   // 32-byte steps
+
+inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+// Four int32 vectors -> their four horizontal sums in one __m128i.
+inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i ab = _mm256_hadd_epi32(a, b);
+    __m256i cd = _mm256_hadd_epi32(c, d);
+    __m256i abcd = _mm256_hadd_epi32(ab, cd);
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+inline __m256i block_dot(__m256i codes, __m256i x0, __m256i x1, __m256i x2, __m256i x3, __m256i mask) {
+    __m256i c0 = _mm256_and_si256(codes, mask);
+    __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(codes, 2), mask);
+    __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(codes, 4), mask);
+    __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(codes, 6), mask);
+    __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0), _mm256_maddubs_epi16(c1, x1));
+    __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(c2, x2), _mm256_maddubs_epi16(c3, x3));
+    return _mm256_add_epi16(s01, s23);
+}
+
+void gemv_avx2(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int KB = w.kblocks;
+    for (int g = g0; g < g1; ++g) {
+        const uint8_t* base = w.group_ptr(g);
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int kb0 = 0; kb0 < KB; kb0 += kWidenBlocksGemv) {
+            const int kend = std::min(KB, kb0 + kWidenBlocksGemv);
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+            for (int kb = kb0; kb < kend; ++kb) {
+                const uint8_t* p = base + static_cast<std::size_t>(kb) * (kRowGroup * kBlockBytes);
+                _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64), _MM_HINT_T0);
+                const int8_t* xb = x + kb * kBlockK;
+                const __m256i x0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb));
+                const __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 32));
+                const __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 64));
+                const __m256i x3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 96));
+                s0 = _mm256_add_epi16(s0, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)), x0, x1,
+                                                    x2, x3, mask));
+                s1 = _mm256_add_epi16(s1, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)), x0,
+                                                    x1, x2, x3, mask));
+                s2 = _mm256_add_epi16(s2, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 64)), x0,
+                                                    x1, x2, x3, mask));
+                s3 = _mm256_add_epi16(s3, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 96)), x0,
+                                                    x1, x2, x3, mask));
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(s0, ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(s1, ones));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(s2, ones));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(s3, ones));
+        }
+        __m128i sums = _mm_sub_epi32(hsum4_epi32(a0, a1, a2, a3), _mm_set1_epi32(sum_x));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + g * kRowGroup), sums);
+    }
+}
+
+// Decode the 4 rows of a row group into plain codes (0..2), row r at scratch + r * cols_pad.
+inline void decode_panel(const PackedMatrix& w, int g, uint8_t* scratch) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    const uint8_t* base = w.group_ptr(g);
+    for (int kb = 0; kb < w.kblocks; ++kb)
+        for (int r = 0; r < kRowGroup; ++r) {
+            const __m256i c = _mm256_load_si256(
+                reinterpret_cast<const __m256i*>(base + (static_cast<std::size_t>(kb) * kRowGroup + r) * kBlockBytes));
+            uint8_t* out = scratch + static_cast<std::size_t>(r) * w.cols_pad + kb * kBlockK;
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out), _mm256_and_si256(c, mask));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32), _mm256_and_si256(_mm256_srli_epi16(c, 2), mask));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out + 64), _mm256_and_si256(_mm256_srli_epi16(c, 4), mask));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out + 96), _mm256_and_si256(_mm256_srli_epi16(c, 6), mask));
+        }
+}
+
+// 2 rows x 4 tokens over the full K. out[i * 2 + r] = sum_k code[r][k] * X[i][k].
+inline void micro_2x4(const uint8_t* c0p, const uint8_t* c1p, const int8_t* X, int K, int32_t out[8]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i w[8];
+    for (auto& v : w) v = _mm256_setzero_si256();
+    const int8_t* x0p = X;
+    const int8_t* x1p = X + K;
+    const int8_t* x2p = X + 2 * K;
+    const int8_t* x3p = X + 3 * K;
+    for (int k0 = 0; k0 < K; k0 += kWidenStepsGemm * 32) {
+        const int kend = std::min(K, k0 + kWidenStepsGemm * 32);
+        __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
+        __m256i s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+        for (int k = k0; k < kend; k += 32) {
+            const __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(c0p + k));
+            const __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(c1p + k));
+            __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x0p + k));
+            s00 = _mm256_add_epi16(s00, _mm256_maddubs_epi16(c0, xv));
+            s10 = _mm256_add_epi16(s10, _mm256_maddubs_epi16(c1, xv));
+            xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x1p + k));
+            s01 = _mm256_add_epi16(s01, _mm256_maddubs_epi16(c0, xv));
+            s11 = _mm256_add_epi16(s11, _mm256_maddubs_epi16(c1, xv));
+            xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x2p + k));
+            s02 = _mm256_add_epi16(s02, _mm256_maddubs_epi16(c0, xv));
+            s12 = _mm256_add_epi16(s12, _mm256_maddubs_epi16(c1, xv));
+            xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x3p + k));
+            s03 = _mm256_add_epi16(s03, _mm256_maddubs_epi16(c0, xv));
+            s13 = _mm256_add_epi16(s13, _mm256_maddubs_epi16(c1, xv));
+        }
+        w[0] = _mm256_add_epi32(w[0], _mm256_madd_epi16(s00, ones));
+        w[1] = _mm256_add_epi32(w[1], _mm256_madd_epi16(s10, ones));
+        w[2] = _mm256_add_epi32(w[2], _mm256_madd_epi16(s01, ones));
+        w[3] = _mm256_add_epi32(w[3], _mm256_madd_epi16(s11, ones));
+        w[4] = _mm256_add_epi32(w[4], _mm256_madd_epi16(s02, ones));
+        w[5] = _mm256_add_epi32(w[5], _mm256_madd_epi16(s12, ones));
+        w[6] = _mm256_add_epi32(w[6], _mm256_madd_epi16(s03, ones));
+        w[7] = _mm256_add_epi32(w[7], _mm256_madd_epi16(s13, ones));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), hsum4_epi32(w[0], w[1], w[2], w[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4), hsum4_epi32(w[4], w[5], w[6], w[7]));
+}
+
+void gemm_avx2(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int T, int32_t* Y, int ldy, int g0,
+               int g1, uint8_t* scratch) {
+    const int K = w.cols_pad;
+    for (int g = g0; g < g1; ++g) {
+        decode_panel(w, g, scratch);
+        for (int t = 0; t < T; t += kGemmTokens) {
+            const int8_t* Xt = X + static_cast<std::size_t>(t) * K;
+            for (int rp = 0; rp < kRowGroup; rp += 2) {
+                int32_t out[8];
+                micro_2x4(scratch + static_cast<std::size_t>(rp) * K, scratch + static_cast<std::size_t>(rp + 1) * K,
+                          Xt, K, out);
+                for (int i = 0; i < kGemmTokens; ++i) {
+                    int32_t* yrow = Y + static_cast<std::size_t>(t + i) * ldy + g * kRowGroup + rp;
+                    yrow[0] = out[2 * i] - sum_x[t + i];
+                    yrow[1] = out[2 * i + 1] - sum_x[t + i];
+                }
+            }
+        }
+    }
+}
+
+inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+float quantize_avx2(const float* x, int n, int8_t* q, int32_t* sum_q) {
+    __m256 vm = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, abs_ps(_mm256_loadu_ps(x + i)));
+    float m = hmax_ps(vm);
+    for (; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+    const float sx = 127.0f / (m + 1e-5f);
+    const __m256 vsx = _mm256_set1_ps(sx);
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i vsum = _mm256_setzero_si256();
+    i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i r[4];
+        for (int k = 0; k < 4; ++k) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), vsx);
+            __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 frac = abs_ps(_mm256_sub_ps(v, t));
+            // round half away from zero: add copysign(1, v) where |v - trunc(v)| >= 0.5 (exact in float)
+            const __m256 away = _mm256_or_ps(one, _mm256_and_ps(v, sign));
+            t = _mm256_add_ps(t, _mm256_and_ps(away, _mm256_cmp_ps(frac, half, _CMP_GE_OQ)));
+            t = _mm256_min_ps(hi, _mm256_max_ps(lo, t));
+            r[k] = _mm256_cvtps_epi32(t);
+            vsum = _mm256_add_epi32(vsum, r[k]);
+        }
+        // Pack 32 int32 -> 32 int8 in order.
+        __m256i p01 = _mm256_packs_epi32(r[0], r[1]);  // lanes interleaved per 128-bit half
+        __m256i p23 = _mm256_packs_epi32(r[2], r[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), p);
+    }
+    int32_t s = hsum_epi32(vsum);
+    for (; i < n; ++i) {
+        float v = std::round(x[i] * sx);
+        v = std::min(127.0f, std::max(-128.0f, v));
+        q[i] = static_cast<int8_t>(v);
+        s += q[i];
+    }
+    *sum_q = s;
+    return sx;
+}
+
+void rmsnorm_avx2(const float* x, const float* w, int n, float eps, float* y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+        acc0 = _mm256_fmadd_ps(a, a, acc0);
+        acc1 = _mm256_fmadd_ps(b, b, acc1);
+    }
+    float ss = hsum_ps(_mm256_add_ps(acc0, acc1));
+    for (; i < n; ++i) ss += x[i] * x[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    i = 0;
+    if (w) {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), _mm256_loadu_ps(w + i)));
+        for (; i < n; ++i) y[i] = x[i] * inv * w[i];
+    } else {
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+        for (; i < n; ++i) y[i] = x[i] * inv;
+    }
+}
+
+// exp(x) for 8 floats: Cephes-style range reduction + degree-6 polynomial, ~2 ulp.
+inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+    fx = _mm256_floor_ps(fx);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+void silu_avx2(float* x, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 neg = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 e = exp256(_mm256_xor_ps(v, neg));
+        _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+    for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+void exp_avx2(float* x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp256(_mm256_loadu_ps(x + i)));
+    for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+int argmax_avx2(const float* x, int n) {
+    if (n < 16) return scalar_kernels().argmax(x, n);
+    __m256 vm = _mm256_loadu_ps(x);
+    int i = 8;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float m = hmax_ps(vm);
+    for (; i < n; ++i) m = std::max(m, x[i]);
+    const __m256 vmax = _mm256_set1_ps(m);
+    i = 0;
+    for (; i + 8 <= n; i += 8) {
+        int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vmax, _CMP_EQ_OQ));
+        if (bits) return i + __builtin_ctz(static_cast<unsigned>(bits));
+    }
+    for (; i < n; ++i)
+        if (x[i] == m) return i;
+    return scalar_kernels().argmax(x, n);  // only reachable with NaNs
+}
+
+}  // namespace
+
+const KernelSet& avx2_kernels() {
+    static const KernelSet k{"avx2",       gemv_avx2,         gemm_avx2, quantize_avx2, rmsnorm_avx2, silu_avx2, exp_avx2,      argmax_avx2};
+    return k;
+}
+
+}  // namespace bm
+
+#endif

@@ -1,0 +1,121 @@
+#include "bitmamba/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "bitmamba/kernels.h"
+
+namespace bm {
+
+Sampler::Sampler(int vocab_size, const SamplerConfig& cfg)
+    : vocab_(vocab_size), cfg_(cfg), rng_(cfg.seed), protected_(vocab_size, 0), stamp_(vocab_size, 0),
+      cand_(vocab_size), prob_(vocab_size), logits_(vocab_size) {
+    if (vocab_size <= 0) throw std::invalid_argument("sampler: vocab_size must be positive");
+    if (!(cfg.temperature >= 0.0f) || !std::isfinite(cfg.temperature))
+        throw std::invalid_argument("sampler: temperature must be a finite number >= 0");
+    if (cfg.top_k < 0) throw std::invalid_argument("sampler: top_k must be >= 0");
+    if (!(cfg.top_p > 0.0f && cfg.top_p <= 1.0f)) throw std::invalid_argument("sampler: top_p must be in (0, 1]");
+    if (!(cfg.min_p >= 0.0f && cfg.min_p < 1.0f)) throw std::invalid_argument("sampler: min_p must be in [0, 1)");
+    if (!(cfg.repetition_penalty > 0.0f) || !std::isfinite(cfg.repetition_penalty))
+        throw std::invalid_argument("sampler: repetition_penalty must be a positive number");
+    if (cfg.penalty_window < 0 || cfg.penalty_window > (1 << 20))
+        throw std::invalid_argument("sampler: penalty_window must be in 0..1048576");
+    for (int32_t id : cfg.protected_ids)
+        if (id >= 0 && id < vocab_size) protected_[id] = 1;
+    history_.assign(std::max(1, cfg.penalty_window), 0);
+}
+
+void Sampler::accept(int32_t token) {
+    if (cfg_.penalty_window == 0 || token < 0 || token >= vocab_) return;
+    history_[hist_pos_] = token;
+    hist_pos_ = (hist_pos_ + 1) % cfg_.penalty_window;
+    hist_len_ = std::min(hist_len_ + 1, cfg_.penalty_window);
+}
+
+void Sampler::reset_history() { hist_pos_ = hist_len_ = 0; }
+
+void Sampler::apply_penalty(float* logits) {
+    if (cfg_.repetition_penalty == 1.0f || hist_len_ == 0) return;
+    if (++stamp_now_ == 0) {  // wrapped: clear stamps
+        std::fill(stamp_.begin(), stamp_.end(), 0);
+        stamp_now_ = 1;
+    }
+    const float p = cfg_.repetition_penalty;
+    for (int i = 0; i < hist_len_; ++i) {
+        const int32_t t = history_[i];
+        if (protected_[t] || stamp_[t] == stamp_now_) continue;
+        stamp_[t] = stamp_now_;
+        logits[t] = logits[t] > 0.0f ? logits[t] / p : logits[t] * p;
+    }
+}
+
+int32_t Sampler::sample(float* logits) {
+    apply_penalty(logits);
+    const KernelSet& k = best_kernels();
+    const int best = k.argmax(logits, vocab_);
+    if (cfg_.temperature < 0.05f) return best;
+    const float m = logits[best];
+    if (!std::isfinite(m)) return best;
+    const float T = cfg_.temperature;
+
+    // 1. min-p as a logit threshold: p_i / p_max >= min_p  <=>  l_i >= m + T * log(min_p)
+    const float cut = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : -std::numeric_limits<float>::infinity();
+    int n = 0;
+    for (int i = 0; i < vocab_; ++i)
+        if (logits[i] >= cut) cand_[n++] = i;
+    auto by_logit = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    // 2. top-k by partial selection
+    if (cfg_.top_k > 0 && n > cfg_.top_k) {
+        std::nth_element(cand_.begin(), cand_.begin() + cfg_.top_k, cand_.begin() + n, by_logit);
+        n = cfg_.top_k;
+    }
+    // 3. probabilities of the survivors (temperature applied)
+    const float inv_t = 1.0f / T;
+    for (int i = 0; i < n; ++i) prob_[i] = (logits[cand_[i]] - m) * inv_t;
+    k.exp(prob_.data(), n);
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += prob_[i];
+    // 4. top-p: order survivors by probability, growing a sorted prefix until it holds top_p of the mass
+    int keep = n;
+    if (cfg_.top_p < 1.0f && n > 1) {
+        const double target = static_cast<double>(cfg_.top_p) * total;
+        int sorted = 0;
+        double acc = 0.0;
+        keep = -1;
+        for (int want = std::min(n, 64); keep < 0; want = std::min(n, want * 4)) {
+            // Move the `want` largest of [sorted, n) into place and sort them.
+            std::vector<int32_t>::iterator first = cand_.begin() + sorted, last = cand_.begin() + n;
+            auto cmp = by_logit;
+            if (want < n) std::nth_element(first, cand_.begin() + want, last, cmp);
+            std::sort(first, cand_.begin() + want, cmp);
+            for (int i = sorted; i < want; ++i) {
+                acc += std::exp(static_cast<double>((logits[cand_[i]] - m) * inv_t));
+                if (acc >= target) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            sorted = want;
+            if (keep < 0 && want == n) keep = n;
+        }
+        // Candidates were reordered: recompute the kept probabilities.
+        for (int i = 0; i < keep; ++i) prob_[i] = (logits[cand_[i]] - m) * inv_t;
+        k.exp(prob_.data(), keep);
+        total = 0.0;
+        for (int i = 0; i < keep; ++i) total += prob_[i];
+    }
+    // 5. draw
+    const double u = std::generate_canonical<double, 53>(rng_) * total;
+    double acc = 0.0;
+    for (int i = 0; i < keep; ++i) {
+        acc += prob_[i];
+        if (u < acc) return cand_[i];
+    }
+    return cand_[keep - 1];
+}
+
+}  // namespace bm
