@@ -1,0 +1,185 @@
+"""Engine benchmarks: decode and prefill throughput, load time, memory. Used by `bitmamba bench`
+and by the scripts in benchmarks/. Every figure is reported as min and median over repeats."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitmamba_lsp import _core
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "simd": _core.simd_level(),
+    }
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def summary(seconds: list[float], work: float = 1.0) -> dict[str, float]:
+    """min/median seconds and the corresponding rate (work per second; best = from min)."""
+    mn, med = min(seconds), statistics.median(seconds)
+    return {"min_s": mn, "median_s": med, "best_rate": work / mn, "median_rate": work / med, "runs": len(seconds)}
+
+
+def bench_model(
+    model_path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    repeats: int = 5,
+    decode_tokens: int = 64,
+    prefill_lengths: tuple[int, ...] = (64, 512),
+    kernels: str = "simd",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    from bitmamba_lsp.engine.model import load_bin
+
+    say = log or (lambda _msg: None)
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    model = load_bin(model_path, threads=threads, kernels=kernels)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_mb()
+    rng = np.random.default_rng(0)
+    vocab = model.vocab_size
+    # cold start: load + first token (the file is in the page cache after the first load)
+    st = model.new_state()
+    t1 = time.perf_counter()
+    model.step(st, 0)
+    first_token_s = time.perf_counter() - t1
+
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "model": {"path": str(model_path), **{k: v for k, v in model.core.info.items()}},
+        "threads": model.threads,
+        "kernel_level": model.kernel_level,
+        "load_s": load_s,
+        "cold_start_s": load_s + first_token_s,
+        "rss_before_mb": rss0,
+        "rss_after_load_mb": rss_loaded,
+        "weight_bytes": model.weight_bytes,
+        "state_bytes": model.state_bytes,
+        "repeats": repeats,
+    }
+    say(f"loaded in {load_s * 1000:.1f} ms, first token {first_token_s * 1000:.1f} ms, RSS {rss_loaded:.0f} MB")
+
+    # decode: greedy, full lm_head, logits stay in C++
+    sampler = _core.Sampler(vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+    prompt = rng.integers(0, vocab, 16)
+
+    def decode() -> None:
+        s = model.new_state()
+        model.core.prefill(s, prompt, False, False, [])
+        tok = int(prompt[-1])
+        for _ in range(decode_tokens):
+            tok = model.core.step_sample(s, tok, sampler)
+
+    # time only the decode loop (prefill of the prompt excluded) by subtracting a prompt-only run
+    def prompt_only() -> None:
+        s = model.new_state()
+        model.core.prefill(s, prompt, False, False, [])
+
+    dec = [a - b for a, b in zip(timed(decode, repeats), timed(prompt_only, repeats), strict=True)]
+    result["decode"] = {"tokens": decode_tokens, **summary(dec, decode_tokens)}
+    say(
+        f"decode: {result['decode']['best_rate']:.1f} tok/s best, {result['decode']['median_rate']:.1f} median "
+        f"({decode_tokens} tokens x {repeats})"
+    )
+
+    # sampled decode (temperature + top-k/top-p/min-p + penalty) for the sampling overhead
+    sampler2 = _core.Sampler(
+        vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1
+    )
+
+    def decode_sampled() -> None:
+        s = model.new_state()
+        model.core.prefill(s, prompt, False, False, [])
+        tok = int(prompt[-1])
+        for _ in range(decode_tokens):
+            sampler2.accept(tok)
+            tok = model.core.step_sample(s, tok, sampler2)
+
+    dec2 = [a - b for a, b in zip(timed(decode_sampled, repeats), timed(prompt_only, repeats), strict=True)]
+    result["decode_sampled"] = {"tokens": decode_tokens, **summary(dec2, decode_tokens)}
+    say(f"decode (sampled): {result['decode_sampled']['median_rate']:.1f} tok/s median")
+
+    result["prefill"] = {}
+    for T in prefill_lengths:
+        ids = rng.integers(0, vocab, T)
+
+        def pf(ids: np.ndarray = ids) -> None:
+            s = model.new_state()
+            model.core.prefill(s, ids, True, False, [])
+
+        res = {"tokens": int(T), **summary(timed(pf, repeats), T)}
+        result["prefill"][str(T)] = res
+        say(f"prefill T={T}: {res['best_rate']:.1f} tok/s best, {res['median_rate']:.1f} median")
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| threads | decode tok/s (min / median) | sampled tok/s (median) | "
+        + " | ".join(f"prefill T={t} tok/s (best / median)" for t in results[0]["prefill"])
+        + " | load ms | RSS MB |",
+    ]
+    rows.append("|" + "---|" * (5 + len(results[0]["prefill"])))
+    for r in results:
+        d = r["decode"]
+        cells = [
+            str(r["threads"]),
+            f"{d['best_rate']:.0f} / {d['median_rate']:.0f}",
+            f"{r['decode_sampled']['median_rate']:.0f}",
+            *(f"{p['best_rate']:.0f} / {p['median_rate']:.0f}" for p in r["prefill"].values()),
+            f"{r['load_s'] * 1000:.0f}",
+            f"{r['rss_after_load_mb']:.0f}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
