@@ -19,9 +19,24 @@ def rms_norm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x * w / np.sqrt(np.mean(x * x) + 1e-6)
 
 
+class Ties:
+    """Smallest distance of a scaled activation to a rounding boundary (k + 0.5) seen so far.
+    The engine computes in float32 and this reference in float64; where an activation lies within
+    ~1e-4 of a boundary the two may legitimately round differently (one int8 step apart)."""
+
+    nearest = float("inf")
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.nearest = float("inf")
+
+
 def quantize(xn: np.ndarray) -> tuple[np.ndarray, float]:
     sx = 127.0 / (np.max(np.abs(xn)) + 1e-5)
-    return np.clip(round_half_away(xn * sx), -128, 127), sx
+    v = xn * sx
+    frac = np.abs(v) - np.floor(np.abs(v))
+    Ties.nearest = min(Ties.nearest, float(np.min(np.abs(frac - 0.5))))
+    return np.clip(round_half_away(v), -128, 127), sx
 
 
 def bitlinear(x: np.ndarray, q: np.ndarray, scale: float, norm_w: np.ndarray) -> np.ndarray:
@@ -91,6 +106,16 @@ class RefBitMamba2:
             y = (st["ssm"] * C[head] + xa * ly["D"]) * silu(z)
             h = h + bitlinear(y, ly["out_q"], ly["out_scale"], ly["out_norm"])
         return bitlinear(rms_norm(h, self.norm_f), self.lm_q, self.lm_scale, self.lm_norm)
+
+    def load_flat(self, flat: np.ndarray) -> list[dict]:
+        """A reference state from the engine's layout (to re-synchronise after a rounding tie)."""
+        di = self.cfg.d_inner
+        per = 4 * di
+        out = []
+        for i in range(self.cfg.n_layers):
+            chunk = np.asarray(flat[i * per : (i + 1) * per], dtype=np.float64)
+            out.append(dict(conv=chunk[: 3 * di].reshape(3, di).T.copy(), ssm=chunk[3 * di :].copy()))
+        return out
 
     @staticmethod
     def flat(state: list[dict]) -> np.ndarray:

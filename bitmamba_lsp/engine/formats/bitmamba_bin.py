@@ -16,6 +16,7 @@ check over packed weights happens in the C++ repack (it reads every byte anyway)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -175,7 +176,8 @@ def read_bin(path: str | os.PathLike[str]) -> BinModel:
     try:
         return parse_bin(buf, size, path)
     except BaseException:
-        buf.close()
+        with contextlib.suppress(BufferError):  # views made before the error keep it open until collected
+            buf.close()
         raise
 
 

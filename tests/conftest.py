@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference.py
+
+from bitmamba_lsp.engine.formats.bitmamba_bin import BitMamba2Config, random_tensors, write_bin  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data is absent ({SHARED_DATA})")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, BitMamba2Config, dict]]:
+    """Write a random-weight .bin of a given shape once per session; returns (path, config, tensors)."""
+    cache: dict[tuple, tuple[Path, BitMamba2Config, dict]] = {}
+    folder = tmp_path_factory.mktemp("models")
+
+    def make(vocab: int = 256, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, seed: int = 0):
+        key = (vocab, d_model, n_layers, n_heads, seed)
+        if key not in cache:
+            cfg = BitMamba2Config(vocab, d_model, n_layers, n_heads)
+            tensors = random_tensors(cfg, seed)
+            path = folder / f"m_{vocab}_{d_model}_{n_layers}_{n_heads}_{seed}.bin"
+            write_bin(path, cfg, tensors)
+            cache[key] = (path, cfg, tensors)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline() -> None:
+    # Tests never touch the network.
+    os.environ["HF_HUB_OFFLINE"] = "1"

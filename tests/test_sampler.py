@@ -1,0 +1,121 @@
+"""The C++ sampler: greedy, top-k, min-p, top-p, temperature, penalty, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitmamba_lsp import _core
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def test_greedy_is_argmax() -> None:
+    rng = np.random.default_rng(0)
+    s = _core.Sampler(1000, temperature=0.0)
+    for _ in range(50):
+        logits = rng.standard_normal(1000).astype(np.float32)
+        assert s.sample(logits) == int(np.argmax(logits))
+    s = _core.Sampler(10, temperature=0.9, top_k=1, seed=3)
+    logits = rng.standard_normal(10).astype(np.float32)
+    assert all(s.sample(logits) == int(np.argmax(logits)) for _ in range(100))
+
+
+def test_seed_determinism() -> None:
+    logits = np.random.default_rng(1).standard_normal(500).astype(np.float32)
+    a = _core.Sampler(500, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42)
+    b = _core.Sampler(500, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42)
+    c = _core.Sampler(500, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=43)
+    sa = [a.sample(logits) for _ in range(200)]
+    assert sa == [b.sample(logits) for _ in range(200)]
+    assert sa != [c.sample(logits) for _ in range(200)]
+    a.reseed(42)
+    assert [a.sample(logits) for _ in range(200)] == sa
+
+
+def test_pure_temperature_matches_softmax() -> None:
+    logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 3.0], np.float32)
+    for temp in (1.0, 0.5):
+        s = _core.Sampler(6, temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+        n = 40000
+        counts = np.bincount([s.sample(logits) for _ in range(n)], minlength=6) / n
+        expected = softmax(logits.astype(np.float64) / temp)
+        assert np.abs(counts - expected).max() < 0.01
+
+
+def test_top_k_min_p_top_p_restrict_the_support() -> None:
+    rng = np.random.default_rng(2)
+    V = 50257
+    logits = (rng.standard_normal(V) * 3).astype(np.float32)
+    order = np.argsort(-logits)
+    p = softmax(logits.astype(np.float64))
+
+    s = _core.Sampler(V, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=1)
+    assert {s.sample(logits) for _ in range(500)} <= set(order[:5].tolist())
+
+    s = _core.Sampler(V, temperature=1.0, top_k=0, top_p=1.0, min_p=0.2, seed=1)
+    got = {s.sample(logits) for _ in range(500)}
+    assert got <= set(np.nonzero(p >= 0.2 * p.max())[0].tolist())
+
+    # top-p alone over the whole vocabulary (exercises the growing partial selection)
+    flat = (rng.standard_normal(V) * 0.5).astype(np.float32)
+    pf = softmax(flat.astype(np.float64))
+    of = np.argsort(-flat)
+    nucleus = int(np.searchsorted(np.cumsum(pf[of]), 0.5) + 1)
+    assert nucleus > 1000  # far more than the first selection round
+    s = _core.Sampler(V, temperature=1.0, top_k=0, top_p=0.5, min_p=0.0, seed=5)
+    got = [s.sample(flat) for _ in range(2000)]
+    allowed = set(of[: nucleus + 1].tolist())
+    assert set(got) <= allowed
+    assert len(set(got)) > 500  # and it really samples across the nucleus
+
+
+def test_repetition_penalty_once_per_distinct_token_and_protected() -> None:
+    logits = np.zeros(10, np.float32)
+    logits[3], logits[4], logits[6] = 10.0, 4.5, -2.0
+    s = _core.Sampler(10, temperature=0.0, repetition_penalty=2.0, penalty_window=4)
+    for t in (3, 3, 3):
+        s.accept(t)
+    assert s.sample(logits) == 3  # 10 / 2 = 5 > 4.5: divided once, not three times
+    logits[4] = 5.5
+    assert s.sample(logits) == 4
+    # negative logits are multiplied
+    neg = np.full(10, -1.0, np.float32)
+    neg[6], neg[7] = -0.6, -1.0
+    s2 = _core.Sampler(10, temperature=0.0, repetition_penalty=2.0)
+    s2.accept(6)
+    assert s2.sample(neg) != 6  # -0.6 * 2 = -1.2 < -1.0
+    # protected ids are never penalised
+    s3 = _core.Sampler(10, temperature=0.0, repetition_penalty=2.0, protected_ids=[3])
+    s3.accept(3)
+    assert s3.sample(logits) == 3
+    # the window is bounded: after 4 other tokens, 3 is no longer penalised
+    for t in (0, 1, 2, 5):
+        s.accept(t)
+    logits[4] = 9.0
+    assert s.sample(logits) == 3
+    s.accept(3)
+    s.reset_history()
+    assert s.sample(logits) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -1.0},
+        {"top_k": -1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"min_p": 1.0},
+        {"repetition_penalty": 0.0},
+        {"penalty_window": -3},
+    ],
+)
+def test_invalid_config_is_rejected(kwargs) -> None:
+    with pytest.raises(ValueError):
+        _core.Sampler(10, **kwargs)
+    with pytest.raises(ValueError):
+        _core.Sampler(10).sample(np.zeros(9, np.float32))
