@@ -65,7 +65,13 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float
 def summary(seconds: list[float], work: float = 1.0) -> dict[str, float]:
     """min/median seconds and the corresponding rate (work per second; best = from min)."""
     mn, med = min(seconds), statistics.median(seconds)
-    return {"min_s": mn, "median_s": med, "best_rate": work / mn, "median_rate": work / med, "runs": len(seconds)}
+    return {
+        "min_s": mn,
+        "median_s": med,
+        "best_rate": work / mn,
+        "median_rate": work / med,
+        "runs": len(seconds),
+    }
 
 
 def bench_model(
@@ -107,7 +113,9 @@ def bench_model(
         "state_bytes": model.state_bytes,
         "repeats": repeats,
     }
-    say(f"loaded in {load_s * 1000:.1f} ms, first token {first_token_s * 1000:.1f} ms, RSS {rss_loaded:.0f} MB")
+    say(
+        f"loaded in {load_s * 1000:.1f} ms, first token {first_token_s * 1000:.1f} ms, RSS {rss_loaded:.0f} MB"
+    )
 
     # decode: greedy, full lm_head, logits stay in C++
     sampler = _core.Sampler(vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)

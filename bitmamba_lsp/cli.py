@@ -40,7 +40,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--greedy", action="store_true", help="deterministic argmax decoding")
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace):
     from bitmamba_lsp.engine import load
 
     return load(args.model, threads=args.threads, revision=getattr(args, "revision", None))
@@ -70,7 +70,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ generate
-def _gen_config(args: argparse.Namespace):  # noqa: ANN202
+def _gen_config(args: argparse.Namespace):
     from bitmamba_lsp.engine import GenerationConfig
 
     cfg = GenerationConfig(
@@ -98,12 +98,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.ids is not None:
         ids = [int(x) for x in args.ids.replace(",", " ").split()]
         stream = TokenStream(model, state, ids, cfg)
-        n = 0
         for tok in stream:
             print(tok, end=" ", flush=True)
-            n += 1
         print()
-        reason = stream.finish_reason
+        n, reason = len(stream.tokens), stream.finish_reason
     else:
         prompt = args.prompt if args.prompt is not None else sys.stdin.read()
         if model.tokenizer is None:
@@ -137,12 +135,17 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         try:
             ids = [int(x) for x in raw]
         except ValueError:
-            print(f"error: {path} is not a token file (whitespace-separated ids); use --text for text", file=sys.stderr)
+            print(
+                f"error: {path} is not a token file (whitespace-separated ids); use --text for text",
+                file=sys.stderr,
+            )
             return 2
     if args.max_tokens:
         ids = ids[: args.max_tokens]
     res = perplexity(model, np.asarray(ids), chunk=args.chunk)
-    print(f"tokens: {res['tokens']}  nll: {res['nll']:.4f}  perplexity: {res['perplexity']:.3f}  ({res['seconds']:.2f} s)")
+    print(
+        f"tokens: {res['tokens']}  nll: {res['nll']:.4f}  perplexity: {res['perplexity']:.3f}  ({res['seconds']:.2f} s)"
+    )
     if args.json:
         print(json.dumps(res))
     return 0
@@ -156,7 +159,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if path is None:
         path = str(random_model_path(args.shape))
     m = machine_info()
-    print(f"machine: {m['cpu']} ({m['cores']} cores), SIMD {m['simd']}, Python {m['python']}", file=sys.stderr)
+    print(
+        f"machine: {m['cpu']} ({m['cores']} cores), SIMD {m['simd']}, Python {m['python']}", file=sys.stderr
+    )
     results = []
     for threads in args.threads or [None]:
         print(f"--- model {path}, threads {threads or 'default'}", file=sys.stderr)
@@ -197,7 +202,9 @@ def _shape(name: str) -> BitMamba2Config:
     try:
         vocab, d, layers, heads = (int(x) for x in name.split("x"))
     except ValueError:
-        raise SystemExit(f"unknown shape '{name}': use {', '.join(SHAPES)} or VOCABxDMODELxLAYERSxHEADS") from None
+        raise SystemExit(
+            f"unknown shape '{name}': use {', '.join(SHAPES)} or VOCABxDMODELxLAYERSxHEADS"
+        ) from None
     return BitMamba2Config(vocab, d, layers, heads)
 
 
@@ -221,7 +228,9 @@ def cmd_make_random(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bitmamba", description="1.58-bit Mamba engine: tools, daemon and server")
+    p = argparse.ArgumentParser(
+        prog="bitmamba", description="1.58-bit Mamba engine: tools, daemon and server"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="build, CPU and model information")
@@ -249,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="decode/prefill throughput, load time, memory")
     s.add_argument("--model", "-m", default=None, help="model file (default: a random model of --shape)")
     s.add_argument("--shape", default="255m", help=f"random model shape: {', '.join(SHAPES)} or VxDxLxH")
-    s.add_argument("--threads", "-t", type=int, nargs="*", default=None, help="thread counts to run (e.g. 1 2)")
+    s.add_argument(
+        "--threads", "-t", type=int, nargs="*", default=None, help="thread counts to run (e.g. 1 2)"
+    )
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--decode-tokens", type=int, default=64)
     s.add_argument("--prefill", type=int, nargs="*", default=[64, 512], help="prefill lengths")
@@ -268,10 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plugins() -> list:  # noqa: ANN202
+def _plugins() -> list:
     """Subcommands that live with their feature (daemon, HTTP server, training, demo)."""
     out = []
-    for mod in ("bitmamba_lsp.server_cli", "bitmamba_lsp.http.cli", "bitmamba_lsp.train.cli", "bitmamba_lsp.demo"):
+    for mod in (
+        "bitmamba_lsp.server_cli",
+        "bitmamba_lsp.http.cli",
+        "bitmamba_lsp.train.cli",
+        "bitmamba_lsp.demo",
+    ):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference.py
 
-from bitmamba_lsp.engine.formats.bitmamba_bin import BitMamba2Config, random_tensors, write_bin  # noqa: E402
+from bitmamba_lsp.engine.formats.bitmamba_bin import BitMamba2Config, random_tensors, write_bin
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -23,7 +23,9 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, BitMamba2Config, dict]]:
+def model_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., tuple[Path, BitMamba2Config, dict]]:
     """Write a random-weight .bin of a given shape once per session; returns (path, config, tensors)."""
     cache: dict[tuple, tuple[Path, BitMamba2Config, dict]] = {}
     folder = tmp_path_factory.mktemp("models")

@@ -44,7 +44,9 @@ def test_max_tokens_and_finish_reason(model) -> None:
 
 def test_cancellation_within_one_token(model) -> None:
     produced: list[int] = []
-    ts = TokenStream(model, model.new_state(), [5, 6], GREEDY.replace(max_tokens=50), lambda: len(produced) >= 3)
+    ts = TokenStream(
+        model, model.new_state(), [5, 6], GREEDY.replace(max_tokens=50), lambda: len(produced) >= 3
+    )
     for t in ts:
         produced.append(t)
     assert len(produced) == 3 and ts.finish_reason == "cancelled"
@@ -52,7 +54,9 @@ def test_cancellation_within_one_token(model) -> None:
 
 def test_eos_ends_generation(model) -> None:
     prompt = [10, 20, 30]
-    first = list(TokenStream(model, model.new_state(), prompt, GREEDY.replace(max_tokens=6, stop_at_eos=False)))
+    first = list(
+        TokenStream(model, model.new_state(), prompt, GREEDY.replace(max_tokens=6, stop_at_eos=False))
+    )
 
     class FakeEos:  # the engine is real; only the tokenizer's EOS id is chosen for the test
         eos_id = first[3]

@@ -126,7 +126,9 @@ def test_float_helpers_against_numpy(rng: np.random.Generator, n: int) -> None:
         np.testing.assert_allclose(_core.rmsnorm(x, w, 1e-6, level), ref, rtol=2e-6, atol=1e-7)
         np.testing.assert_allclose(_core.silu(x, level), x64 / (1 + np.exp(-x64)), rtol=2e-6, atol=1e-7)
         e = np.linspace(-80, 80, n).astype(np.float32)
-        np.testing.assert_allclose(_core.exp(e, level), np.exp(e.astype(np.float64)), rtol=3e-7 if level == "scalar" else 2e-6)
+        np.testing.assert_allclose(
+            _core.exp(e, level), np.exp(e.astype(np.float64)), rtol=3e-7 if level == "scalar" else 2e-6
+        )
         assert _core.argmax(x, level) == int(np.argmax(x))
     ties = np.zeros(100, np.float32)
     ties[[17, 50]] = 3.0

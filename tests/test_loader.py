@@ -99,12 +99,12 @@ def test_trailing_data_wrong_magic_unknown_type(good, tmp_path) -> None:
 def test_dims_inconsistent_with_header(good, tmp_path) -> None:
     _, data, records = good
     for target in ("layers.0.conv1d_b", "layers.1.D", "norm_f"):
-        name, start, _ = next(r for r in records if r[0] == target)
+        _, start, _ = next(r for r in records if r[0] == target)
         bad = bytearray(data)
         (dim,) = struct.unpack_from("<i", bad, start + 8)
         struct.pack_into("<i", bad, start + 8, dim + 1)
         _load_fails(_write(tmp_path, bytes(bad)), f"tensor '{target}'")
-    name, start, _ = next(r for r in records if r[0] == "lm_head")
+    _name, start, _ = next(r for r in records if r[0] == "lm_head")
     bad = bytearray(data)
     struct.pack_into("<i", bad, start + 8, CFG.d_model + 4)  # cols
     _load_fails(_write(tmp_path, bytes(bad)), "tensor 'lm_head': ternary shape")
@@ -188,7 +188,7 @@ def test_missing_and_odd_paths(tmp_path) -> None:
 
 def test_failed_loads_do_not_leak(good, tmp_path) -> None:
     _, data, records = good
-    _, _, data_start = next(r for r in records if r[0] == "lm_head")
+    _, _, _data_start = next(r for r in records if r[0] == "lm_head")
     bad = bytearray(data)
     bad[-1] |= 0b11  # code 3 in the very last byte: everything else was already repacked
     path = _write(tmp_path, bytes(bad))

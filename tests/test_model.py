@@ -196,7 +196,7 @@ def test_bad_tokens_and_arguments(model_factory) -> None:
 
 
 def test_embedding_stays_mapped(model_factory) -> None:
-    path, cfg, _ = model_factory(256, 64, 2, 4)
+    path, _cfg, _ = model_factory(256, 64, 2, 4)
     model = load_bin(path)
     emb = model._keep.tensors["embed"]
     assert not emb.flags.owndata and emb.base is not None  # a view of the mapped file, not a copy

@@ -143,7 +143,11 @@ class TokenStream:
 
 
 def generate_tokens(
-    model: Model, state: State, prompt: Sequence[int], cfg: GenerationConfig, should_stop: StopCheck | None = None
+    model: Model,
+    state: State,
+    prompt: Sequence[int],
+    cfg: GenerationConfig,
+    should_stop: StopCheck | None = None,
 ) -> TokenStream:
     return TokenStream(model, state, prompt, cfg, should_stop)
 

@@ -56,14 +56,20 @@ def load(
 
             model = load_from_hub(str(source), threads=threads, kernels=kernels, revision=revision)
         else:
-            raise ModelNotFoundError(f"model '{source}' not found: not a file, a folder or a Hub repo id (owner/name)")
+            raise ModelNotFoundError(
+                f"model '{source}' not found: not a file, a folder or a Hub repo id (owner/name)"
+            )
     model.load_seconds = time.perf_counter() - t0
     return model
 
 
 def _load_path(path: Path, threads: int | None, kernels: str, name: str | None = None) -> Model:
     if path.is_dir():
-        candidates = [path / "model.bin", *sorted(path.glob("*.bin")), *sorted(path.glob("bitmamba_cpp/*.bin"))]
+        candidates = [
+            path / "model.bin",
+            *sorted(path.glob("*.bin")),
+            *sorted(path.glob("bitmamba_cpp/*.bin")),
+        ]
         bins = [p for p in candidates if p.is_file() and p.name != "tokenizer.bin"]
         if not bins:
             raise ModelNotFoundError(f"no model file (*.bin) in folder {path}")

@@ -106,7 +106,9 @@ class Model:
         s.load_bytes(data)
         return s
 
-    def prefill(self, state: State, ids: Sequence[int] | np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, state: State, ids: Sequence[int] | np.ndarray, *, all_logits: bool = False
+    ) -> np.ndarray:
         """Consume ids (batched). Returns the logits after the last id, or [T, vocab] with all_logits."""
         logits, _ = self.core.prefill(state, _ids(ids), True, all_logits, [])
         return logits

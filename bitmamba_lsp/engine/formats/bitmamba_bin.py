@@ -200,7 +200,9 @@ def parse_bin(buf, size: int, path: Path | str = "<buffer>") -> BinModel:
         rtype = cur.i32(f"tensor '{name}' record type")
         if rtype == TYPE_F32:
             if kind != "f32":
-                raise ModelFormatError(f"{where}: tensor '{name}': expected a ternary record (type 2), found float32")
+                raise ModelFormatError(
+                    f"{where}: tensor '{name}': expected a ternary record (type 2), found float32"
+                )
             ndim = cur.i32(f"tensor '{name}' ndim")
             if not 1 <= ndim <= MAX_NDIM:
                 raise ModelFormatError(f"{where}: tensor '{name}': ndim={ndim} is outside 1..{MAX_NDIM}")
@@ -220,7 +222,9 @@ def parse_bin(buf, size: int, path: Path | str = "<buffer>") -> BinModel:
             model.tensors[name] = arr
         elif rtype == TYPE_TERNARY:
             if kind != "ternary":
-                raise ModelFormatError(f"{where}: tensor '{name}': expected a float32 record (type 0), found ternary")
+                raise ModelFormatError(
+                    f"{where}: tensor '{name}': expected a float32 record (type 0), found ternary"
+                )
             rows = cur.i32(f"tensor '{name}' rows")
             cols = cur.i32(f"tensor '{name}' cols")
             if (rows, cols) != shape:
@@ -230,7 +234,9 @@ def parse_bin(buf, size: int, path: Path | str = "<buffer>") -> BinModel:
                 )
             scale = cur.f32(f"tensor '{name}' scale")
             if not math.isfinite(scale) or scale <= 0.0:
-                raise ModelFormatError(f"{where}: tensor '{name}': scale {scale!r} is not a positive finite number")
+                raise ModelFormatError(
+                    f"{where}: tensor '{name}': scale {scale!r} is not a positive finite number"
+                )
             row_bytes = (cols + 3) // 4
             cur.need(rows * row_bytes, f"tensor '{name}' packed weights")
             packed = np.frombuffer(buf, dtype=np.uint8, count=rows * row_bytes, offset=cur.pos).reshape(
@@ -239,7 +245,9 @@ def parse_bin(buf, size: int, path: Path | str = "<buffer>") -> BinModel:
             cur.pos += rows * row_bytes
             model.tensors[name] = TernaryTensor(rows=rows, cols=cols, scale=float(scale), packed=packed)
         else:
-            raise ModelFormatError(f"{where}: tensor '{name}': unknown record type {rtype} at offset {cur.pos - 4}")
+            raise ModelFormatError(
+                f"{where}: tensor '{name}': unknown record type {rtype} at offset {cur.pos - 4}"
+            )
     if cur.pos != size:
         raise ModelFormatError(f"{where}: {size - cur.pos} bytes of trailing data after 'lm_head'")
     return model
@@ -274,7 +282,9 @@ def pack_ternary(q: np.ndarray) -> np.ndarray:
     if pad:
         codes = np.concatenate([codes, np.ones((rows, pad), np.uint8)], axis=1)  # pad with code 1 (zero)
     codes = codes.reshape(rows, -1, 4)
-    return (codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)).astype(np.uint8)
+    return (codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)).astype(
+        np.uint8
+    )
 
 
 def unpack_ternary(packed: np.ndarray, cols: int) -> np.ndarray:
@@ -307,7 +317,9 @@ def write_bin(
             if kind == "f32":
                 arr = np.ascontiguousarray(np.asarray(value, dtype="<f4"))
                 if arr.size != math.prod(shape):
-                    raise ValueError(f"write_bin: tensor '{name}' has {arr.size} values, expected shape {shape}")
+                    raise ValueError(
+                        f"write_bin: tensor '{name}' has {arr.size} values, expected shape {shape}"
+                    )
                 f.write(struct.pack("<ii", TYPE_F32, len(shape)))
                 f.write(struct.pack(f"<{len(shape)}i", *shape))
                 f.write(arr.tobytes())

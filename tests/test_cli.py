@@ -1,0 +1,112 @@
+"""The `bitmamba` command line, run as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bitmamba_lsp
+
+
+def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitmamba_lsp.cli", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_info_reports_simd_level(tmp_path: Path) -> None:
+    run("make-random", str(tmp_path / "m.bin"), "--shape", "300x64x2x4")
+    out = run("info", "--model", str(tmp_path / "m.bin"), "--threads", "1").stdout
+    assert f"SIMD level: {bitmamba_lsp.simd_level()}" in out
+    assert "vocab_size: 300" in out and "threads: 1" in out and "n_heads: 4" in out
+
+
+def test_make_random_and_generate_ids(tmp_path: Path) -> None:
+    path = tmp_path / "r.bin"
+    out = run("make-random", str(path), "--shape", "tiny", "--seed", "3").stdout
+    assert "vocab 512" in out and path.exists()
+    a = run("generate", "-m", str(path), "--ids", "1 2 3", "-n", "7", "--greedy").stdout.split()
+    b = run("generate", "-m", str(path), "--ids", "1,2,3", "-n", "7", "--greedy").stdout.split()
+    assert len(a) == 7 and a == b and all(0 <= int(x) < 512 for x in a)
+    # the CLI's greedy output equals the library's
+    m = bitmamba_lsp.load(path)
+    assert [int(x) for x in a] == list(m.generate(m.new_state(), [1, 2, 3], max_tokens=7, temperature=0))
+
+
+def test_generate_text_with_gpt2_vocab(tmp_path: Path) -> None:
+    path = tmp_path / "g.bin"
+    run("make-random", str(path), "--shape", "tiny", "--vocab", "50257")
+    proc = run("generate", "-m", str(path), "def f(x):", "-n", "5", "--seed", "1")
+    assert "5 tokens" in proc.stderr or "finish" in proc.stderr
+    proc = run("generate", "-m", str(path), "-n", "3", "--greedy", "--echo", input="import sys\n")
+    assert proc.stdout.startswith("import sys\n")
+
+
+def test_perplexity_matches_library(tmp_path: Path) -> None:
+    import numpy as np
+
+    from bitmamba_lsp.engine.perplexity import perplexity
+
+    path = tmp_path / "p.bin"
+    run("make-random", str(path), "--shape", "tiny")
+    ids = np.random.default_rng(0).integers(0, 512, 300)
+    (tmp_path / "toks.txt").write_text(" ".join(map(str, ids)))
+    proc = run("perplexity", "-m", str(path), str(tmp_path / "toks.txt"), "--chunk", "64", "--json")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    lib = perplexity(bitmamba_lsp.load(path), ids, chunk=100)
+    assert res["tokens"] == 299 and abs(res["perplexity"] - lib["perplexity"]) < 1e-6 * lib["perplexity"]
+    bad = run("perplexity", "-m", str(path), str(path), check=False)
+    assert bad.returncode != 0
+
+
+def test_bench_json(tmp_path: Path) -> None:
+    path = tmp_path / "b.bin"
+    run("make-random", str(path), "--shape", "1000x128x2x4")
+    out = tmp_path / "bench.json"
+    proc = run(
+        "bench",
+        "-m",
+        str(path),
+        "--threads",
+        "1",
+        "2",
+        "--repeats",
+        "2",
+        "--decode-tokens",
+        "8",
+        "--prefill",
+        "16",
+        "--json",
+        str(out),
+    )
+    data = json.loads(out.read_text())
+    assert [r["threads"] for r in data] == [1, 2]
+    for r in data:
+        assert r["decode"]["best_rate"] >= r["decode"]["median_rate"] > 0
+        assert r["prefill"]["16"]["runs"] == 2 and r["machine"]["simd"] == bitmamba_lsp.simd_level()
+    assert "| threads |" in proc.stdout
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 64)
+    proc = run("info", "-m", str(bad), check=False)
+    assert proc.returncode == 1 and "wrong magic" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("generate", "-m", str(tmp_path / "missing.bin"), "hi", check=False)
+    assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["generate", "--help"]])
+def test_help(args: list[str]) -> None:
+    assert "usage" in run(*args).stdout
