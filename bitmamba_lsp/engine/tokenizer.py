@@ -442,8 +442,8 @@ class TextTokenizer:
         """Token ids and, for each token, the ``str`` index where its text starts.
 
         The offset of a token is the index of the character holding its first byte, so a token
-        that starts inside a multi-byte character (the second half of an emoji) gets that
-        character's index, the same as the token before it. Offsets are non-decreasing, and
+        that starts inside a multi-byte character (the second half of an emoji, whose first
+        bytes end the previous token) gets that character's index. Offsets are non-decreasing and
         ``text[offsets[k]:]`` starts with the text of token k whenever token k starts on a
         character boundary (``token_bytes`` tells which ones do not).
         """
