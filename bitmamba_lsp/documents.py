@@ -290,7 +290,8 @@ class TrackedDocument:
 
     # ------------------------------------------------------------------ prompts
     def prefix_ids(self, offset: int) -> tuple[np.ndarray, int]:
-        """Token ids of text[:offset], and how many of them are the document's own tokens.
+        """Token ids of text[:offset], and how many of them are the document's own tokens
+        (the rest is the tokenization of text[origin(shared):offset]).
 
         The document's tokens are used up to a safe boundary at or before the line break that
         ends the previous line; the rest (that line break onwards) is tokenized on its own."""
@@ -301,10 +302,15 @@ class TrackedDocument:
         line = self.line_of(offset)
         j = 0
         if line > 0:
-            j = self._safe_boundary(int(np.searchsorted(self.starts, int(self.lines[line]) - 1, side="right")) - 1)
-        origin = int(self.starts[j]) if j < len(self.ids) else 0
-        tail = tok.encode(self.text[origin:offset])
+            j = self._safe_boundary(
+                int(np.searchsorted(self.starts, int(self.lines[line]) - 1, side="right")) - 1
+            )
+        tail = tok.encode(self.text[self.origin(j) : offset])
         return np.concatenate([self.ids[:j], np.asarray(tail, dtype=np.int32)]), j
+
+    def origin(self, shared: int) -> int:
+        """Character offset where the tail of a prompt with `shared` document tokens starts."""
+        return int(self.starts[shared]) if shared < len(self.ids) else (0 if shared == 0 else len(self.text))
 
     def edits_since(self, epoch: int) -> list[Edit] | None:
         """Edits applied after `epoch`, or None when the log no longer reaches back that far."""

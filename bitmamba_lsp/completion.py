@@ -1,0 +1,272 @@
+"""What to complete and when to stop: cursor context, stop rules, post-processing.
+
+Pure text logic (no LSP, no model): the worker feeds generated text through a `StopRules`
+instance chunk by chunk and asks it whether to stop; `finalize` turns the raw text into the
+suggestion shown to the user (or None when there is nothing useful).
+
+Rules, after the mature daemons (tabby's post-processing, llama.vim, Copilot):
+- mid-line (word characters after the cursor): one line, never repeating the text that follows;
+- only closing punctuation after the cursor (e.g. ``)``): the item replaces it instead of duplicating it;
+- at an empty line or after a block opener, multi-line mode continues while the indentation stays
+  inside the current block, and stops at a dedent or at two blank lines in a row;
+- a closing bracket with nothing to close ends the suggestion; so do lines that repeat the line
+  before them or the document's next line; trailing whitespace is trimmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPEN = "([{"
+CLOSE = ")]}"
+PAIR = {")": "(", "]": "[", "}": "{"}
+CLOSING_PUNCT = set(")]}'\"`;:,.>")
+BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
+
+
+def indent_of(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def indent_width(ws: str, tab: int = 4) -> int:
+    return sum(tab if c == "\t" else 1 for c in ws)
+
+
+def unmatched_open(text: str) -> list[str]:
+    """Brackets left open in `text`, skipping string literals and # comments (a rough scan)."""
+    stack: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+        elif ch == "#":
+            j = text.find("\n", i)
+            if j < 0:
+                break
+            i = j
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote)
+            continue
+        elif ch in OPEN:
+            stack.append(ch)
+        elif ch in CLOSE and stack and stack[-1] == PAIR[ch]:
+            stack.pop()
+        elif ch == "\n" and quote in ("'", '"'):
+            quote = ""
+        i += 1
+    return stack
+
+
+def unmatched_quote(line: str) -> bool:
+    """Is a single-line string still open at the end of `line`?"""
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote and line[i - 1] != "\\":
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+    return bool(quote)
+
+
+@dataclass
+class CursorContext:
+    """The text around the cursor that the rules need (taken from the document at request time)."""
+
+    line_prefix: str  # the cursor's line up to the cursor
+    line_suffix: str  # the rest of the cursor's line (no line break)
+    next_lines: list[str] = field(default_factory=list)  # a few lines after the cursor's line
+    multiline: bool = True  # the user's setting
+    max_lines: int = 12
+
+    @property
+    def mid_line(self) -> bool:
+        """Word characters follow the cursor: complete within the line only."""
+        rest = self.line_suffix.strip()
+        return bool(rest) and not all(c in CLOSING_PUNCT or c.isspace() for c in rest)
+
+    @property
+    def closing_suffix(self) -> str:
+        """The closing punctuation after the cursor, when that is all there is."""
+        rest = self.line_suffix.rstrip()
+        if rest and not self.mid_line:
+            return rest
+        return ""
+
+    @property
+    def block_mode(self) -> bool:
+        if not self.multiline or self.mid_line:
+            return False
+        stripped = self.line_prefix.strip()
+        if not stripped:
+            return True
+        return stripped.endswith(BLOCK_OPENERS) and not self.line_suffix.strip()
+
+    @property
+    def block_indent(self) -> int:
+        """Lines of a multi-line suggestion must be indented at least this much."""
+        width = indent_width(indent_of(self.line_prefix))
+        stripped = self.line_prefix.strip()
+        if stripped and stripped.endswith(BLOCK_OPENERS):
+            return width + 1  # the body of a block is deeper than its opener
+        if not stripped:
+            return indent_width(self.line_prefix)
+        return width
+
+
+class StopRules:
+    """Fed generated text; says when to stop. `text` is the kept part so far."""
+
+    def __init__(self, ctx: CursorContext) -> None:
+        self.ctx = ctx
+        self.raw = ""
+        self.text = ""
+        self.done = False
+        self.reason = ""
+        self._stack = unmatched_open(ctx.line_prefix)
+        self._quote = ""
+        self._comment = "#" in ctx.line_prefix and not unmatched_quote(ctx.line_prefix)
+        # At the end of a finished line, a one-line suggestion may start on the next line.
+        self._leading_newline_ok = not ctx.block_mode and not ctx.line_suffix.strip()
+
+    def feed(self, chunk: str) -> bool:
+        """Add generated text; returns True when generation should stop."""
+        if self.done:
+            return True
+        start = len(self.raw)
+        self.raw += chunk
+        for i in range(start, len(self.raw)):
+            ch = self.raw[i]
+            if ch == "\n":
+                self._quote = ""
+                self._comment = False
+                if self.ctx.block_mode:
+                    continue
+                if self._leading_newline_ok and not self.raw[:i].strip():
+                    continue
+                return self._stop(i, "line")
+            if self._quote:
+                if ch == self._quote and (i == 0 or self.raw[i - 1] != "\\"):
+                    self._quote = ""
+                continue
+            if self._comment:
+                continue
+            if ch == "#":
+                self._comment = True
+            elif ch in "\"'`":
+                self._quote = ch
+            elif ch in OPEN:
+                self._stack.append(ch)
+            elif ch in CLOSE:
+                if self._stack and self._stack[-1] == PAIR[ch]:
+                    self._stack.pop()
+                else:
+                    return self._stop(i, "bracket")
+        self.text = self.raw
+        return bool(self.ctx.block_mode and self._block_should_stop())
+
+    def _block_should_stop(self) -> bool:
+        lines = self.raw.split("\n")
+        complete = lines[:-1]  # the last line may still grow
+        if len(complete) > self.ctx.max_lines:
+            return self._cut_lines(self.ctx.max_lines, "max_lines")
+        blank_run = 0
+        prev = None
+        next_line = next((ln.strip() for ln in self.ctx.next_lines if ln.strip()), None)
+        for k, line in enumerate(complete):
+            if k == 0 and self.ctx.line_prefix.strip():
+                prev = line  # the rest of the cursor's line: no indentation rule
+                continue
+            if not line.strip():
+                blank_run += 1
+                if blank_run >= 2:
+                    return self._cut_lines(k - 1, "blank_lines")
+                continue
+            blank_run = 0
+            width = indent_width(indent_of(line if k else self.ctx.line_prefix + line))
+            if width < self.ctx.block_indent:
+                return self._cut_lines(k, "dedent")
+            if next_line is not None and line.strip() == next_line:
+                return self._cut_lines(k, "repeats_document")
+            if prev is not None and line.strip() and line.strip() == prev.strip() and len(line.strip()) > 3:
+                return self._cut_lines(k, "repetition")
+            prev = line
+        return False
+
+    def _cut_lines(self, keep: int, reason: str) -> bool:
+        lines = self.raw.split("\n")
+        self.text = "\n".join(lines[:keep])
+        self.done = True
+        self.reason = reason
+        return True
+
+    def _stop(self, i: int, reason: str) -> bool:
+        self.text = self.raw[:i]
+        if self.ctx.block_mode and reason == "bracket":
+            # in a block, cut back to the last complete line rather than leaving half a line
+            cut = self.text.rfind("\n")
+            if cut > 0:
+                self.text = self.text[:cut]
+        self.done = True
+        self.reason = reason
+        return True
+
+
+@dataclass
+class Suggestion:
+    insert_text: str
+    replace_chars: int = 0  # characters after the cursor that the item replaces (closing punctuation)
+
+
+def finalize(text: str, ctx: CursorContext) -> Suggestion | None:
+    """Trim and fit the generated text to the document; None when there is nothing worth showing."""
+    if ctx.block_mode and "\n" in text:
+        lines = [ln.rstrip() for ln in text.split("\n")]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        text = "\n".join(lines)
+    else:
+        lead = len(text) - len(text.lstrip("\n")) if not ctx.line_suffix.strip() else 0
+        text = text[:lead] + text[lead:].split("\n", 1)[0]
+        text = text.rstrip()
+    if not ctx.line_prefix.strip() and not text.strip():
+        return None
+    replace = 0
+    if ctx.mid_line:
+        text = _trim_suffix_overlap(text, ctx.line_suffix)
+    elif ctx.closing_suffix:
+        closing = ctx.closing_suffix
+        first, sep, rest = text.partition("\n")
+        if first.endswith(closing) and not sep:
+            replace = len(ctx.line_suffix.rstrip())
+        else:
+            text = _trim_suffix_overlap(first, closing) + sep + rest
+    if not text.strip():
+        return None
+    if not ctx.line_prefix.strip() and text.strip() in CLOSE:
+        return None
+    return Suggestion(insert_text=text, replace_chars=replace)
+
+
+def _trim_suffix_overlap(text: str, suffix: str) -> str:
+    """Drop the end of text that repeats the start of the suffix (the text after the cursor)."""
+    suffix = suffix.rstrip()
+    if not suffix:
+        return text
+    if suffix in text:
+        text = text[: text.index(suffix)]
+    for k in range(min(len(text), len(suffix)), 0, -1):
+        if text.endswith(suffix[:k]):
+            return text[:-k]
+    return text

@@ -1,0 +1,39 @@
+"""`bitmamba lsp` (also installed as `bitmamba-lsp`): run the completion daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("lsp", help="run the LSP completion daemon (stdio by default)")
+    p.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP socket instead (for debugging)")
+    p.add_argument(
+        "--model", "-m", default=None, help="override the model setting (path, folder or Hub repo id)"
+    )
+    p.add_argument("--threads", "-t", type=int, default=None, help="override the threads setting")
+    p.add_argument("--log-file", help="write the daemon's log here (stderr by default)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handler: logging.Handler = (
+        logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
+    logging.getLogger("pygls").setLevel(logging.WARNING if args.log_level != "DEBUG" else logging.DEBUG)
+
+    from bitmamba_lsp.server import create_server
+
+    server = create_server(model=args.model, threads=args.threads)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0

@@ -1,0 +1,105 @@
+"""Daemon settings: defaults, and parsing from LSP initializationOptions / didChangeConfiguration.
+
+Keys may be camelCase (editors) or snake_case, at the top level or under a "bitmamba" section.
+Unknown keys are reported back (logged), never fatal; bad values keep the previous setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Settings:
+    model: str | None = None  # path, folder or Hub repo id; None: the shipped default model
+    revision: str | None = None  # Hub revision to pin
+    threads: int = 0  # 0: one per core
+    max_tokens: int = 64  # per completion
+    temperature: float = 0.0  # 0: greedy (deterministic suggestions)
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    multiline: bool = True  # multi-line suggestions at empty lines and after block openers
+    max_lines: int = 12
+    debounce_ms: int = 30  # wait this long for more keystrokes before computing
+    time_budget_ms: int = 1500  # generation stops here and returns what it has
+    checkpoint_spacing: int = 0  # document checkpoint every N tokens; 0: chosen from the model
+    dense_checkpoints: int = 24  # checkpoints after each of the last N prompt tokens
+    memory_budget_mb: int = 1024  # all documents' checkpoints
+    completion_fallback: bool = False  # also answer textDocument/completion (Helix, eglot, Zed)
+    file_header: bool = False  # prefix prompts with a "# file: name" line
+    prefill_on_open: bool = True  # prefill whole documents in the background when opened
+    speculative: bool = True  # precompute the suggestion that follows accepting the current one
+    max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def update(self, options: Any) -> list[str]:
+        """Apply a settings object; returns warnings (unknown keys, bad values)."""
+        warnings: list[str] = []
+        if not isinstance(options, dict):
+            if options is not None:
+                warnings.append(f"settings must be an object, got {type(options).__name__}")
+            return warnings
+        if isinstance(options.get("bitmamba"), dict):
+            options = {**{k: v for k, v in options.items() if k != "bitmamba"}, **options["bitmamba"]}
+        fields = {f.name: f for f in dataclasses.fields(self) if f.name != "extra"}
+        for key, value in options.items():
+            name = _snake(key)
+            if name not in fields:
+                warnings.append(f"unknown setting '{key}'")
+                continue
+            try:
+                setattr(self, name, _coerce(name, value, fields[name].type))
+            except (TypeError, ValueError) as e:
+                warnings.append(f"setting '{key}': {e}")
+        return warnings
+
+    def copy(self) -> Settings:
+        return dataclasses.replace(self)
+
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "threads": (0, 256),
+    "max_tokens": (1, 4096),
+    "temperature": (0, 5),
+    "top_k": (0, 100000),
+    "top_p": (0.01, 1),
+    "min_p": (0, 0.99),
+    "max_lines": (1, 1000),
+    "debounce_ms": (0, 10000),
+    "time_budget_ms": (10, 600000),
+    "checkpoint_spacing": (0, 1 << 20),
+    "dense_checkpoints": (1, 4096),
+    "memory_budget_mb": (16, 1 << 20),
+    "max_document_chars": (1000, 1 << 31),
+}
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    t = str(typ)
+    if "bool" in t:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true/false, got {value!r}")
+        return value
+    if t.startswith("str"):
+        if value is None and "None" in t:
+            return None
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value or None if "None" in t else value
+    if "int" in t or "float" in t:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        lo, hi = _LIMITS.get(name, (float("-inf"), float("inf")))
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside {lo:g}..{hi:g}")
+        return int(value) if "int" in t else float(value)
+    return value
