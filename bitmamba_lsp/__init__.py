@@ -1,8 +1,8 @@
 """bitmamba-lsp: local code completion from a 1.58-bit Mamba model, served over LSP.
 
-    import bitmamba_lsp
-    m = bitmamba_lsp.load()                 # the default model shipped in the package
-    print(m.complete("def fibonacci(n):", max_tokens=32, temperature=0))
+import bitmamba_lsp
+m = bitmamba_lsp.load()                 # the default model shipped in the package
+print(m.complete("def fibonacci(n):", max_tokens=32, temperature=0))
 """
 
 from bitmamba_lsp import _core

@@ -264,7 +264,7 @@ def _trim_suffix_overlap(text: str, suffix: str) -> str:
     suffix = suffix.rstrip()
     if not suffix:
         return text
-    if suffix in text:
+    if len(suffix) >= 3 and suffix in text:  # the model wrote out what already follows
         text = text[: text.index(suffix)]
     for k in range(min(len(text), len(suffix)), 0, -1):
         if text.endswith(suffix[:k]):

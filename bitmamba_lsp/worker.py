@@ -194,7 +194,21 @@ class ModelWorker:
 
     def state_for(self, uri: str, prompt: np.ndarray) -> State:
         """The state after `prompt` exactly as a completion would build it (tests, diagnostics)."""
-        return self.submit(lambda: self._state_at(uri, prompt, keep=True)[0]).result()
+
+        def do() -> State:
+            assert self.model is not None
+            return self._state_at(uri, prompt, keep=True)[0] if len(prompt) else self.model.new_state()
+
+        return self.submit(do).result()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no background work is left (tests, benchmarks)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.submit(self._has_background).result():
+                return True
+            time.sleep(0.005)
+        return False
 
     def _state_at(
         self, uri: str, prompt: np.ndarray, keep: bool, speculative: bool = False
