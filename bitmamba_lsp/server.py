@@ -41,8 +41,29 @@ CONTEXT_CHARS = 4000  # text before the cursor looked at by the stop rules
 NEXT_LINES = 5
 
 
+class _Ignored:
+    """A message already answered while it was being parsed (handle_message skips it)."""
+
+    jsonrpc = "ignored"
+
+
 class BitmambaProtocol(LanguageServerProtocol):
     """Documents are tracked by the server itself (incrementally), not by pygls' workspace."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        """pygls drops a request whose params do not parse without answering it; answer it with
+        InvalidParams so the client is not left waiting."""
+        try:
+            return super().structure_message(data)
+        except Exception:
+            msg_id = data.get("id") if isinstance(data, dict) else None
+            if isinstance(msg_id, int | str) and "method" in data and "jsonrpc" in data:
+                method = data.get("method")
+                self._send_response(
+                    msg_id, error=JsonRpcInvalidParams(f"invalid params for {method!r}").to_response_error()
+                )
+                return _Ignored()
+            raise
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):  # type: ignore[override]
@@ -142,6 +163,7 @@ class BitmambaServer(LanguageServer):
             new.threads = self.threads_override
         old = self.settings
         self.settings = new
+        self.pending.clear()  # suggestions made under the old settings
         self.worker.reconfigure(new)
         if self._model_ready is not None and (new.model, new.revision) != (old.model, old.revision):
             self.start_model_load()

@@ -1,0 +1,152 @@
+"""Helpers for driving the daemon through a real LSP client (pytest-lsp / pygls) and for computing,
+independently of the daemon, the suggestion it should return."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lsprotocol import types as T
+from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
+
+from bitmamba_lsp.completion import CursorContext, StopRules, finalize
+
+SERVER = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--threads", "1"]
+
+
+async def start_server(
+    model: str | Path | None,
+    *,
+    client: str = "neovim",
+    encodings: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    wait: bool = True,
+) -> tuple[LanguageClient, T.InitializeResult]:
+    lc = make_test_lsp_client()
+    cmd = [*SERVER] + (["--model", str(model)] if model is not None else [])
+    await lc.start_io(*cmd)
+    caps = client_capabilities(client)
+    if encodings is not None:  # [] : the client says nothing (utf-16 is then the only choice)
+        caps.general = T.GeneralClientCapabilities(position_encodings=encodings or None)
+    opts = {"debounceMs": 0, "speculative": False, **(options or {})}
+    result = await lc.initialize_session(T.InitializeParams(capabilities=caps, initialization_options=opts))
+    if wait:
+        await wait_for_model(lc)
+    return lc, result
+
+
+async def raw_request(lc: LanguageClient, method: str, params: Any, timeout: float = 30) -> Any:
+    """Send a request with hand-written (possibly invalid) JSON params, as a buggy client might."""
+    from concurrent.futures import Future
+
+    msg_id = f"raw-{uuid.uuid4().hex[:8]}"
+    fut: Future[Any] = Future()
+    lc.protocol._request_futures[msg_id] = fut
+    lc.protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+
+async def status(lc: LanguageClient) -> dict[str, Any]:
+    res = await lc.protocol.send_request_async("bitmamba/status", None)
+    return to_dict(res)
+
+
+def to_dict(obj: Any) -> Any:
+    if hasattr(obj, "_asdict"):
+        return {k: to_dict(v) for k, v in obj._asdict().items()}
+    return obj
+
+
+async def wait_for_model(lc: LanguageClient, timeout: float = 60) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        st = await status(lc)
+        if st["model_state"] not in ("loading", "not loaded"):
+            return st
+        await asyncio.sleep(0.02)
+    raise TimeoutError("model did not load")
+
+
+async def stop_server(lc: LanguageClient) -> int | None:
+    await lc.shutdown_session()
+    await lc.stop()
+    return lc._server.returncode if lc._server else None
+
+
+def open_doc(lc: LanguageClient, uri: str, text: str, version: int = 1) -> None:
+    lc.text_document_did_open(
+        T.DidOpenTextDocumentParams(
+            T.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)
+        )
+    )
+
+
+def change(
+    lc: LanguageClient, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str
+) -> None:
+    lc.text_document_did_change(
+        T.DidChangeTextDocumentParams(
+            text_document=T.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[
+                T.TextDocumentContentChangePartial(
+                    range=T.Range(T.Position(*start), T.Position(*end)), text=text
+                )
+            ],
+        )
+    )
+
+
+def inline_params(uri: str, line: int, character: int) -> T.InlineCompletionParams:
+    return T.InlineCompletionParams(
+        context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Automatic),
+        text_document=T.TextDocumentIdentifier(uri=uri),
+        position=T.Position(line=line, character=character),
+    )
+
+
+async def inline(lc: LanguageClient, uri: str, line: int, character: int) -> T.InlineCompletionItem | None:
+    res = await lc.text_document_inline_completion_async(inline_params(uri, line, character))
+    if res is None:
+        return None
+    items = res.items if isinstance(res, T.InlineCompletionList) else res
+    assert len(items) == 1
+    return items[0]
+
+
+def expected_suggestion(
+    model: Any, text: str, offset: int, max_tokens: int, multiline: bool = True
+) -> str | None:
+    """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
+    a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules."""
+    before, after = text[:offset], text[offset:]
+    first, _, rest = after.partition("\n")
+    ctx = CursorContext(
+        line_prefix=before[before.rfind("\n") + 1 :],
+        line_suffix=first.rstrip("\r"),
+        next_lines=[ln.rstrip("\r") for ln in rest.split("\n", 5)[:5]],
+        multiline=multiline,
+    )
+    tok = model.tokenizer
+    ids = tok.encode(before) or [model.eos_id]
+    state = model.new_state()
+    logits = model.prefill(state, ids)
+    rules, dec = StopRules(ctx), tok.stream_decoder()
+    by_rules = False
+    for i in range(max_tokens):
+        t = int(np.argmax(logits))
+        if t == model.eos_id:
+            break
+        if rules.feed(dec.feed(t)):
+            by_rules = True
+            break
+        if i + 1 < max_tokens:
+            logits = model.step(state, t)
+    if not by_rules:
+        rules.feed(dec.flush())
+    s = finalize(rules.text, ctx)
+    return None if s is None else s.insert_text
