@@ -149,11 +149,7 @@ PYBIND11_MODULE(_core, m) {
             {
                 py::gil_scoped_release nogil;
                 ThreadPool pool(threads);
-                pool.run([&](int i, int n) {
-                    int g0, g1;
-                    split_range(w.groups, n, i, g0, g1);
-                    if (g0 < g1) k.gemv(w, xp.data(), sum, y.data(), g0, g1);
-                });
+                pool.parallel_for(w.groups, 1, [&](int g0, int g1, int) { k.gemv(w, xp.data(), sum, y.data(), g0, g1); });
             }
             py::array_t<int32_t> out(w.rows);
             std::memcpy(out.mutable_data(), y.data(), sizeof(int32_t) * w.rows);
@@ -180,12 +176,9 @@ PYBIND11_MODULE(_core, m) {
                 py::gil_scoped_release nogil;
                 ThreadPool pool(threads);
                 AlignedBuffer<uint8_t> scratch(static_cast<std::size_t>(pool.size()) * kRowGroup * w.cols_pad);
-                pool.run([&](int i, int n) {
-                    int g0, g1;
-                    split_range(w.groups, n, i, g0, g1);
-                    if (g0 < g1)
-                        k.gemm(w, xp.data(), sums.data(), Tp, Y.data(), w.rows_pad, g0, g1,
-                               scratch.data() + static_cast<std::size_t>(i) * kRowGroup * w.cols_pad);
+                pool.parallel_for(w.groups, 1, [&](int g0, int g1, int slot) {
+                    k.gemm(w, xp.data(), sums.data(), Tp, Y.data(), w.rows_pad, g0, g1,
+                           scratch.data() + static_cast<std::size_t>(slot) * kRowGroup * w.cols_pad);
                 });
             }
             py::array_t<int32_t> out({T, w.rows});

@@ -25,11 +25,13 @@ constexpr int kChanAlign = 16;  // channel split granularity (keeps SIMD tails i
 
 inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
 
-inline void split_aligned(int n, int parts, int i, int& b, int& e) {
+// Run f(c0, c1, slot) over channel ranges whose bounds are multiples of kChanAlign.
+template <typename F>
+void for_channels(ThreadPool& pool, int n, F&& f) {
     const int units = (n + kChanAlign - 1) / kChanAlign;
-    split_range(units, parts, i, b, e);
-    b = std::min(n, b * kChanAlign);
-    e = std::min(n, e * kChanAlign);
+    pool.parallel_for(units, pool.grain_for(units, 2), [&](int b, int e, int slot) {
+        f(std::min(n, b * kChanAlign), std::min(n, e * kChanAlign), slot);
+    });
 }
 
 const TensorView& get(const TensorMap& t, const std::string& name) {
@@ -226,10 +228,7 @@ void BitMamba2::matvec(const BitLinear& L, const float* x, float* out, bool accu
     const int rows = L.out();
     int32_t* acc = acc_.data();
     const int8_t* xq = xq_.data();
-    pool_->run([&](int i, int n) {
-        int g0, g1;
-        split_range(L.w.groups, n, i, g0, g1);
-        if (g0 >= g1) return;
+    pool_->parallel_for(L.w.groups, pool_->grain_for(L.w.groups), [&](int g0, int g1, int) {
         k.gemv(L.w, xq, sum_q, acc, g0, g1);
         const int r1 = std::min(rows, g1 * kRowGroup);
         if (accumulate)
@@ -242,10 +241,8 @@ void BitMamba2::matvec(const BitLinear& L, const float* x, float* out, bool accu
 void BitMamba2::quantize_rows(const BitLinear& L, const float* in, int n, int npad) {
     const KernelSet& k = *kernels_;
     const int n_in = L.in(), stride = L.w.cols_pad;
-    pool_->run([&](int i, int nt) {
-        int t0, t1;
-        split_range(npad, nt, i, t0, t1);
-        float* xn = xn_thr_.data() + static_cast<std::size_t>(i) * kpad_max_;
+    pool_->parallel_for(npad, 1, [&](int t0, int t1, int slot) {
+        float* xn = xn_thr_.data() + static_cast<std::size_t>(slot) * kpad_max_;
         for (int t = t0; t < t1; ++t) {
             int8_t* xq = X_.data() + static_cast<std::size_t>(t) * stride;
             if (t >= n) {  // padding token: zero row contributes nothing
@@ -266,12 +263,9 @@ void BitMamba2::matmul_rows(const BitLinear& L, int n, int npad, float* out, int
     const int rows = L.out();
     const int ldy = L.w.rows_pad;
     int32_t* Acc = (ldy > rows_pad_max_) ? AccV_.data() : Acc_.data();
-    pool_->run([&](int i, int nt) {
-        int g0, g1;
-        split_range(L.w.groups, nt, i, g0, g1);
-        if (g0 >= g1) return;
+    pool_->parallel_for(L.w.groups, pool_->grain_for(L.w.groups), [&](int g0, int g1, int slot) {
         k.gemm(L.w, X_.data(), sum_.data(), npad, Acc, ldy, g0, g1,
-               panels_.data() + static_cast<std::size_t>(i) * kRowGroup * kpad_max_);
+               panels_.data() + static_cast<std::size_t>(slot) * kRowGroup * kpad_max_);
         const int r0 = g0 * kRowGroup, r1 = std::min(rows, g1 * kRowGroup);
         for (int t = 0; t < n; ++t) {
             const float s = 1.0f / (sx_[t] * L.scale);
@@ -340,11 +334,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
         const Layer& ly = layers_[l];
         matvec(ly.in_proj, h_.data(), p_.data(), false);
         float* sl = st.layer(static_cast<int>(l));
-        pool_->run([&](int i, int n) {
-            int c0, c1;
-            split_aligned(di_, n, i, c0, c1);
-            if (c0 < c1) mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1);
-        });
+        for_channels(*pool_, di_, [&](int c0, int c1, int) { mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1); });
         matvec(ly.out_proj, y_.data(), h_.data(), true);
     }
     if (logits) logits_one(h_.data(), logits);
@@ -393,10 +383,7 @@ void BitMamba2::prefill(State& st, const int32_t* tokens, int T, float* logits, 
             quantize_rows(ly.in_proj, Hb_.data(), n, npad);
             matmul_rows(ly.in_proj, n, npad, Pb_.data(), dproj_, false);
             float* sl = st.layer(static_cast<int>(l));
-            pool_->run([&](int i, int nt) {
-                int c0, c1;
-                split_aligned(di_, nt, i, c0, c1);
-                if (c0 >= c1) return;
+            for_channels(*pool_, di_, [&](int c0, int c1, int) {
                 std::size_t si = 0;
                 for (int t = 0; t < n; ++t) {
                     mix(ly, sl, Pb_.data() + static_cast<std::size_t>(t) * dproj_,
@@ -445,10 +432,7 @@ void BitMamba2::step_batch(State* const* states, const int32_t* tokens, int n, f
         const Layer& ly = layers_[l];
         quantize_rows(ly.in_proj, Hb_.data(), n, npad);
         matmul_rows(ly.in_proj, n, npad, Pb_.data(), dproj_, false);
-        pool_->run([&](int i, int nt) {
-            int c0, c1;
-            split_aligned(di_, nt, i, c0, c1);
-            if (c0 >= c1) return;
+        for_channels(*pool_, di_, [&](int c0, int c1, int) {
             for (int t = 0; t < n; ++t)
                 mix(ly, states[t]->layer(static_cast<int>(l)), Pb_.data() + static_cast<std::size_t>(t) * dproj_,
                     Yb_.data() + static_cast<std::size_t>(t) * di_, Zb_.data() + static_cast<std::size_t>(t) * di_, c0,

@@ -33,18 +33,30 @@ ThreadPool::~ThreadPool() {
     for (auto& t : threads_) t.join();
 }
 
+void ThreadPool::work(int slot) {
+    for (;;) {
+        const int b = next_.fetch_add(grain_, std::memory_order_relaxed);
+        if (b >= total_) return;
+        body_(ctx_, b, std::min(total_, b + grain_), slot);
+    }
+}
+
 void ThreadPool::dispatch() {
-    pending_.store(n_ - 1);
-    generation_.fetch_add(1);  // seq_cst: publishes job_/ctx_ and pairs with the sleepers_ check below
+    // The job's fields are written before `open_` (seq_cst), so a worker that sees the job open
+    // sees them too.
+    open_.store(true);
+    generation_.fetch_add(1);
     if (sleepers_.load() > 0) {
         std::lock_guard<std::mutex> lk(sleep_mutex_);
         sleep_cv_.notify_all();
     }
-    job_(ctx_, 0, n_);
-    while (pending_.load(std::memory_order_acquire) != 0) BM_PAUSE();
+    work(0);
+    // Close the job, then wait only for workers that entered it (they may still be in a chunk).
+    open_.store(false);
+    while (active_.load() != 0) BM_PAUSE();
 }
 
-void ThreadPool::worker(int index) {
+void ThreadPool::worker(int slot) {
     uint64_t seen = 0;  // the generation at construction; a job may be posted before this thread runs
     for (;;) {
         int spins = 0;
@@ -62,8 +74,9 @@ void ThreadPool::worker(int index) {
         }
         seen = generation_.load();
         if (stop_.load()) return;
-        job_(ctx_, index, n_);
-        pending_.fetch_sub(1, std::memory_order_release);
+        active_.fetch_add(1);
+        if (open_.load()) work(slot);  // a job closed before we got here is skipped, not waited for
+        active_.fetch_sub(1);
     }
 }
 
