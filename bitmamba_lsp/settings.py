@@ -30,9 +30,9 @@ class Settings:
     dense_checkpoints: int = 24  # checkpoints after each of the last N prompt tokens
     memory_budget_mb: int = 1024  # all documents' checkpoints
     completion_fallback: bool = False  # also answer textDocument/completion (Helix, eglot, Zed)
-    file_header: bool = False  # prefix prompts with a "# file: name" line
     prefill_on_open: bool = True  # prefill whole documents in the background when opened
     speculative: bool = True  # precompute the suggestion that follows accepting the current one
+    incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

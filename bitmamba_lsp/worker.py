@@ -60,6 +60,7 @@ class CompletionResult:
     first_token_ms: float  # from submission to the first generated token
     total_ms: float
     cancelled: bool = False
+    first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
 
 
 class ModelWorker:
@@ -221,10 +222,10 @@ class ModelWorker:
         d = store.get(uri)
         d.touch()
         self._busy_uri = uri
-        n, base = d.resume(prompt, len(prompt) - 1)
+        n, base = d.resume(prompt, len(prompt) - 1) if self.settings.incremental_state else (0, None)
         state = base.copy() if base is not None else model.new_state()
         rest = prompt[n:]
-        if not keep:
+        if not keep or not self.settings.incremental_state:
             return state, model.prefill(state, rest), (n, len(rest))
         shared = d.doc.lcp(prompt)
         positions = store.checkpoint_positions(n, len(prompt), shared)
@@ -268,7 +269,8 @@ class ModelWorker:
         rules = StopRules(job.ctx)
         eos = model.eos_id
         token = int(sampler.sample(logits))
-        first_token_ms = (time.perf_counter() - job.submitted) * 1000
+        first_token_at = time.perf_counter()
+        first_token_ms = (first_token_at - job.submitted) * 1000
         n_tokens = 0
         reason = "length"
         while True:
@@ -305,6 +307,7 @@ class ModelWorker:
             first_token_ms=first_token_ms,
             total_ms=total_ms,
             cancelled=reason == "cancelled",
+            first_token_at=first_token_at,
         )
 
     # ------------------------------------------------------------------ the thread

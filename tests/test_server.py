@@ -287,6 +287,12 @@ async def test_status_and_accept_commands(client) -> None:
     assert set(after["first_token_ms"]) == {"p50", "p90", "p99"}
     for key in ("model", "simd", "threads", "documents", "state_memory_bytes", "last"):
         assert key in after
+    # didClose frees the document and its states
+    client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(uri=uri)))
+    await asyncio.sleep(0.2)
+    closed = await status(client)
+    assert closed["documents"] == after["documents"] - 1
+    assert closed["documents_with_states"] == after["documents_with_states"] - 1
 
 
 async def test_typed_ahead_and_speculative_next(model_path, engine) -> None:
