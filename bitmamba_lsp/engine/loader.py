@@ -46,11 +46,11 @@ def load(
                 f"the default model is not installed ({DEFAULT_MODEL_DIR / 'model.bin'} is missing); "
                 "pass a model path or repo id"
             )
-        model = _load_path(DEFAULT_MODEL_DIR, threads, kernels, name="bitmamba-default")
+        model = load_path(DEFAULT_MODEL_DIR, threads, kernels, name="bitmamba-default")
     else:
         path = Path(source).expanduser()
         if path.exists():
-            model = _load_path(path, threads, kernels)
+            model = load_path(path, threads, kernels)
         elif _REPO_ID.match(str(source)):
             from bitmamba_lsp.engine.hub import load_from_hub
 
@@ -63,7 +63,8 @@ def load(
     return model
 
 
-def _load_path(path: Path, threads: int | None, kernels: str, name: str | None = None) -> Model:
+def load_path(path: Path, threads: int | None = None, kernels: str = "simd", name: str | None = None) -> Model:
+    """Load a model file, or the model in a folder (a .bin, or config.json + safetensors)."""
     if path.is_dir():
         candidates = [
             path / "model.bin",
