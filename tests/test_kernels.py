@@ -133,3 +133,18 @@ def test_float_helpers_against_numpy(rng: np.random.Generator, n: int) -> None:
     ties = np.zeros(100, np.float32)
     ties[[17, 50]] = 3.0
     assert _core.argmax(ties, "simd") == _core.argmax(ties, "scalar") == 17
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 7), (5, 31), (8, 32), (13, 100), (80, 1536), (37, 769)])
+def test_int8_and_float_gemv(rng: np.random.Generator, rows: int, cols: int) -> None:
+    W8 = rng.integers(-127, 128, size=(rows, cols)).astype(np.int8)
+    x8 = rng.integers(-128, 128, size=cols).astype(np.int8)
+    expected = W8.astype(np.int64) @ x8.astype(np.int64)
+    assert np.array_equal(_core.i8gemv(W8, x8, "scalar"), expected)
+    assert np.array_equal(_core.i8gemv(W8, x8, "simd"), expected)
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal(cols).astype(np.float32)
+    ref = W.astype(np.float64) @ x.astype(np.float64)
+    tol = 1e-5 * np.sqrt(cols) * np.abs(W).max() * np.abs(x).max()
+    for level in ("scalar", "simd"):
+        assert np.abs(_core.fgemv(W, x, level) - ref).max() <= tol

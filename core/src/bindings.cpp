@@ -190,6 +190,30 @@ PYBIND11_MODULE(_core, m) {
         py::arg("w"), py::arg("X"), py::arg("level") = "simd", py::arg("threads") = 1,
         "Y = X @ W.T for int8 X [T, cols] (exact int32).");
     m.def(
+        "fgemv",
+        [](carray<float> W, carray<float> x, const std::string& level) {
+            if (W.ndim() != 2 || x.ndim() != 1 || W.shape(1) != x.shape(0)) throw std::invalid_argument("W [rows, cols], x [cols]");
+            const int rows = static_cast<int>(W.shape(0)), cols = static_cast<int>(W.shape(1));
+            py::array_t<float> y(rows);
+            kernels_by_name(level).fgemv(W.data(), cols, cols, x.data(), y.mutable_data(), 0, rows);
+            return y;
+        },
+        py::arg("W"), py::arg("x"), py::arg("level") = "simd", "y = W @ x in float32.");
+    m.def(
+        "i8gemv",
+        [](carray<int8_t> W, carray<int8_t> x, const std::string& level) {
+            if (W.ndim() != 2 || x.ndim() != 1 || W.shape(1) != x.shape(0)) throw std::invalid_argument("W [rows, cols], x [cols]");
+            const int rows = static_cast<int>(W.shape(0)), cols = static_cast<int>(W.shape(1));
+            const int ld = round_up(cols, 32);
+            AlignedBuffer<int8_t> wp(static_cast<std::size_t>(rows) * ld), xp(ld);
+            for (int r = 0; r < rows; ++r) std::memcpy(wp.data() + static_cast<std::size_t>(r) * ld, W.data(r, 0), cols);
+            std::memcpy(xp.data(), x.data(), cols);
+            py::array_t<int32_t> y(rows);
+            kernels_by_name(level).i8gemv(wp.data(), ld, ld, xp.data(), y.mutable_data(), 0, rows);
+            return y;
+        },
+        py::arg("W"), py::arg("x"), py::arg("level") = "simd", "y = W @ x for int8 W and x (exact int32).");
+    m.def(
         "quantize",
         [](carray<float> x, const std::string& level) {
             if (x.ndim() != 1) throw std::invalid_argument("x must be 1-D");

@@ -10,80 +10,18 @@
 // tokens leaves a state bit-identical to T calls of step().
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <stdexcept>
 #include <string>
 
+#include "bitmamba/layers.h"
 #include "bitmamba/model.h"
+#include "bitmamba/tensors.h"
 
 namespace bm {
 namespace {
 
 constexpr float kNormEps = 1e-6f;
-constexpr int kChunk = 64;      // tokens per batched pass
-constexpr int kChanAlign = 16;  // channel split granularity (keeps SIMD tails identical across splits)
-
-inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-
-// Run f(c0, c1, slot) over channel ranges whose bounds are multiples of kChanAlign.
-template <typename F>
-void for_channels(ThreadPool& pool, int n, F&& f) {
-    const int units = (n + kChanAlign - 1) / kChanAlign;
-    pool.parallel_for(units, pool.grain_for(units, 2), [&](int b, int e, int slot) {
-        f(std::min(n, b * kChanAlign), std::min(n, e * kChanAlign), slot);
-    });
-}
-
-const TensorView& get(const TensorMap& t, const std::string& name) {
-    auto it = t.find(name);
-    if (it == t.end()) throw FormatError("missing tensor '" + name + "'");
-    return it->second;
-}
-
-int64_t count(const TensorView& v) {
-    int64_t n = 1;
-    for (auto d : v.shape) n *= d;
-    return n;
-}
-
-void copy_f32(const TensorMap& t, const std::string& name, int64_t n, AlignedBuffer<float>& out) {
-    const TensorView& v = get(t, name);
-    if (v.dtype != "f32") throw FormatError("tensor '" + name + "': expected float32, got " + v.dtype);
-    if (count(v) != n)
-        throw FormatError("tensor '" + name + "': has " + std::to_string(count(v)) + " values, expected " +
-                          std::to_string(n));
-    out.reset(static_cast<std::size_t>(n));
-    std::memcpy(out.data(), v.data, sizeof(float) * n);
-    for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(out[i])) throw FormatError("tensor '" + name + "': contains NaN or Inf");
-}
-
-void load_ternary(const TensorMap& t, const std::string& name, int rows, int cols, BitLinear& out) {
-    const TensorView& v = get(t, name);
-    if (v.shape.size() != 2 || v.shape[0] != rows)
-        throw FormatError("tensor '" + name + "': wrong shape for a " + std::to_string(rows) + "x" +
-                          std::to_string(cols) + " ternary matrix");
-    if (!(std::isfinite(v.scale) && v.scale > 0.0f))
-        throw FormatError("tensor '" + name + "': scale is not a positive finite number");
-    if (v.dtype == "u8") {
-        if (v.cols != cols || v.shape[1] != (cols + 3) / 4)
-            throw FormatError("tensor '" + name + "': packed row size does not match " + std::to_string(cols) +
-                              " columns");
-        packed_from_file_codes(out.w, static_cast<const uint8_t*>(v.data), rows, cols, name.c_str());
-    } else if (v.dtype == "i8") {
-        if (v.shape[1] != cols) throw FormatError("tensor '" + name + "': wrong number of columns");
-        packed_from_int8(out.w, static_cast<const int8_t*>(v.data), rows, cols, name.c_str());
-    } else {
-        throw FormatError("tensor '" + name + "': unsupported ternary dtype " + v.dtype);
-    }
-    out.scale = v.scale;
-}
-
-uint64_t fnv1a(const std::string& s) {
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return h;
-}
+constexpr int kChunk = 64;  // tokens per batched pass
 
 class BitMamba2 final : public Model {
 public:
@@ -97,45 +35,32 @@ public:
 
 private:
     struct Layer {
-        BitLinear in_proj, out_proj;
+        Linear in_proj, out_proj;
         AlignedBuffer<float> conv_w;  // [4][d_inner], tap k of every channel contiguous
         AlignedBuffer<float> conv_b, dt_bias, A, D;  // A = -exp(A_log)
     };
 
-    // out[r] (=|+=) bitlinear(x)[r] for one token
-    void matvec(const BitLinear& L, const float* x, float* out, bool accumulate);
-    // Quantize n rows of `in` (row stride n_in) for L into X_ (row stride cols_pad), padded to npad.
-    void quantize_rows(const BitLinear& L, const float* in, int n, int npad);
-    // out[t * ld + r] (=|+=) bitlinear(row t)[r] for the rows quantized by quantize_rows.
-    void matmul_rows(const BitLinear& L, int n, int npad, float* out, int ld, bool accumulate);
     // The conv + selective-scan part for channels [c0, c1) of one token.
     void mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const;
-    void logits_one(const float* h, float* logits);
-    void ensure_all_logits_buffer(int npad);
+    // n tokens (embeddings in Hb_) through every layer; `states[t]` is token t's state (all the same
+    // state for a prefill), `snaps` (local token index, state) are filled after their token.
+    void layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps);
 
     int d_, di_, H_, hd_, dproj_, V_;
     const float* embed_ = nullptr;
     std::vector<Layer> layers_;
     AlignedBuffer<float> norm_f_;
-    BitLinear lm_head_;
-    int kpad_max_ = 0, rows_pad_max_ = 0;
-
+    Linear lm_head_;
+    LinearRunner run_;
     // single-token scratch
-    AlignedBuffer<float> h_, xn_, fn_, p_, y_, z_;
-    AlignedBuffer<int8_t> xq_;
-    AlignedBuffer<int32_t> acc_;
+    AlignedBuffer<float> h_, fn_, p_, y_, z_;
     // batched scratch (kChunk tokens)
-    AlignedBuffer<float> Hb_, Pb_, Yb_, Zb_, Fb_, sx_, xn_thr_;
-    AlignedBuffer<int8_t> X_;
-    AlignedBuffer<int32_t> sum_, Acc_, AccV_;
-    AlignedBuffer<uint8_t> panels_;
-    int n_thread_slots_ = 0;
-    void ensure_thread_scratch();
+    AlignedBuffer<float> Hb_, Pb_, Yb_, Zb_, Fb_;
 };
 
 BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, int n_heads, int n_threads,
                      const KernelSet* kernels)
-    : Model(n_threads, kernels) {
+    : Model(n_threads, kernels), run_(pool_, kernels_) {
     if (vocab <= 0 || d_model <= 0 || n_layers <= 0 || n_heads <= 0)
         throw FormatError("config: every dimension must be positive");
     d_ = d_model;
@@ -146,17 +71,13 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
     dproj_ = 2 * di_ + 3 * H_;
     V_ = vocab;
 
-    const TensorView& e = get(t, "embed");
-    if (e.dtype != "f32" || count(e) != static_cast<int64_t>(vocab) * d_model)
-        throw FormatError("tensor 'embed': expected float32 [" + std::to_string(vocab) + ", " +
-                          std::to_string(d_model) + "]");
-    embed_ = static_cast<const float*>(e.data);
-
+    embed_ = f32_tensor(t, "embed", static_cast<int64_t>(vocab) * d_model);  // stays mapped
     layers_.resize(n_layers);
     for (int l = 0; l < n_layers; ++l) {
         const std::string p = "layers." + std::to_string(l) + ".";
         Layer& ly = layers_[l];
         copy_f32(t, p + "in_proj_norm", d_, ly.in_proj.norm);
+        ly.in_proj.norm_eps = kNormEps;
         load_ternary(t, p + "in_proj", dproj_, d_, ly.in_proj);
         AlignedBuffer<float> cw;
         copy_f32(t, p + "conv1d_w", static_cast<int64_t>(di_) * 4, cw);
@@ -169,13 +90,15 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
         for (int h = 0; h < H_; ++h) ly.A[h] = -std::exp(ly.A[h]);
         copy_f32(t, p + "D", di_, ly.D);
         copy_f32(t, p + "out_proj_norm", di_, ly.out_proj.norm);
+        ly.out_proj.norm_eps = kNormEps;
         load_ternary(t, p + "out_proj", d_, di_, ly.out_proj);
-        weight_bytes_ += ly.in_proj.w.bytes() + ly.out_proj.w.bytes() + sizeof(float) * (8 * di_ + 2 * H_ + d_);
+        weight_bytes_ += ly.in_proj.bytes() + ly.out_proj.bytes() + sizeof(float) * (6 * di_ + 2 * H_);
     }
     copy_f32(t, "norm_f", d_, norm_f_);
     copy_f32(t, "lm_head_norm", d_, lm_head_.norm);
+    lm_head_.norm_eps = kNormEps;
     load_ternary(t, "lm_head", V_, d_, lm_head_);
-    weight_bytes_ += lm_head_.w.bytes() + sizeof(float) * 2 * d_;
+    weight_bytes_ += lm_head_.bytes() + sizeof(float) * d_;
 
     info_.arch = "bitmamba2";
     info_.vocab_size = V_;
@@ -188,95 +111,17 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
     layout_.signature = fnv1a("bitmamba2:" + std::to_string(V_) + ":" + std::to_string(d_) + ":" +
                               std::to_string(n_layers) + ":" + std::to_string(H_));
 
-    kpad_max_ = std::max({layers_[0].in_proj.w.cols_pad, layers_[0].out_proj.w.cols_pad, lm_head_.w.cols_pad});
-    rows_pad_max_ = std::max(layers_[0].in_proj.w.rows_pad, layers_[0].out_proj.w.rows_pad);
+    run_.reserve(std::max(d_, di_), std::max({dproj_, d_, V_}), kChunk, std::max(dproj_, d_));
     h_.reset(d_);
-    xn_.reset(kpad_max_);
     fn_.reset(d_);
     p_.reset(dproj_);
     y_.reset(di_);
     z_.reset(di_);
-    xq_.reset(kpad_max_);
-    acc_.reset(std::max(rows_pad_max_, lm_head_.w.rows_pad));
     Hb_.reset(static_cast<std::size_t>(kChunk) * d_);
     Pb_.reset(static_cast<std::size_t>(kChunk) * dproj_);
     Yb_.reset(static_cast<std::size_t>(kChunk) * di_);
     Zb_.reset(static_cast<std::size_t>(kChunk) * di_);
     Fb_.reset(static_cast<std::size_t>(kChunk) * d_);
-    sx_.reset(kChunk);
-    X_.reset(static_cast<std::size_t>(kChunk) * kpad_max_);
-    sum_.reset(kChunk);
-    Acc_.reset(static_cast<std::size_t>(kChunk) * rows_pad_max_);
-}
-
-void BitMamba2::ensure_thread_scratch() {
-    const int n = pool_->size();
-    if (n == n_thread_slots_) return;
-    panels_.reset(static_cast<std::size_t>(n) * kRowGroup * kpad_max_);
-    xn_thr_.reset(static_cast<std::size_t>(n) * kpad_max_);
-    n_thread_slots_ = n;
-}
-
-void BitMamba2::matvec(const BitLinear& L, const float* x, float* out, bool accumulate) {
-    const KernelSet& k = *kernels_;
-    const int n_in = L.in();
-    k.rmsnorm(x, L.norm.data(), n_in, kNormEps, xn_.data());
-    int32_t sum_q = 0;
-    const float sx = k.quantize(xn_.data(), n_in, xq_.data(), &sum_q);
-    std::memset(xq_.data() + n_in, 0, L.w.cols_pad - n_in);
-    const float s = 1.0f / (sx * L.scale);
-    const int rows = L.out();
-    int32_t* acc = acc_.data();
-    const int8_t* xq = xq_.data();
-    pool_->parallel_for(L.w.groups, pool_->grain_for(L.w.groups), [&](int g0, int g1, int) {
-        k.gemv(L.w, xq, sum_q, acc, g0, g1);
-        const int r1 = std::min(rows, g1 * kRowGroup);
-        if (accumulate)
-            for (int r = g0 * kRowGroup; r < r1; ++r) out[r] += static_cast<float>(acc[r]) * s;
-        else
-            for (int r = g0 * kRowGroup; r < r1; ++r) out[r] = static_cast<float>(acc[r]) * s;
-    });
-}
-
-void BitMamba2::quantize_rows(const BitLinear& L, const float* in, int n, int npad) {
-    const KernelSet& k = *kernels_;
-    const int n_in = L.in(), stride = L.w.cols_pad;
-    pool_->parallel_for(npad, 1, [&](int t0, int t1, int slot) {
-        float* xn = xn_thr_.data() + static_cast<std::size_t>(slot) * kpad_max_;
-        for (int t = t0; t < t1; ++t) {
-            int8_t* xq = X_.data() + static_cast<std::size_t>(t) * stride;
-            if (t >= n) {  // padding token: zero row contributes nothing
-                std::memset(xq, 0, stride);
-                sum_[t] = 0;
-                sx_[t] = 1.0f;
-                continue;
-            }
-            k.rmsnorm(in + static_cast<std::size_t>(t) * n_in, L.norm.data(), n_in, kNormEps, xn);
-            sx_[t] = k.quantize(xn, n_in, xq, &sum_[t]);
-            std::memset(xq + n_in, 0, stride - n_in);
-        }
-    });
-}
-
-void BitMamba2::matmul_rows(const BitLinear& L, int n, int npad, float* out, int ld, bool accumulate) {
-    const KernelSet& k = *kernels_;
-    const int rows = L.out();
-    const int ldy = L.w.rows_pad;
-    int32_t* Acc = (ldy > rows_pad_max_) ? AccV_.data() : Acc_.data();
-    pool_->parallel_for(L.w.groups, pool_->grain_for(L.w.groups), [&](int g0, int g1, int slot) {
-        k.gemm(L.w, X_.data(), sum_.data(), npad, Acc, ldy, g0, g1,
-               panels_.data() + static_cast<std::size_t>(slot) * kRowGroup * kpad_max_);
-        const int r0 = g0 * kRowGroup, r1 = std::min(rows, g1 * kRowGroup);
-        for (int t = 0; t < n; ++t) {
-            const float s = 1.0f / (sx_[t] * L.scale);
-            const int32_t* a = Acc + static_cast<std::size_t>(t) * ldy;
-            float* o = out + static_cast<std::size_t>(t) * ld;
-            if (accumulate)
-                for (int r = r0; r < r1; ++r) o[r] += static_cast<float>(a[r]) * s;
-            else
-                for (int r = r0; r < r1; ++r) o[r] = static_cast<float>(a[r]) * s;
-        }
-    });
 }
 
 void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const {
@@ -320,11 +165,6 @@ void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float*
     }
 }
 
-void BitMamba2::logits_one(const float* h, float* logits) {
-    kernels_->rmsnorm(h, norm_f_.data(), d_, kNormEps, fn_.data());
-    matvec(lm_head_, fn_.data(), logits, false);
-}
-
 void BitMamba2::step(State& st, int32_t token, float* logits) {
     std::lock_guard<std::mutex> lk(mutex_);
     check_state(st);
@@ -332,18 +172,35 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     std::memcpy(h_.data(), embed_ + static_cast<std::size_t>(token) * d_, sizeof(float) * d_);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const Layer& ly = layers_[l];
-        matvec(ly.in_proj, h_.data(), p_.data(), false);
+        run_.apply(ly.in_proj, h_.data(), p_.data());
         float* sl = st.layer(static_cast<int>(l));
         for_channels(*pool_, di_, [&](int c0, int c1, int) { mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1); });
-        matvec(ly.out_proj, y_.data(), h_.data(), true);
+        run_.apply(ly.out_proj, y_.data(), h_.data(), true);
     }
-    if (logits) logits_one(h_.data(), logits);
+    if (logits) {
+        kernels_->rmsnorm(h_.data(), norm_f_.data(), d_, kNormEps, fn_.data());
+        run_.apply(lm_head_, fn_.data(), logits);
+    }
     st.n_tokens += 1;
 }
 
-void BitMamba2::ensure_all_logits_buffer(int npad) {
-    const std::size_t need = static_cast<std::size_t>(npad) * lm_head_.w.rows_pad;
-    if (AccV_.size() < need) AccV_.reset(static_cast<std::size_t>(kChunk) * lm_head_.w.rows_pad);
+void BitMamba2::layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps) {
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const Layer& ly = layers_[l];
+        run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
+        const int li = static_cast<int>(l);
+        for_channels(*pool_, di_, [&](int c0, int c1, int) {
+            std::size_t si = 0;
+            for (int t = 0; t < n; ++t) {
+                mix(ly, states[t]->layer(li), Pb_.data() + static_cast<std::size_t>(t) * dproj_,
+                    Yb_.data() + static_cast<std::size_t>(t) * di_, Zb_.data() + static_cast<std::size_t>(t) * di_, c0,
+                    c1);
+                for (; si < snaps.size() && snaps[si].first == t; ++si)
+                    snapshot_layer(*states[t], li, *snaps[si].second, c0, c1);
+            }
+        });
+        run_.apply_rows(ly.out_proj, Yb_.data(), di_, n, Hb_.data(), d_, true);
+    }
 }
 
 void BitMamba2::prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
@@ -360,53 +217,30 @@ void BitMamba2::prefill(State& st, const int32_t* tokens, int T, float* logits, 
         check_state(*sp.second);
         prev = sp.first;
     }
-    ensure_thread_scratch();
-    if (all_logits && logits) ensure_all_logits_buffer(round_up(std::min(T, kChunk), kGemmTokens));
     const int64_t base_tokens = st.n_tokens;
     std::size_t snap_i = 0;
     std::vector<std::pair<int, State*>> chunk_snaps;
     chunk_snaps.reserve(snapshots.size());
+    std::vector<State*> same(kChunk, &st);
 
     for (int t0 = 0; t0 < T; t0 += kChunk) {
         const int n = std::min(kChunk, T - t0);
-        const int npad = round_up(n, kGemmTokens);
         for (int t = 0; t < n; ++t)
             std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_,
                         embed_ + static_cast<std::size_t>(tokens[t0 + t]) * d_, sizeof(float) * d_);
         chunk_snaps.clear();
-        while (snap_i < snapshots.size() && snapshots[snap_i].first <= t0 + n) {
+        for (; snap_i < snapshots.size() && snapshots[snap_i].first <= t0 + n; ++snap_i)
             chunk_snaps.emplace_back(snapshots[snap_i].first - t0 - 1, snapshots[snap_i].second);
-            ++snap_i;
-        }
-        for (std::size_t l = 0; l < layers_.size(); ++l) {
-            const Layer& ly = layers_[l];
-            quantize_rows(ly.in_proj, Hb_.data(), n, npad);
-            matmul_rows(ly.in_proj, n, npad, Pb_.data(), dproj_, false);
-            float* sl = st.layer(static_cast<int>(l));
-            for_channels(*pool_, di_, [&](int c0, int c1, int) {
-                std::size_t si = 0;
-                for (int t = 0; t < n; ++t) {
-                    mix(ly, sl, Pb_.data() + static_cast<std::size_t>(t) * dproj_,
-                        Yb_.data() + static_cast<std::size_t>(t) * di_, Zb_.data() + static_cast<std::size_t>(t) * di_,
-                        c0, c1);
-                    while (si < chunk_snaps.size() && chunk_snaps[si].first == t) {
-                        snapshot_layer(st, static_cast<int>(l), *chunk_snaps[si].second, c0, c1);
-                        ++si;
-                    }
-                }
-            });
-            quantize_rows(ly.out_proj, Yb_.data(), n, npad);
-            matmul_rows(ly.out_proj, n, npad, Hb_.data(), d_, true);
-        }
+        layers_batch(same.data(), n, chunk_snaps);
         for (auto& cs : chunk_snaps) cs.second->n_tokens = base_tokens + t0 + cs.first + 1;
-        if (all_logits && logits) {
-            for (int t = 0; t < n; ++t)
+        if (logits && (all_logits || t0 + n == T)) {
+            const int first = all_logits ? 0 : n - 1;
+            for (int t = first; t < n; ++t)
                 kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, kNormEps,
                                   Fb_.data() + static_cast<std::size_t>(t) * d_);
-            quantize_rows(lm_head_, Fb_.data(), n, npad);
-            matmul_rows(lm_head_, n, npad, logits + static_cast<std::size_t>(t0) * V_, V_, false);
+            float* out = all_logits ? logits + static_cast<std::size_t>(t0) * V_ : logits;
+            run_.apply_rows(lm_head_, Fb_.data() + static_cast<std::size_t>(first) * d_, d_, n - first, out, V_);
         }
-        if (t0 + n == T && logits && !all_logits) logits_one(Hb_.data() + static_cast<std::size_t>(n - 1) * d_, logits);
     }
     st.n_tokens = base_tokens + T;
 }
@@ -422,31 +256,15 @@ void BitMamba2::step_batch(State* const* states, const int32_t* tokens, int n, f
             if (states[j] == states[i]) throw std::invalid_argument("step_batch: the same state appears twice");
     }
     check_tokens(tokens, n);
-    ensure_thread_scratch();
-    const int npad = round_up(n, kGemmTokens);
-    if (logits) ensure_all_logits_buffer(npad);
     for (int t = 0; t < n; ++t)
         std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_, embed_ + static_cast<std::size_t>(tokens[t]) * d_,
                     sizeof(float) * d_);
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const Layer& ly = layers_[l];
-        quantize_rows(ly.in_proj, Hb_.data(), n, npad);
-        matmul_rows(ly.in_proj, n, npad, Pb_.data(), dproj_, false);
-        for_channels(*pool_, di_, [&](int c0, int c1, int) {
-            for (int t = 0; t < n; ++t)
-                mix(ly, states[t]->layer(static_cast<int>(l)), Pb_.data() + static_cast<std::size_t>(t) * dproj_,
-                    Yb_.data() + static_cast<std::size_t>(t) * di_, Zb_.data() + static_cast<std::size_t>(t) * di_, c0,
-                    c1);
-        });
-        quantize_rows(ly.out_proj, Yb_.data(), n, npad);
-        matmul_rows(ly.out_proj, n, npad, Hb_.data(), d_, true);
-    }
+    layers_batch(states, n, {});
     if (logits) {
         for (int t = 0; t < n; ++t)
             kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, kNormEps,
                               Fb_.data() + static_cast<std::size_t>(t) * d_);
-        quantize_rows(lm_head_, Fb_.data(), n, npad);
-        matmul_rows(lm_head_, n, npad, logits, V_, false);
+        run_.apply_rows(lm_head_, Fb_.data(), d_, n, logits, V_);
     }
     for (int t = 0; t < n; ++t) states[t]->n_tokens += 1;
 }

@@ -297,10 +297,81 @@ int argmax_avx2(const float* x, int n) {
     return scalar_kernels().argmax(x, n);  // only reachable with NaNs
 }
 
+void fgemv_avx2(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) {
+    const int c8 = cols / 8 * 8;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const float* w0 = W + static_cast<std::size_t>(r) * ld;
+        const float* w1 = w0 + ld;
+        const float* w2 = w1 + ld;
+        const float* w3 = w2 + ld;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int c = 0; c < c8; c += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + c);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
+        }
+        float s0 = hsum_ps(a0), s1 = hsum_ps(a1), s2 = hsum_ps(a2), s3 = hsum_ps(a3);
+        for (int c = c8; c < cols; ++c) {
+            s0 += w0[c] * x[c];
+            s1 += w1[c] * x[c];
+            s2 += w2[c] * x[c];
+            s3 += w3[c] * x[c];
+        }
+        y[r] = s0;
+        y[r + 1] = s1;
+        y[r + 2] = s2;
+        y[r + 3] = s3;
+    }
+    for (; r < r1; ++r) {
+        const float* w = W + static_cast<std::size_t>(r) * ld;
+        __m256 a = _mm256_setzero_ps();
+        for (int c = 0; c < c8; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + c), _mm256_loadu_ps(x + c), a);
+        float s = hsum_ps(a);
+        for (int c = c8; c < cols; ++c) s += w[c] * x[c];
+        y[r] = s;
+    }
+}
+
+// int8 x int8: maddubs needs an unsigned operand, so use |x| and w carrying the sign of x.
+inline __m256i dot_i8(__m256i w, __m256i xabs, __m256i x, __m256i ones) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(xabs, _mm256_sign_epi8(w, x)), ones);
+}
+
+void i8gemv_avx2(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t* w0 = W + static_cast<std::size_t>(r) * ld;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int c = 0; c < cols; c += 32) {
+            _mm_prefetch(reinterpret_cast<const char*>(w0 + c + 4 * ld + 512), _MM_HINT_T0);
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c));
+            const __m256i xa = _mm256_sign_epi8(xv, xv);
+            a0 = _mm256_add_epi32(a0, dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + c)), xa, xv, ones));
+            a1 = _mm256_add_epi32(a1, dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + ld + c)), xa, xv, ones));
+            a2 = _mm256_add_epi32(a2, dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + 2 * ld + c)), xa, xv, ones));
+            a3 = _mm256_add_epi32(a3, dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + 3 * ld + c)), xa, xv, ones));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + r), hsum4_epi32(a0, a1, a2, a3));
+    }
+    for (; r < r1; ++r) {
+        const int8_t* w = W + static_cast<std::size_t>(r) * ld;
+        __m256i a = _mm256_setzero_si256();
+        for (int c = 0; c < cols; c += 32) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c));
+            a = _mm256_add_epi32(a, dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c)), _mm256_sign_epi8(xv, xv), xv, ones));
+        }
+        y[r] = hsum_epi32(a);
+    }
+}
+
 }  // namespace
 
 const KernelSet& avx2_kernels() {
-    static const KernelSet k{"avx2",       gemv_avx2,         gemm_avx2, quantize_avx2, rmsnorm_avx2, silu_avx2, exp_avx2,      argmax_avx2};
+    static const KernelSet k{"avx2",       gemv_avx2,         gemm_avx2, quantize_avx2, rmsnorm_avx2, silu_avx2, exp_avx2,      argmax_avx2, fgemv_avx2, i8gemv_avx2};
     return k;
 }
 

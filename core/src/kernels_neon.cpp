@@ -192,6 +192,35 @@ void exp_neon(float* x, int n) {
 
 int argmax_neon(const float* x, int n) { return scalar_kernels().argmax(x, n); }
 
+void fgemv_neon(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) {
+    const int c4 = cols / 4 * 4;
+    for (int r = r0; r < r1; ++r) {
+        const float* w = W + static_cast<std::size_t>(r) * ld;
+        float32x4_t a = vdupq_n_f32(0.0f);
+        for (int c = 0; c < c4; c += 4) a = vfmaq_f32(a, vld1q_f32(w + c), vld1q_f32(x + c));
+        float s = vaddvq_f32(a);
+        for (int c = c4; c < cols; ++c) s += w[c] * x[c];
+        y[r] = s;
+    }
+}
+
+void i8gemv_neon(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+        const int8_t* w = W + static_cast<std::size_t>(r) * ld;
+        int32x4_t a = vdupq_n_s32(0);
+        for (int c = 0; c < cols; c += 16) {
+            const int8x16_t wv = vld1q_s8(w + c), xv = vld1q_s8(x + c);
+#if defined(__ARM_FEATURE_DOTPROD)
+            a = vdotq_s32(a, wv, xv);
+#else
+            a = vpadalq_s16(a, vmull_s8(vget_low_s8(wv), vget_low_s8(xv)));
+            a = vpadalq_s16(a, vmull_s8(vget_high_s8(wv), vget_high_s8(xv)));
+#endif
+        }
+        y[r] = vaddvq_s32(a);
+    }
+}
+
 }  // namespace
 
 const KernelSet& neon_kernels() {
@@ -201,7 +230,7 @@ const KernelSet& neon_kernels() {
 #else
         "neon",
 #endif
-        gemv_neon,   gemm_neon,         quantize_neon, rmsnorm_neon, silu_neon, exp_neon,  argmax_neon};
+        gemv_neon,   gemm_neon,         quantize_neon, rmsnorm_neon, silu_neon, exp_neon,  argmax_neon, fgemv_neon, i8gemv_neon};
     return k;
 }
 

@@ -72,10 +72,28 @@ int argmax_scalar(const float* x, int n) {
     return best;
 }
 
+void fgemv_scalar(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+        const float* w = W + static_cast<std::size_t>(r) * ld;
+        float s = 0.0f;
+        for (int c = 0; c < cols; ++c) s += w[c] * x[c];
+        y[r] = s;
+    }
+}
+
+void i8gemv_scalar(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+        const int8_t* w = W + static_cast<std::size_t>(r) * ld;
+        int32_t s = 0;
+        for (int c = 0; c < cols; ++c) s += static_cast<int32_t>(w[c]) * x[c];
+        y[r] = s;
+    }
+}
+
 }  // namespace
 
 const KernelSet& scalar_kernels() {
-    static const KernelSet k{"scalar",        gemv_scalar, gemm_scalar, quantize_scalar, rmsnorm_scalar, silu_scalar, exp_scalar, argmax_scalar};
+    static const KernelSet k{"scalar",        gemv_scalar, gemm_scalar, quantize_scalar, rmsnorm_scalar, silu_scalar, exp_scalar, argmax_scalar, fgemv_scalar, i8gemv_scalar};
     return k;
 }
 

@@ -63,6 +63,11 @@ struct KernelSet {
     void (*exp)(float* x, int n);
     // index of the largest value (first on ties)
     int (*argmax)(const float* x, int n);
+    // y[r] = sum_c W[r * ld + c] * x[c] for r in [r0, r1): float weights (x_proj, dt_proj, float layers).
+    void (*fgemv)(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1);
+    // y[r] = sum_c W[r * ld + c] * x[c], exact int32, for int8 weights (per-row quantized float
+    // layers such as a large lm_head). ld and cols are multiples of 32; W and x are zero padded.
+    void (*i8gemv)(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1);
 };
 
 const KernelSet& scalar_kernels();

@@ -117,17 +117,6 @@ protected:
     std::mutex mutex_;
 };
 
-// A ternary linear layer: y = W q(x) / (sx * scale) [* row_scale] [* alpha], with an optional
-// RMSNorm of the input inside (BitMamba-2 style).
-struct BitLinear {
-    PackedMatrix w;
-    float scale = 1.0f;              // y = dot / (sx * scale)
-    AlignedBuffer<float> norm;       // empty: no internal norm
-    AlignedBuffer<float> row_scale;  // empty: per-tensor scale only (rows_pad entries)
-    int in() const { return w.cols; }
-    int out() const { return w.rows; }
-};
-
 std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
                                       int n_threads, const KernelSet* kernels);
 
