@@ -24,6 +24,12 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to pin")
     p.add_argument("--threads", "-t", type=int, default=None, help="worker threads (default: one per core)")
+    p.add_argument(
+        "--lm-head",
+        choices=["int8", "f32"],
+        default="int8",
+        help="float output layers (bitmamba-student): quantize to int8 per row at load (default) or keep fp32",
+    )
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -43,7 +49,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from bitmamba_lsp.engine import load
 
-    return load(args.model, threads=args.threads, revision=getattr(args, "revision", None))
+    return load(
+        args.model, threads=args.threads, revision=getattr(args, "revision", None), lm_head=args.lm_head
+    )
 
 
 # ------------------------------------------------------------------------------------------ info

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bitmamba_lsp.engine.loader import ModelNotFoundError
+
 if TYPE_CHECKING:
     from bitmamba_lsp.engine.model import Model
 
@@ -54,16 +56,20 @@ def choose_files(files: list[str]) -> list[str]:
     """The files to fetch from a repository listing (BitMamba-2 .bin preferred)."""
     bins = [f for f in files if _is_model_bin(f)]
     preferred = [f for f in bins if f.startswith("bitmamba_cpp/")] or bins
-    tokenizers = [f for f in files if any(fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in TOKENIZER_PATTERNS)]
+    tokenizers = [
+        f for f in files if any(fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in TOKENIZER_PATTERNS)
+    ]
     if preferred:
         return [sorted(preferred)[0], *tokenizers]
     safetensors = [f for f in files if any(fnmatch.fnmatch(f, p) for p in SAFETENSORS_PATTERNS)]
     if "config.json" in files and any(f.endswith(".safetensors") for f in files):
         return [*safetensors, *tokenizers]
-    raise FileNotFoundError("no BitMamba model in this repository (neither a bitmamba.cpp .bin nor config.json + safetensors)")
+    raise FileNotFoundError(
+        "no BitMamba model in this repository (neither a bitmamba.cpp .bin nor config.json + safetensors)"
+    )
 
 
-class HubError(FileNotFoundError):
+class HubError(ModelNotFoundError):
     """A Hub model could not be resolved; the message is one actionable line."""
 
 
@@ -97,7 +103,9 @@ def resolve(repo_id: str, revision: str | None = None) -> Path:
         folder = snapshot_download(repo_id, revision=revision, cache_dir=cache, allow_patterns=wanted)
         return Path(folder)
     except RepositoryNotFoundError:
-        raise HubError(f"no model '{repo_id}' on the Hugging Face Hub (or it is private: set HF_TOKEN)") from None
+        raise HubError(
+            f"no model '{repo_id}' on the Hugging Face Hub (or it is private: set HF_TOKEN)"
+        ) from None
     except GatedRepoError:
         raise HubError(f"'{repo_id}' is gated: accept its terms on huggingface.co and set HF_TOKEN") from None
     except RevisionNotFoundError:
@@ -115,10 +123,17 @@ def resolve(repo_id: str, revision: str | None = None) -> Path:
             ) from None
 
 
-def load_from_hub(repo_id: str, *, threads: int | None = None, kernels: str = "simd", revision: str | None = None) -> Model:
+def load_from_hub(
+    repo_id: str,
+    *,
+    threads: int | None = None,
+    kernels: str = "simd",
+    revision: str | None = None,
+    lm_head: str = "int8",
+) -> Model:
     from bitmamba_lsp.engine.loader import load_path
 
     folder = resolve(repo_id, revision)
-    model = load_path(folder, threads=threads, kernels=kernels, name=repo_id)
+    model = load_path(folder, threads=threads, kernels=kernels, name=repo_id, lm_head=lm_head)
     model.extra["hub_revision"] = revision
     return model

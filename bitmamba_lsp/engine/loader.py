@@ -30,6 +30,7 @@ def load(
     threads: int | None = None,
     kernels: str = "simd",
     revision: str | None = None,
+    lm_head: str = "int8",
 ) -> Model:
     """Load a model.
 
@@ -38,6 +39,8 @@ def load(
     ``Zhayr1/BitMamba-2-0.25B`` (downloaded once into the Hub cache; ``HF_HUB_OFFLINE=1`` works
     from the cache). threads: worker threads (0/None: one per core, or $BITMAMBA_THREADS).
     kernels: "simd" (the level built for this CPU) or "scalar" (the reference).
+    lm_head: for checkpoints with a float output layer (bitmamba-student): "int8" (per-row
+    quantized at load, 4x smaller) or "f32".
     """
     t0 = time.perf_counter()
     if is_default(source):
@@ -46,15 +49,17 @@ def load(
                 f"the default model is not installed ({DEFAULT_MODEL_DIR / 'model.bin'} is missing); "
                 "pass a model path or repo id"
             )
-        model = load_path(DEFAULT_MODEL_DIR, threads, kernels, name="bitmamba-default")
+        model = load_path(DEFAULT_MODEL_DIR, threads, kernels, name="bitmamba-default", lm_head=lm_head)
     else:
         path = Path(source).expanduser()
         if path.exists():
-            model = load_path(path, threads, kernels)
+            model = load_path(path, threads, kernels, lm_head=lm_head)
         elif _REPO_ID.match(str(source)):
             from bitmamba_lsp.engine.hub import load_from_hub
 
-            model = load_from_hub(str(source), threads=threads, kernels=kernels, revision=revision)
+            model = load_from_hub(
+                str(source), threads=threads, kernels=kernels, revision=revision, lm_head=lm_head
+            )
         else:
             raise ModelNotFoundError(
                 f"model '{source}' not found: not a file, a folder or a Hub repo id (owner/name)"
@@ -63,8 +68,22 @@ def load(
     return model
 
 
-def load_path(path: Path, threads: int | None = None, kernels: str = "simd", name: str | None = None) -> Model:
+def load_path(
+    path: Path,
+    threads: int | None = None,
+    kernels: str = "simd",
+    name: str | None = None,
+    lm_head: str = "int8",
+) -> Model:
     """Load a model file, or the model in a folder (a .bin, or config.json + safetensors)."""
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        from bitmamba_lsp.engine.model import load_student
+
+        model = load_student(
+            path, threads=threads, kernels=kernels, lm_head=lm_head, name=name or _display_name(path)
+        )
+        model.tokenizer = find_tokenizer([path], model.vocab_size)
+        return model
     if path.is_dir():
         candidates = [
             path / "model.bin",

@@ -29,6 +29,7 @@ from bitmamba_lsp.engine.formats.bitmamba_bin import (
     TernaryTensor,
     read_bin,
 )
+from bitmamba_lsp.engine.formats.student import StudentConfig, core_config, read_student
 from bitmamba_lsp.engine.generation import GenerationConfig, generate_tokens
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Model:
     """A loaded model: the C++ core, its tokenizer (if any) and where it came from."""
 
     core: _core.Model
-    config: BitMamba2Config
+    config: BitMamba2Config | StudentConfig
     tokenizer: TextTokenizer | None
     name: str
     path: Path | None = None
@@ -237,6 +238,33 @@ def load_bin(
 ) -> Model:
     """Load a bitmamba.cpp ``.bin`` file (memory-mapped; ternary weights repacked)."""
     return build_from_bin(read_bin(path), threads=threads, kernels=kernels, tokenizer=tokenizer, name=name)
+
+
+def load_student(
+    folder: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    kernels: str = "simd",
+    quantize: bool = True,
+    lm_head: str = "int8",
+    name: str | None = None,
+) -> Model:
+    """Load a bitmamba-student checkpoint (config.json + safetensors). quantize=False keeps the
+    in/out projections in float (reference checks); lm_head="f32" keeps the output layer in float
+    instead of int8 per row."""
+    folder = Path(folder)
+    cfg, tensors, files = read_student(folder)
+    core_tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    try:
+        core = _core.build_mamba1(
+            core_tensors,
+            core_config(cfg, quantize=quantize, lm_head=lm_head),
+            threads=_threads(threads),
+            level=kernels,
+        )
+    except _core.FormatError as e:
+        raise ModelFormatError(f"{folder}: {e}") from None
+    return Model(core=core, config=cfg, tokenizer=None, name=name or folder.name, path=folder, _keep=files)
 
 
 def _threads(threads: int | None) -> int:

@@ -448,4 +448,30 @@ PYBIND11_MODULE(_core, m) {
         py::arg("tensors"), py::arg("vocab_size"), py::arg("d_model"), py::arg("n_layers"), py::arg("n_heads"),
         py::arg("threads") = 0, py::arg("level") = "simd", py::keep_alive<0, 1>(),
         "Build a BitMamba-2 model. Keeps `tensors` alive: the embedding stays a view of the mapped file.");
+    m.def(
+        "build_mamba1",
+        [](py::dict tensors, py::dict config, int threads, const std::string& level) {
+            Mamba1Config c;
+            auto geti = [&](const char* k, int& dst) {
+                if (config.contains(k)) dst = config[k].cast<int>();
+            };
+            geti("vocab_size", c.vocab_size);
+            geti("d_model", c.d_model);
+            geti("n_layers", c.n_layers);
+            geti("d_inner", c.d_inner);
+            geti("d_state", c.d_state);
+            geti("dt_rank", c.dt_rank);
+            geti("d_conv", c.d_conv);
+            if (config.contains("norm_eps")) c.norm_eps = config["norm_eps"].cast<float>();
+            if (config.contains("gate")) c.gate = config["gate"].cast<std::string>();
+            if (config.contains("quantize")) c.quantize = config["quantize"].cast<bool>();
+            if (config.contains("lm_head")) c.lm_head = config["lm_head"].cast<std::string>();
+            std::vector<py::object> keep;
+            TensorMap tm = tensor_map(tensors, keep);
+            const KernelSet* k = &kernels_by_name(level);
+            py::gil_scoped_release nogil;
+            return make_mamba1(tm, c, threads, k);
+        },
+        py::arg("tensors"), py::arg("config"), py::arg("threads") = 0, py::arg("level") = "simd",
+        py::keep_alive<0, 1>(), "Build a Mamba-1 model with BitLinear projections (bitmamba-student).");
 }

@@ -117,6 +117,17 @@ protected:
     std::mutex mutex_;
 };
 
+struct Mamba1Config {
+    int vocab_size = 0, d_model = 0, n_layers = 0, d_inner = 0, d_state = 16, dt_rank = 0, d_conv = 4;
+    float norm_eps = 1e-5f;
+    std::string gate = "mul_d";   // "mul_d": y * silu(z) * D (training code); "skip_d": (y + D * x) * silu(z)
+    bool quantize = true;         // in/out projections ternary (false: float, for reference checks)
+    std::string lm_head = "int8"; // "int8" (per-row) or "f32"
+};
+
+std::unique_ptr<Model> make_mamba1(const TensorMap& tensors, const Mamba1Config& cfg, int n_threads,
+                                   const KernelSet* kernels);
+
 std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
                                       int n_threads, const KernelSet* kernels);
 
