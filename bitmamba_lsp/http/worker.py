@@ -1,0 +1,362 @@
+"""The generation worker: one thread owns the model and runs every request.
+
+Requests arrive as `Job`s. Up to `max_batch` run at once; the loop alternates one prefill slice
+(at most `prefill_chunk` tokens of one prompt, so a long prompt does not stall the others) with one
+decode step that advances every decoding request together (`Model.step_batch`, or `step_sample`
+when only one is decoding). Sampling is the engine's own `_core.Sampler` built by `make_sampler`,
+so a request gives exactly what `Model.generate` gives for the same settings and seed.
+
+Each generated token is pushed at once to the request's `Channel` (read by the event loop). Text
+goes through the same hold-back as `TextStream`: text that may start a stop sequence waits until it
+is known not to be one. A job's `cancel` event (set when the client disconnects) ends it within one
+step. Prompts resume from the `PrefixCache`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bitmamba_lsp.engine.generation import GenerationConfig, _find_stop, _partial_stop_len, make_sampler
+from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.engine.tokenizer import StreamDecoder
+from bitmamba_lsp.http.prefixcache import PrefixCache
+
+log = logging.getLogger(__name__)
+
+
+class Channel:
+    """Events from the worker thread to one asyncio consumer, waking the loop at most once per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._event = asyncio.Event()
+
+    def put(self, kind: str, value: Any) -> None:  # any thread
+        with self._lock:
+            self._items.append((kind, value))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def get(self) -> list[tuple[str, Any]]:
+        """Everything queued so far (waits until there is something)."""
+        while True:
+            with self._lock:
+                items = list(self._items)
+                self._items.clear()
+                if not items:
+                    self._wake_pending = False
+            if items:
+                return items
+            await self._event.wait()
+            self._event.clear()
+
+
+@dataclass
+class Result:
+    finish_reason: str  # stop | length | cancelled | error
+    prompt_tokens: int
+    completion_tokens: int
+    text: str
+    resumed_from: int  # prompt tokens covered by a cached state
+    tokens: list[int]
+
+
+@dataclass
+class Job:
+    ids: list[int]
+    cfg: GenerationConfig
+    channel: Channel | None = None
+    stop_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    on_done: Callable[[Result], None] | None = None  # called on the worker thread (tests, benchmarks)
+
+
+class _Run:
+    """A job in progress."""
+
+    def __init__(self, job: Job, model: Model, state: State, resumed: int) -> None:
+        self.job = job
+        self.ids = np.asarray(job.ids, dtype=np.int64)
+        self.state = state
+        self.resumed = resumed
+        self.pos = resumed  # prompt tokens fed so far
+        self.sampler = make_sampler(model, job.cfg, job.ids)
+        self.decoder: StreamDecoder = model._tok().stream_decoder() if model.tokenizer is not None else None  # type: ignore[assignment]
+        self.eos = None if job.ignore_eos or not job.cfg.stop_at_eos else model.eos_id
+        self.stops = job.cfg.stop
+        self.held = ""
+        self.text: list[str] = []
+        self.tokens: list[int] = []
+        self.fed: list[int] = []  # generated tokens fed back through the model
+        self.next: int | None = None  # sampled, not yet fed
+        self.snapshots: dict[int, State] = {}
+        self.finish_reason: str | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.pos < len(self.ids)
+
+    def emit(self, kind: str, value: Any) -> None:
+        if self.job.channel is not None:
+            self.job.channel.put(kind, value)
+
+
+class GenerationWorker:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        max_batch: int = 16,
+        max_queue: int = 256,
+        prefill_chunk: int = 512,
+        cache_bytes: int = 256 << 20,
+        cache_spacing: int = 64,
+    ) -> None:
+        self.model = model
+        self.max_batch = max(1, max_batch)
+        self.max_queue = max(1, max_queue)
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.cache = PrefixCache(model.state_bytes, cache_bytes, cache_spacing)
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._pending: deque[Job] = deque()
+        self._active: list[_Run] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.counters: dict[str, int] = dict(
+            requests=0,
+            completed=0,
+            cancelled=0,
+            errors=0,
+            rejected=0,
+            prompt_tokens=0,
+            prefill_tokens=0,
+            generated_tokens=0,
+            decode_steps=0,
+            batched_steps=0,
+            max_batch_seen=0,
+        )
+        self._queued = 0
+
+    # ------------------------------------------------------------------ any thread
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="bitmamba-http-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the queue is full (the caller answers 429)."""
+        with self._lock:
+            if self._stopping or self._queued >= self.max_queue:
+                self.counters["rejected"] += 1
+                return False
+            self._queued += 1
+            self.counters["requests"] += 1
+        self._inbox.put(job)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self.counters)
+            out["queued"] = self._queued
+        out["active"] = len(self._active)
+        out["prefix_cache"] = self.cache.stats()
+        return out
+
+    # ------------------------------------------------------------------ worker thread
+    def _loop(self) -> None:
+        while True:
+            items: list[Job | None] = []
+            if not self._active and not self._pending:
+                items.append(self._inbox.get())  # idle: block until something arrives
+            while True:
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._pending.extend(j for j in items if j is not None)
+            if self._stopping:
+                break
+            try:
+                self._tick()
+            except Exception:  # a bug must not kill the worker: fail the running requests
+                log.exception("generation worker error")
+                for run in self._active:
+                    self._finish(run, "error", error="internal error in the generation worker")
+                self._active = [r for r in self._active if r.finish_reason is None]
+        for run in self._active:
+            self._finish(run, "cancelled")
+        for job in self._pending:
+            self._done_queued(job)
+            if job.channel is not None:
+                job.channel.put("error", "the server is shutting down")
+
+    def _done_queued(self, job: Job) -> None:
+        with self._lock:
+            self._queued -= 1
+
+    def _tick(self) -> None:
+        while self._pending and len(self._active) < self.max_batch:
+            job = self._pending.popleft()
+            self._done_queued(job)
+            run = self._admit(job)
+            if run is not None:
+                self._active.append(run)
+        for run in self._active:
+            if run.job.cancel.is_set():
+                self._finish(run, "cancelled")
+        self._active = [r for r in self._active if r.finish_reason is None]
+        pre = next((r for r in self._active if r.prefilling), None)
+        if pre is not None:
+            self._prefill_slice(pre)
+        decoding = [r for r in self._active if r.next is not None and r.finish_reason is None]
+        if decoding:
+            self._decode(decoding)
+        self._active = [r for r in self._active if r.finish_reason is None]
+
+    def _admit(self, job: Job) -> _Run | None:
+        if job.cancel.is_set():
+            with self._lock:
+                self.counters["cancelled"] += 1
+            if job.channel is not None:
+                job.channel.put("done", Result("cancelled", len(job.ids), 0, "", 0, []))
+            return None
+        ids = np.asarray(job.ids, dtype=np.int64)
+        n, cached = self.cache.lookup(ids)
+        state = cached.copy() if cached is not None else self.model.new_state()
+        run = _Run(job, self.model, state, n)
+        with self._lock:
+            self.counters["prompt_tokens"] += len(ids)
+        return run
+
+    def _prefill_slice(self, run: _Run) -> None:
+        a = run.pos
+        b = min(len(run.ids), a + self.prefill_chunk)
+        positions = self.cache.positions(a, b, len(run.ids))
+        last = b == len(run.ids)
+        logits, snaps = self.model.prefill_snapshots(
+            run.state, run.ids[a:b], [p - a for p in positions], logits=last
+        )
+        for p, s in zip(positions, snaps, strict=True):
+            run.snapshots[p] = s
+        run.pos = b
+        with self._lock:
+            self.counters["prefill_tokens"] += b - a
+        if last:
+            self.cache.store(run.ids, run.snapshots)
+            run.snapshots = {}
+            assert logits is not None
+            self._accept(run, int(run.sampler.sample(logits)))
+
+    def _decode(self, runs: list[_Run]) -> None:
+        if len(runs) == 1:
+            run = runs[0]
+            tok = run.next
+            assert tok is not None
+            run.sampler.accept(tok)
+            nxt = int(self.model.core.step_sample(run.state, tok, run.sampler))
+            run.fed.append(tok)
+            self._accept(run, nxt)
+        else:
+            toks = [r.next for r in runs]
+            logits = self.model.step_batch([r.state for r in runs], toks)  # type: ignore[arg-type]
+            for i, run in enumerate(runs):
+                tok = toks[i]
+                assert tok is not None
+                run.sampler.accept(tok)
+                run.fed.append(tok)
+                self._accept(run, int(run.sampler.sample(logits[i])))
+        with self._lock:
+            self.counters["decode_steps"] += 1
+            if len(runs) > 1:
+                self.counters["batched_steps"] += 1
+            self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(runs))
+
+    def _accept(self, run: _Run, tok: int) -> None:
+        """A token was sampled: end on EOS / stop ids, else emit its text and check stops."""
+        run.next = None
+        if run.eos is not None and tok == run.eos:
+            self._finish(run, "stop")
+            return
+        run.tokens.append(tok)
+        with self._lock:
+            self.counters["generated_tokens"] += 1
+        if tok in run.job.stop_ids:
+            self._finish(run, "stop")
+            return
+        piece = run.decoder.feed(tok) if run.decoder is not None else ""
+        held = run.held + piece
+        out = ""
+        stopped = False
+        if held:
+            cut = _find_stop(held, run.stops)
+            if cut is not None:
+                out, held, stopped = held[:cut], "", True
+            else:
+                keep = _partial_stop_len(held, run.stops)
+                out, held = held[: len(held) - keep], held[len(held) - keep :]
+        run.held = held
+        if out:
+            run.text.append(out)
+        run.emit("token", out)  # one event per generated token ("" while its text is held back)
+        if stopped:
+            self._finish(run, "stop")
+        elif len(run.tokens) >= run.job.cfg.max_tokens:
+            self._finish(run, "length")
+        else:
+            run.next = tok
+
+    def _finish(self, run: _Run, reason: str, error: str | None = None) -> None:
+        if run.finish_reason is not None:
+            return
+        run.finish_reason = reason
+        if reason in ("length", "cancelled") or (reason == "stop" and run.held):
+            rest = run.held + (run.decoder.flush() if run.decoder is not None else "")
+            run.held = ""
+            cut = _find_stop(rest, run.stops)
+            if cut is not None:
+                rest = rest[:cut]
+                if reason == "length":
+                    run.finish_reason = reason = "stop"
+            if rest and reason != "cancelled":
+                run.text.append(rest)
+                run.emit("text", rest)
+        if not run.prefilling:
+            seq = np.concatenate([run.ids, np.asarray(run.fed, dtype=np.int64)])
+            self.cache.store(seq, {len(seq): run.state})
+        result = Result(reason, len(run.ids), len(run.tokens), "".join(run.text), run.resumed, run.tokens)
+        with self._lock:
+            key = {"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")
+            self.counters[key] += 1
+        if error is not None:
+            run.emit("error", error)
+        else:
+            run.emit("done", result)
+        if run.job.on_done is not None:
+            run.job.on_done(result)
