@@ -3,6 +3,13 @@
 // Integer results are bit-identical to kernels_scalar.cpp.
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// GCC 12's own intrinsics (_mm512_reduce_add_epi32, _mm512_broadcast_i64x4) trip -Wmaybe-uninitialized
+// on their _mm256_undefined_si256() operand (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <immintrin.h>
 
 #include <algorithm>
