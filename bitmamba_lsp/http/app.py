@@ -189,7 +189,7 @@ class Server:
         self.check_auth(request)
         return JSONResponse({"object": "list", "data": [self._model_card()]})
 
-    async def model(self, request: Request) -> Response:
+    async def retrieve_model(self, request: Request) -> Response:
         self.check_auth(request)
         if request.path_params["model_id"] != self.model_id:
             raise APIError(
@@ -448,7 +448,7 @@ def create_app(model: Model, settings: ServerSettings | None = None) -> Starlett
             Route("/health", api(server.health), methods=["GET"]),
             Route("/openapi.json", api(server.openapi), methods=["GET"]),
             Route("/v1/models", api(server.models), methods=["GET"]),
-            Route("/v1/models/{model_id:path}", api(server.model), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", api(server.retrieve_model), methods=["GET"]),
             Route("/v1/completions", api(server.completions), methods=["POST"]),
             Route("/v1/chat/completions", api(server.chat_completions), methods=["POST"]),
         ],

@@ -292,6 +292,12 @@ class GenerationWorker:
                 run.sampler.accept(tok)
                 run.fed.append(tok)
                 self._accept(run, int(run.sampler.sample(logits[i])))
+        spacing = self.cache.spacing
+        if self.cache.enabled:
+            for run in runs:  # checkpoints along the answer too: a follow-up turn may resume inside it
+                n = len(run.ids) + len(run.fed)
+                if n % spacing == 0:
+                    run.snapshots[n] = run.state.copy()
         with self._lock:
             self.counters["decode_steps"] += 1
             if len(runs) > 1:
@@ -349,7 +355,9 @@ class GenerationWorker:
                 run.emit("text", rest)
         if not run.prefilling:
             seq = np.concatenate([run.ids, np.asarray(run.fed, dtype=np.int64)])
-            self.cache.store(seq, {len(seq): run.state})
+            run.snapshots[len(seq)] = run.state
+            self.cache.store(seq, run.snapshots)
+            run.snapshots = {}
         result = Result(reason, len(run.ids), len(run.tokens), "".join(run.text), run.resumed, run.tokens)
         with self._lock:
             key = {"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")

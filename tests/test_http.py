@@ -1,0 +1,634 @@
+"""The OpenAI-compatible HTTP API, end to end: a real uvicorn server on a free loopback port, driven
+by the official `openai` client (and httpx for raw requests), checked against the engine itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+from bitmamba_lsp.engine.generation import GREEDY, TextStream  # noqa: E402
+from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR, load  # noqa: E402
+from bitmamba_lsp.engine.model import Model  # noqa: E402
+from bitmamba_lsp.http import ServerSettings, create_app  # noqa: E402
+from bitmamba_lsp.http.chat import ChatFormatter, chatml  # noqa: E402
+from bitmamba_lsp.http.cli import bind_warning, is_loopback  # noqa: E402
+from bitmamba_lsp.http.schemas import Limits  # noqa: E402
+
+KEY = "test-key-123"
+LIMIT = 20000  # max_tokens limit of the test server: long enough that generation outlasts a disconnect
+PROMPT = "import os\nimport sys\n\n\ndef read_config(path):\n"
+CODE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "statecache.py").read_text()[:1500]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _model_source(tmp_path_factory: pytest.TempPathFactory, model_factory: Any) -> str | None:
+    if (DEFAULT_MODEL_DIR / "model.bin").is_file():
+        return None  # the shipped default (a small trained code model)
+    # Fallback: a small random model with GPT-2's vocabulary gets the bundled GPT-2 tokenizer.
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=3)
+    return str(path)
+
+
+@dataclass
+class Served:
+    url: str
+    model: Model  # the server's model
+    ref: Model  # an independently loaded copy, for reference generations
+    server: Any  # bitmamba_lsp.http.app.Server
+
+    def client(self, **kw: Any) -> Any:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=60, **kw)
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/health", timeout=10).json()["stats"]
+
+
+def _start(app: Any) -> tuple[str, Any, threading.Thread]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, model_factory: Any) -> Iterator[Served]:
+    source = _model_source(tmp_path_factory, model_factory)
+    model = load(source, threads=1)
+    ref = load(source, threads=1)
+    settings = ServerSettings(
+        api_key=KEY,
+        limits=Limits(
+            max_body_bytes=64 << 10, max_prompt_tokens=2048, max_tokens_limit=LIMIT, default_max_tokens=64
+        ),
+        max_batch=8,
+    )
+    app = create_app(model, settings)
+    url, server, thread = _start(app)
+    yield Served(url, model, ref, app.state.server)
+    server.should_exit = True
+    thread.join(15)
+
+
+def greedy_ref(
+    ref: Model, ids: list[int], max_tokens: int, stop: tuple[str, ...] = (), **kw: Any
+) -> TextStream:
+    ts = TextStream(ref, ref.new_state(), ids, GREEDY.replace(max_tokens=max_tokens, stop=stop, **kw))
+    ts.text = "".join(ts)
+    return ts
+
+
+def finish(ts: TextStream) -> str:
+    return {"eos": "stop", "stop": "stop", "length": "length"}[ts.finish_reason or ""]
+
+
+def wait_idle(served: Served, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = served.stats()
+        if st["active"] == 0 and st["queued"] == 0:
+            return st
+        assert time.monotonic() < deadline, f"server still busy: {st}"
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------ basics
+def test_health_and_models(served: Served) -> None:
+    h = httpx.get(served.url + "/health").json()
+    assert h["status"] == "ok" and h["model"]["loaded"] is True
+    assert h["simd"] and h["uptime_s"] >= 0
+    models = served.client().models.list()
+    assert [m.id for m in models.data] == [served.server.model_id]
+    if served.model.name == "bitmamba-default":
+        assert served.server.model_id == "bitmamba-default"
+    one = served.client().models.retrieve(served.server.model_id)
+    assert one.id == served.server.model_id
+    with pytest.raises(openai.NotFoundError):
+        served.client().models.retrieve("no-such-model")
+
+
+def test_completion_greedy_equals_engine_generate(served: Served) -> None:
+    ref = served.ref
+    ids = ref.encode(PROMPT)
+    tokens = list(ref.generate(ref.new_state(), ids, GREEDY, max_tokens=48))
+    r = served.client().completions.create(model="x", prompt=PROMPT, max_tokens=48, temperature=0)
+    assert r.object == "text_completion" and r.model == served.server.model_id
+    assert r.choices[0].text == ref.decode(tokens)
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.usage.completion_tokens == len(tokens)
+    assert r.usage.total_tokens == len(ids) + len(tokens)
+    assert r.choices[0].finish_reason == ("length" if len(tokens) == 48 else "stop")
+    # token-id prompts are accepted too
+    r2 = served.client().completions.create(model="x", prompt=ids, max_tokens=48, temperature=0)
+    assert r2.choices[0].text == r.choices[0].text
+
+
+def test_completion_stream_one_event_per_token(served: Served) -> None:
+    ref = served.ref
+    ids = ref.encode(PROMPT)
+    want = greedy_ref(ref, ids, 40)
+    chunks = list(
+        served.client().completions.create(
+            model="x",
+            prompt=PROMPT,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    body = [c for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    last = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert "".join(c.choices[0].text for c in body) == want.text
+    assert len(body) == want.completion_tokens  # one event per generated token
+    assert len(last) == 1 and last[0].choices[0].finish_reason == finish(want)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == want.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == len(ids)
+    assert all(c.object == "text_completion" for c in chunks)
+
+
+def test_chat_non_streamed_and_streamed(served: Served) -> None:
+    ref = served.ref
+    messages = [
+        {"role": "system", "content": "You write Python."},
+        {"role": "user", "content": "Write a function that adds two numbers."},
+    ]
+    ids = ref.encode(chatml(messages))
+    want = greedy_ref(ref, ids, 30, stop=("<|im_end|>",))
+    c = served.client()
+    r = c.chat.completions.create(model="x", messages=messages, max_tokens=30, temperature=0)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == want.text
+    assert r.choices[0].finish_reason == finish(want)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), want.completion_tokens)
+
+    chunks = list(
+        c.chat.completions.create(
+            model="x",
+            messages=messages,
+            max_tokens=30,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == want.text
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == [finish(want)]
+    assert chunks[-1].usage.completion_tokens == want.completion_tokens
+
+
+def test_stop_sequences(served: Served) -> None:
+    ref = served.ref
+    ids = ref.encode(PROMPT)
+    full = greedy_ref(ref, ids, 64).text
+    # a stop string that first occurs some way into the greedy text
+    k = next(
+        i for i in range(8, len(full) - 3) if full.find(full[i : i + 3]) == i and full[i : i + 3].strip()
+    )
+    stop = full[k : k + 3]
+    want = greedy_ref(ref, ids, 64, stop=(stop,))
+    assert want.text == full[:k] and want.finish_reason == "stop"
+    c = served.client()
+    r = c.completions.create(model="x", prompt=PROMPT, max_tokens=64, temperature=0, stop=[stop, "\x00never"])
+    assert r.choices[0].text == full[:k]
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == want.completion_tokens
+    streamed = list(
+        c.completions.create(model="x", prompt=PROMPT, max_tokens=64, temperature=0, stop=stop, stream=True)
+    )
+    assert "".join(ch.choices[0].text for ch in streamed) == full[:k]
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_and_matches_engine(served: Served) -> None:
+    ref = served.ref
+    ids = ref.encode(PROMPT)
+    extra = {"top_k": 20, "min_p": 0.02, "repetition_penalty": 1.1}
+    c = served.client()
+    a = c.completions.create(
+        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=7, extra_body=extra
+    )
+    b = c.completions.create(
+        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=7, extra_body=extra
+    )
+    assert a.choices[0].text == b.choices[0].text
+    cfg = GREEDY.replace(max_tokens=40, temperature=0.9, top_p=0.95, seed=7, **extra)
+    ts = TextStream(ref, ref.new_state(), ids, cfg)
+    assert a.choices[0].text == "".join(ts)
+    other = c.completions.create(
+        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, seed=8, extra_body=extra
+    )
+    assert other.choices[0].text != a.choices[0].text
+
+
+# ------------------------------------------------------------------------------------------ errors
+def _err(exc: Any) -> dict[str, Any]:
+    return (
+        exc.value.body
+        if isinstance(exc.value.body, dict) and "message" in exc.value.body
+        else exc.value.body["error"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+        ({"temperature": 5}, "temperature"),
+        ({"max_tokens": LIMIT + 1}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"stop": ""}, "stop"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"extra_body": {"top_k": -1}}, "top_k"),
+        ({"extra_body": {"repetition_penalty": "x"}}, "repetition_penalty"),
+    ],
+)
+def test_bad_completion_parameters(served: Served, kwargs: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        served.client().completions.create(model="x", prompt="x", **kwargs)
+    assert e.value.status_code == 400
+    err = _err(e)
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_presence_penalty_zero_is_accepted(served: Served) -> None:
+    r = served.client().completions.create(
+        model="x", prompt="x", max_tokens=2, presence_penalty=0, frequency_penalty=0
+    )
+    assert r.usage.completion_tokens <= 2
+
+
+def test_bad_chat_and_raw_requests(served: Served) -> None:
+    c = served.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="x", messages=[])
+    assert _err(e)["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="x", messages=[{"role": "wizard", "content": "hi"}])
+    assert _err(e)["param"] == "messages[0].role"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        )
+    assert "text parts" in _err(e)["message"]
+    long_prompt = "x = 1\n" * 3000
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="x", prompt=long_prompt[: 60 << 10])
+    assert _err(e)["code"] == "context_length_exceeded"
+
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    for body in (b"{not json", b"[1, 2]", b'"text"', b"{}", b'{"prompt": 3}', b'{"prompt": [99999999]}'):
+        r = httpx.post(served.url + "/v1/completions", content=body, headers=h)
+        assert r.status_code == 400, body
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.post(
+        served.url + "/v1/completions", content=b'{"prompt": "' + b"a" * (70 << 10) + b'"}', headers=h
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.get(served.url + "/v1/nothing-here", headers=h)
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(served.url + "/v1/completions", headers=h)
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_api_key_enforced(served: Served) -> None:
+    bad = openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.completions.create(model="x", prompt="x", max_tokens=1)
+    assert e.value.status_code == 401 and _err(e)["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    r = httpx.post(served.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(served.url + "/health").status_code == 200  # health stays open for probes
+
+
+# ------------------------------------------------------------------------------------------ behaviour
+def test_first_chunk_arrives_before_generation_finishes(served: Served) -> None:
+    n = 4000
+    t0 = time.perf_counter()
+    first = None
+    count = 0
+    active_at_first = None
+    stream = served.client().completions.create(
+        model="x", prompt=PROMPT, max_tokens=n, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
+    for chunk in stream:
+        if chunk.choices[0].finish_reason is None:
+            count += 1
+            if first is None:
+                first = time.perf_counter() - t0
+                st = served.stats()
+                active_at_first = (st["active"], st["generated_tokens"])
+    total = time.perf_counter() - t0
+    assert count == n
+    assert first is not None and first < total / 3, (first, total)
+    assert (
+        active_at_first is not None and active_at_first[0] >= 1
+    )  # still generating when the first chunk came
+
+
+def test_prefix_cache_hit_on_repeated_prompt(served: Served) -> None:
+    c = served.client()
+    ids = served.ref.encode(CODE)
+    wait_idle(served)
+    before = served.stats()
+    r1 = c.completions.create(model="x", prompt=CODE, max_tokens=16, temperature=0)
+    mid = served.stats()
+    r2 = c.completions.create(model="x", prompt=CODE, max_tokens=16, temperature=0)
+    after = served.stats()
+    assert r1.choices[0].text == r2.choices[0].text
+    assert mid["prefix_cache"]["misses"] == before["prefix_cache"]["misses"] + 1
+    assert after["prefix_cache"]["hits"] == mid["prefix_cache"]["hits"] + 1
+    assert after["prefix_cache"]["tokens_reused"] - mid["prefix_cache"]["tokens_reused"] == len(ids) - 1
+    assert mid["prefill_tokens"] - before["prefill_tokens"] == len(ids)
+    assert after["prefill_tokens"] - mid["prefill_tokens"] == 1  # only the last prompt token was fed
+    # a longer prompt sharing the prefix resumes from a checkpoint inside it
+    r3 = c.completions.create(model="x", prompt=CODE + "\n# more\n", max_tokens=4, temperature=0)
+    assert r3.usage.prompt_tokens > len(ids) - 8
+    last = served.stats()
+    assert last["prefix_cache"]["tokens_reused"] - after["prefix_cache"]["tokens_reused"] >= len(ids) - 8
+
+
+def test_chat_follow_up_resumes_after_previous_answer(served: Served) -> None:
+    c = served.client()
+    ref = served.ref
+    msgs = [{"role": "user", "content": "Write a function that reads a file."}]
+    r1 = c.chat.completions.create(model="x", messages=msgs, max_tokens=24, temperature=0)
+    answer = r1.choices[0].message.content
+    msgs2 = [*msgs, {"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]
+    ids1, ids2 = ref.encode(chatml(msgs)), ref.encode(chatml(msgs2))
+    fed = r1.usage.completion_tokens - (r1.choices[0].finish_reason == "length")  # answer tokens fed back
+    gen = greedy_ref(ref, ids1, 24, stop=("<|im_end|>",)).tokens.tokens
+    # precondition: the answer re-tokenizes to the generated tokens (else only the prompt can be reused)
+    assert ids2[: len(ids1) + fed] == ids1 + gen[:fed]
+    before = served.stats()["prefix_cache"]
+    r2 = c.chat.completions.create(model="x", messages=msgs2, max_tokens=8, temperature=0)
+    after = served.stats()["prefix_cache"]
+    assert after["hits"] == before["hits"] + 1
+    assert after["tokens_reused"] - before["tokens_reused"] == len(ids1) + fed  # resumed after the answer
+    want = greedy_ref(ref, ids2, 8, stop=("<|im_end|>",))
+    assert r2.choices[0].message.content == want.text  # resuming changes nothing
+
+
+def test_concurrent_requests_are_batched_and_correct(served: Served) -> None:
+    prompts = [f"def function_{i}(x):\n    return x *" for i in range(8)]
+    ref_texts = [greedy_ref(served.ref, served.ref.encode(p), 200, stop_at_eos=False).text for p in prompts]
+    wait_idle(served)
+    before = served.stats()
+    barrier = threading.Barrier(len(prompts))
+    results: list[str | None] = [None] * len(prompts)
+    errors: list[BaseException] = []
+
+    def go(i: int) -> None:
+        try:
+            c = served.client()
+            barrier.wait()
+            kw = dict(
+                model="x", prompt=prompts[i], max_tokens=200, temperature=0, extra_body={"ignore_eos": True}
+            )
+            if i % 2:
+                results[i] = "".join(ch.choices[0].text for ch in c.completions.create(stream=True, **kw))
+            else:
+                results[i] = c.completions.create(**kw).choices[0].text
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results == ref_texts  # batched decoding gives each request exactly its own greedy output
+    after = wait_idle(served)
+    assert after["completed"] - before["completed"] == len(prompts)
+    assert after["batched_steps"] > before["batched_steps"]
+    assert after["max_batch_seen"] >= 2
+
+
+def test_client_disconnect_stops_generation(served: Served) -> None:
+    wait_idle(served)
+    before = served.stats()
+    with httpx.stream(
+        "POST",
+        served.url + "/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": PROMPT, "max_tokens": LIMIT, "stream": True, "ignore_eos": True, "temperature": 0},
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200
+        lines = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                lines += 1
+            if lines >= 5:
+                break
+    # the connection is closed here, long before LIMIT tokens
+    after = wait_idle(served)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["generated_tokens"] - before["generated_tokens"] < LIMIT
+
+    # the same for a non-streamed request whose client gives up
+    before = after
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            served.url + "/v1/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"prompt": PROMPT, "max_tokens": LIMIT, "ignore_eos": True},
+            timeout=httpx.Timeout(30, read=0.3),
+        )
+    after = wait_idle(served)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["generated_tokens"] - before["generated_tokens"] < LIMIT
+
+
+# ------------------------------------------------------------------------------------------ schema
+def test_openapi_schema_fuzz_finds_no_server_errors(served: Served) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    doc = httpx.get(served.url + "/openapi.json").json()
+    assert set(doc["paths"]) >= {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"}
+    schema = schemathesis.openapi.from_dict(doc)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert len(ops) == 4
+    statuses: list[int] = []
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    for op in ops:
+        strategy = op.as_strategy()
+
+        @settings(
+            max_examples=20 if op.method.upper() == "POST" else 3,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=strategy, auth=st.booleans())
+        def run(case: Any, auth: bool) -> None:
+            if isinstance(case.body, dict):  # keep generations short (the schema allows up to LIMIT)
+                for name in ("max_tokens", "max_completion_tokens"):
+                    v = case.body.get(name)
+                    if v is None or (type(v) is int and v > 32):
+                        case.body[name] = 8
+            response = case.call(base_url=served.url, headers=headers if auth else {}, timeout=30)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case.body, response.text[:500])
+            if response.status_code >= 400:
+                assert "error" in response.json()
+
+        run()
+    assert statuses and any(s == 200 for s in statuses)
+
+
+# ------------------------------------------------------------------------------------------ units / cli
+def test_chat_template_from_tokenizer_config(tmp_path: Path) -> None:
+    src = DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.bin").is_file() else None
+    if src is None:
+        pytest.skip("needs the default model's tokenizer.json")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(src / "model.bin", folder / "model.bin")
+    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
+    template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}<|endoftext|>{% endfor %}[assistant]"
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": template, "eos_token": "<|endoftext|>"})
+    )
+    model = load(folder, threads=1)
+    fmt = ChatFormatter(model)
+    assert fmt.source == "tokenizer"
+    text = fmt.render([{"role": "user", "content": "hi"}])
+    assert text == "[user]hi<|endoftext|>[assistant]"
+    ids = fmt.encode(text)
+    eos = model.eos_id
+    assert eos is not None and ids.count(eos) == 1  # the special token is its id, not its spelling
+    assert eos in fmt.stop_ids
+    default = ChatFormatter(load(None, threads=1))
+    assert default.source == "chatml-default" and "<|im_end|>" in default.stop_texts
+
+
+def test_bind_warning() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    assert bind_warning("127.0.0.1", None) is None
+    w = bind_warning("0.0.0.0", None)
+    assert w and "warning" in w and "api-key" in w
+    assert "api-key" not in (bind_warning("0.0.0.0", "k") or "")
+
+
+def test_serve_command_end_to_end(tmp_path: Path) -> None:
+    if not (DEFAULT_MODEL_DIR / "model.bin").is_file():
+        pytest.skip("needs the default model")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "BITMAMBA_API_KEY": "env-key"}
+    exe = Path(sys.executable).with_name("bitmamba-server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bitmamba_lsp.cli", "serve"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--threads", "1", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(url + "/v1/models").status_code == 401  # the key came from the environment
+        c = openai.OpenAI(base_url=url + "/v1", api_key="env-key", max_retries=0)
+        assert c.models.list().data[0].id == "bitmamba-default"
+        r = c.completions.create(model="bitmamba-default", prompt="def f(", max_tokens=3)
+        assert r.usage.completion_tokens <= 3
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert "bitmamba serve: model bitmamba-default" in err
+    assert "warning" not in err.lower().split("bitmamba serve")[0]  # loopback: no bind warning
+
+
+def test_serve_warns_on_non_loopback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bitmamba_lsp import cli
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.delenv("BITMAMBA_API_KEY", raising=False)
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "9", "--threads", "1"]) == 0
+    assert calls and calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 9
+    err = capsys.readouterr().err
+    assert "warning: binding to 0.0.0.0" in err and "No API key" in err
+
+
+def test_prefix_cache_unit() -> None:
+    from bitmamba_lsp.http.prefixcache import PrefixCache
+
+    model = load(None, threads=1) if (DEFAULT_MODEL_DIR / "model.bin").is_file() else None
+    if model is None:
+        pytest.skip("needs the default model")
+    cache = PrefixCache(model.state_bytes, budget_bytes=model.state_bytes * 6, spacing=4)
+    ids = np.arange(1, 12, dtype=np.int64)
+    pos = cache.positions(0, len(ids), len(ids))
+    assert pos == [4, 8, 10]
+    state = model.new_state()
+    _, snaps = model.prefill_snapshots(state, ids, pos)
+    assert cache.store(ids, dict(zip(pos, snaps, strict=True))) == 3
+    assert cache.store(ids, dict(zip(pos, snaps, strict=True))) == 0  # already cached
+    n, s = cache.lookup(ids)
+    assert n == 10 and s is not None
+    fresh = model.new_state()
+    model.advance(fresh, ids[:10])
+    assert s.equals(fresh)
+    other = np.concatenate([ids[:6], [99, 98, 97]])
+    assert cache.lookup(other)[0] == 4
+    assert cache.lookup(np.array([5, 6, 7]))[0] == 0
+    for k in range(5):  # over budget: the least recently used track goes first
+        cache.store(np.arange(100 + k, 120 + k), {4: model.new_state()})
+    assert cache.stats()["states"] <= 6 and cache.evictions >= 1
