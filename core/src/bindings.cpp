@@ -93,6 +93,11 @@ py::array_t<float> new_f32(std::initializer_list<py::ssize_t> shape) { return py
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+    // First, before any level-compiled code runs: a build for a level the CPU lacks fails cleanly.
+    if (!simd_supported_by_cpu())
+        throw py::import_error(
+            "bitmamba_lsp._core was built for a SIMD level this CPU does not support (BITMAMBA_SIMD / "
+            "BITMAMBA_AVX512_VNNI / BITMAMBA_NEON_DOTPROD); rebuild with -DBITMAMBA_SIMD=auto");
     m.doc() = "bitmamba-lsp C++ engine: ternary kernels, BitMamba models, recurrent state, sampler";
     py::register_exception<FormatError>(m, "FormatError", PyExc_ValueError);
 
