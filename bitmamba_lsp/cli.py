@@ -294,6 +294,7 @@ def _plugins() -> list:
         "bitmamba_lsp.server_cli",
         "bitmamba_lsp.http.cli",
         "bitmamba_lsp.train.cli",
+        "bitmamba_lsp.evaluation",
         "bitmamba_lsp.demo",
     ):
         try:

@@ -32,6 +32,7 @@ class Settings:
     completion_fallback: bool = False  # also answer textDocument/completion (Helix, eglot, Zed)
     prefill_on_open: bool = True  # prefill whole documents in the background when opened
     speculative: bool = True  # precompute the suggestion that follows accepting the current one
+    token_healing: bool = True  # regenerate the prompt's last token under a prefix constraint
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
     log_level: str = "info"

@@ -26,6 +26,7 @@ import numpy as np
 from bitmamba_lsp.completion import CursorContext, StopRules, Suggestion, finalize
 from bitmamba_lsp.engine.generation import GenerationConfig, make_sampler
 from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.healing import Healed, HealedText, TokenHealer
 from bitmamba_lsp.settings import Settings
 from bitmamba_lsp.statecache import DocStates, StateStore
 
@@ -120,6 +121,11 @@ class ModelWorker:
         return self.submit(do)
 
     def _install(self, model: Model) -> None:
+        self.healer = (
+            TokenHealer(model.tokenizer, [model.eos_id] if model.eos_id is not None else [])
+            if model.tokenizer is not None
+            else None
+        )
         self.model = model
         self.store = StateStore(
             state_bytes=model.state_bytes,
@@ -254,6 +260,11 @@ class ModelWorker:
         prompt = job.prompt
         if len(prompt) == 0:
             prompt = np.asarray([model.eos_id if model.eos_id is not None else 0], dtype=np.int32)
+        healer = getattr(self, "healer", None)
+        healed = healer.heal(prompt) if healer is not None and self.settings.token_healing else Healed(
+            prompt, "", b""
+        )
+        prompt = healed.ids
         state, logits, (resumed, fed) = self._state_at(
             job.uri, prompt, keep=True, speculative=job.speculative
         )
@@ -266,9 +277,13 @@ class ModelWorker:
         tok = model.tokenizer
         assert tok is not None
         decoder = tok.stream_decoder()
+        healed_text = HealedText(healed.text)
         rules = StopRules(job.ctx)
         eos = model.eos_id
-        token = int(sampler.sample(logits))
+        rest = healed.raw
+        token = int(sampler.sample(healer.constrain(logits, rest) if rest else logits))
+        if rest:
+            rest = healer.advance(rest, token)
         first_token_at = time.perf_counter()
         first_token_ms = (first_token_at - job.submitted) * 1000
         n_tokens = 0
@@ -281,7 +296,7 @@ class ModelWorker:
                 reason = "eos"
                 break
             n_tokens += 1
-            if rules.feed(decoder.feed(token)):
+            if rules.feed(healed_text.feed(decoder.feed(token))):
                 reason = rules.reason
                 break
             if n_tokens >= job.max_tokens:
@@ -290,9 +305,13 @@ class ModelWorker:
             if time.perf_counter() > deadline:
                 reason = "time_budget"
                 break
-            token = int(model.core.step_sample(state, token, sampler))
+            if rest:  # still reproducing the healed token's bytes: constrained
+                token = int(sampler.sample(healer.constrain(model.step(state, token), rest)))
+                rest = healer.advance(rest, token)
+            else:
+                token = int(model.core.step_sample(state, token, sampler))
         if reason in ("length", "time_budget", "eos"):
-            rules.feed(decoder.flush())
+            rules.feed(healed_text.feed(decoder.flush()))
         total_ms = (time.perf_counter() - job.submitted) * 1000
         text = rules.text
         return CompletionResult(

@@ -118,11 +118,30 @@ async def inline(lc: LanguageClient, uri: str, line: int, character: int) -> T.I
     return items[0]
 
 
+_ALLOWED: dict[tuple[int, bytes], list[int]] = {}
+
+
+def _fitting(tok: Any, eos: int | None, rest: bytes) -> list[int]:
+    """Tokens that start with `rest` or are a (non-empty) proper prefix of it."""
+    key = (id(tok), rest)
+    if key not in _ALLOWED:
+        out = []
+        for i in range(tok.vocab_size):
+            b = tok.token_bytes(i)
+            if i != eos and b and (b.startswith(rest) or rest.startswith(b)):
+                out.append(i)
+        _ALLOWED[key] = out
+    return _ALLOWED[key]
+
+
 def expected_suggestion(
-    model: Any, text: str, offset: int, max_tokens: int, multiline: bool = True
+    model: Any, text: str, offset: int, max_tokens: int, multiline: bool = True, healing: bool = True
 ) -> str | None:
     """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
-    a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules."""
+    a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules.
+    Token healing: the prompt's last token is dropped, generation must reproduce its bytes (each
+    token starting with what is left of them, or being a prefix of it), and those bytes are not
+    part of the suggestion."""
     before, after = text[:offset], text[offset:]
     first, _, rest = after.partition("\n")
     ctx = CursorContext(
@@ -133,20 +152,41 @@ def expected_suggestion(
     )
     tok = model.tokenizer
     ids = tok.encode(before) or [model.eos_id]
+    heal, rest = "", b""
+    if healing and len(ids) >= 2 and ids[-1] != model.eos_id:
+        raw = tok.token_bytes(ids[-1])
+        try:
+            heal = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            heal = ""
+        if heal:
+            ids, rest = ids[:-1], raw
     state = model.new_state()
     logits = model.prefill(state, ids)
     rules, dec = StopRules(ctx), tok.stream_decoder()
     by_rules = False
     for i in range(max_tokens):
-        t = int(np.argmax(logits))
+        if rest:
+            allowed = _fitting(tok, model.eos_id, rest)
+            t = allowed[int(np.argmax(logits[allowed]))]
+            b = tok.token_bytes(t)
+            rest = rest[len(b) :] if rest.startswith(b) and len(b) < len(rest) else b""
+        else:
+            t = int(np.argmax(logits))
         if t == model.eos_id:
             break
-        if rules.feed(dec.feed(t)):
+        piece = dec.feed(t)
+        if heal:
+            assert piece.startswith(heal[: len(piece)])
+            cut = min(len(heal), len(piece))
+            piece, heal = piece[cut:], heal[cut:]
+        if rules.feed(piece):
             by_rules = True
             break
         if i + 1 < max_tokens:
             logits = model.step(state, t)
     if not by_rules:
-        rules.feed(dec.flush())
+        tail = dec.flush()
+        rules.feed(tail[len(heal) :] if heal else tail)
     s = finalize(rules.text, ctx)
     return None if s is None else s.insert_text

@@ -146,10 +146,10 @@ async def test_typing_keeps_state_in_sync(client, engine) -> None:
     assert st["documents"] >= 1 and st["checkpoints"] > 0 and st["state_memory_bytes"] > 0
 
 
-async def test_cancel_request_stops_generation(model_path) -> None:
-    lc, _ = await start_server(
-        model_path, options={"maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000}
-    )
+async def test_cancel_request_stops_generation(model_factory) -> None:
+    # a wider model than the module's, so that the long generation takes a measurable time
+    path, _, _ = model_factory(50257, 256, 4, 8, seed=7)  # greedy runs ~4000 tokens from "x = 1\n"
+    lc, _ = await start_server(path, options={"maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000})
     uri = "file:///cancel.py"
     open_doc(lc, uri, "x = 1\n")
     t0 = time.perf_counter()
@@ -342,3 +342,35 @@ async def test_completion_fallback_for_popup_clients(model_path, engine) -> None
     else:
         assert len(items) == 1 and items[0].insert_text == want and "bitmamba" in items[0].detail
     await stop_server(lc)
+
+
+DEFAULT_MODEL = __import__("bitmamba_lsp.engine.loader", fromlist=["DEFAULT_MODEL_DIR"]).DEFAULT_MODEL_DIR
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.bin").is_file(), reason="no shipped default model")
+async def test_default_model_plausible_completions() -> None:
+    """The daemon with no --model (the embedded default), typing real code: it suggests what a
+    programmer would, and exactly what the engine computes independently (with token healing)."""
+    from bitmamba_lsp.engine import load
+
+    engine = load(None, threads=1)
+    lc, _ = await start_server(None, options={"maxTokens": 24})
+    try:
+        st = await status(lc)
+        assert "bitmamba-default" in str(st["model"])
+        cases = [
+            ("import os\nimport numpy as ", lambda s: s.strip() == "np"),
+            ("class Point:\n    def __init__(self", lambda s: "):" in s),
+            ("def main():\n    pass\n\n\nif __name__ == ", lambda s: "__main__" in s),
+            ("def add(a, b):\n    return a ", lambda s: s.startswith("+ b")),
+        ]
+        for n, (text, plausible) in enumerate(cases):
+            uri = f"file:///plausible{n}.py"
+            open_doc(lc, uri, text)
+            lines = text.split("\n")
+            item = await inline(lc, uri, len(lines) - 1, len(lines[-1]))
+            assert item is not None, text
+            assert item.insert_text == expected_suggestion(engine, text, len(text), 24), text
+            assert plausible(item.insert_text), (text, item.insert_text)
+    finally:
+        await stop_server(lc)

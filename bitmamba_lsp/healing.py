@@ -1,0 +1,100 @@
+"""Token healing: the prompt's last token is taken back and regenerated under a constraint.
+
+A cursor rarely sits on a token boundary the model saw in training. Byte-level BPE attaches a
+space to the word after it, so ``return a `` ends in a lone ``" "`` token and an indented empty
+line ends in a run of spaces that, in training, was always split as "spaces + ' word'". Fed as is,
+such a prompt is out of distribution and the model suggests nonsense. Healing drops the last token
+and constrains generation until the dropped bytes are reproduced: while ``r`` bytes remain, the next
+token must either start with ``r`` or be a prefix of it (so eight spaces of indentation may come back
+as the seven-space token followed by `` self``, as in training). Those bytes are then removed from the
+suggestion.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Healed:
+    ids: np.ndarray  # the prompt without its last token (or unchanged)
+    text: str  # what the first generated tokens must reproduce, removed from the suggestion
+    raw: bytes  # the same as bytes: the constraint still to satisfy
+
+
+class TokenHealer:
+    def __init__(self, tokenizer, special_ids: Sequence[int] = ()) -> None:
+        n = tokenizer.vocab_size
+        special = set(special_ids)
+        pieces = [(b"" if i in special else tokenizer.token_bytes(i), i) for i in range(n)]
+        pieces = [(b, i) for b, i in pieces if b]
+        pieces.sort()
+        self._bytes = [b for b, _ in pieces]
+        self._ids = np.asarray([i for _, i in pieces], dtype=np.int64)
+        self._by_bytes = {b: i for b, i in pieces}
+        self._tok = tokenizer
+        self._special = special
+        self.allowed = lru_cache(maxsize=4096)(self._allowed)
+
+    def _allowed(self, rest: bytes) -> np.ndarray:
+        """Ids of the tokens that start with `rest` (a contiguous range once sorted) or are a
+        proper prefix of it."""
+        lo = bisect.bisect_left(self._bytes, rest)
+        hi = lo
+        while hi < len(self._bytes) and self._bytes[hi].startswith(rest):
+            hi += 1
+        prefixes = [self._by_bytes[rest[:k]] for k in range(1, len(rest)) if rest[:k] in self._by_bytes]
+        return np.unique(np.concatenate([self._ids[lo:hi], np.asarray(prefixes, dtype=np.int64)]))
+
+    def advance(self, rest: bytes, token: int) -> bytes:
+        """The constraint left after generating `token` under `rest`."""
+        b = self._tok.token_bytes(token)
+        return rest[len(b) :] if len(b) < len(rest) and rest.startswith(b) else b""
+
+    def heal(self, prompt: np.ndarray) -> Healed:
+        """Take back the last token when that is safe (at least one token stays, and the token is
+        ordinary text that decodes on its own)."""
+        prompt = np.asarray(prompt)
+        if len(prompt) < 2:
+            return Healed(prompt, "", b"")
+        last = int(prompt[-1])
+        if last in self._special:
+            return Healed(prompt, "", b"")
+        raw = self._tok.token_bytes(last)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Healed(prompt, "", b"")
+        if not text:
+            return Healed(prompt, "", b"")
+        return Healed(prompt[:-1], text, raw)
+
+    def constrain(self, logits: np.ndarray, rest: bytes) -> np.ndarray:
+        """Logits with every token that does not fit `rest` at -inf (a copy), or `logits` itself
+        when nothing is left to reproduce."""
+        if not rest:
+            return logits
+        allowed = self.allowed(rest)
+        out = np.full_like(logits, -np.inf)
+        out[allowed] = logits[allowed]
+        return out
+
+
+class HealedText:
+    """Strips the healed text from the front of a stream of decoded chunks."""
+
+    def __init__(self, text: str) -> None:
+        self._left = text
+
+    def feed(self, chunk: str) -> str:
+        if not self._left or not chunk:
+            return chunk
+        n = min(len(self._left), len(chunk))
+        # the first tokens were constrained to reproduce these bytes, so they match
+        self._left = self._left[n:]
+        return chunk[n:]

@@ -1,0 +1,176 @@
+"""``bitmamba train``: train (or fine-tune) a BitMamba-2 model on a directory of source files.
+
+:func:`register` adds the ``train`` subcommand to an ``argparse`` subparsers object; the handler
+is stored as ``func`` (call ``args.func(args)``, it returns an exit code). Importing this module
+does not import torch; running the command without torch prints how to install it.
+
+Examples::
+
+    bitmamba train --corpus ~/src/myproject --out ~/.cache/bitmamba/myproject --minutes 30
+    bitmamba train --corpus ~/src/myproject --init DEFAULT --out ./ft --minutes 10 --lr 1e-3
+    python -m bitmamba_lsp.train train --stdlib --site-packages --out bitmamba_lsp/data/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+INSTALL_HINT = "training needs PyTorch: pip install 'bitmamba-lsp[train]'  (installs torch==2.13.0)"
+
+
+def default_model_dir() -> Path:
+    """The model shipped with the package (``bitmamba_lsp/data/default``)."""
+    return Path(__file__).resolve().parent.parent / "data" / "default"
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("data")
+    src.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory of source files to train on (repeatable)",
+    )
+    src.add_argument("--stdlib", action="store_true", help="add the running Python's standard library")
+    src.add_argument(
+        "--site-packages",
+        action="store_true",
+        help="add installed packages whose license metadata is permissive (MIT/BSD/Apache/PSF/...)",
+    )
+    src.add_argument(
+        "--ext",
+        action="append",
+        default=None,
+        metavar="EXT",
+        help="file extensions to include (repeatable; default: .py)",
+    )
+    src.add_argument(
+        "--heldout-permille", type=int, default=30, help="files held out for evaluation, per mille"
+    )
+    src.add_argument(
+        "--group-cap-mb",
+        type=float,
+        default=3.0,
+        help="max MB of text per package/top-level module (0: no cap)",
+    )
+
+    io = p.add_argument_group("input/output")
+    io.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="model directory to write (model.bin, tokenizer.json, model.json)",
+    )
+    io.add_argument(
+        "--run-dir", metavar="DIR", help="work directory for caches, checkpoints and logs (default: OUT.run)"
+    )
+    io.add_argument(
+        "--init",
+        metavar="DIR",
+        help="fine-tune from an exported model directory (keeps its size and tokenizer); "
+        "'default' means the model shipped with the package",
+    )
+    io.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+
+    m = p.add_argument_group("model (ignored with --init)")
+    m.add_argument("--vocab-size", type=int, default=4096)
+    m.add_argument("--d-model", type=int, default=256)
+    m.add_argument("--n-layers", type=int, default=4)
+    m.add_argument("--n-heads", type=int, default=8)
+
+    t = p.add_argument_group("training")
+    t.add_argument(
+        "--minutes", type=float, default=45.0, help="training time budget (the schedule anneals on time too)"
+    )
+    t.add_argument("--steps", type=int, default=3000, help="step budget")
+    t.add_argument("--seq-len", type=int, default=512)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--min-lr-ratio", type=float, default=0.1)
+    t.add_argument("--warmup-steps", type=int, default=100)
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument(
+        "--eval-every", type=int, default=200, help="steps between held-out evaluations (multiple of 10)"
+    )
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--no-compile", dest="compile", action="store_false", help="do not use torch.compile")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a BitMamba-2 model on source files (needs torch)",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"bitmamba train: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    from .trainer import TrainConfig, train
+
+    if not (args.corpus or args.stdlib or args.site_packages):
+        print("bitmamba train: give --corpus DIR (or --stdlib / --site-packages)", file=sys.stderr)
+        return 2
+    init = args.init
+    if init is not None and init.lower() == "default":
+        init = str(default_model_dir())
+    cfg = TrainConfig(
+        out=args.out,
+        run_dir=args.run_dir,
+        corpus=list(args.corpus),
+        stdlib=args.stdlib,
+        site_packages=args.site_packages,
+        extensions=tuple(args.ext) if args.ext else (".py",),
+        heldout_permille=args.heldout_permille,
+        group_cap_mb=args.group_cap_mb or None,
+        init=init,
+        vocab_size=args.vocab_size,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr_ratio=args.min_lr_ratio,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        threads=args.threads,
+        eval_every=args.eval_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        compile=args.compile,
+        resume=args.resume,
+        command=getattr(args, "command_line", None) or "bitmamba " + " ".join(map(shlex.quote, sys.argv[1:])),
+    )
+    train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bitmamba_lsp.train [train] ARGS``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] != "train" and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "train")
+    parser = argparse.ArgumentParser(prog="python -m bitmamba_lsp.train")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.command_line = "python -m bitmamba_lsp.train " + " ".join(map(shlex.quote, argv))
+    return args.func(args)

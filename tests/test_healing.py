@@ -1,0 +1,84 @@
+"""Token healing (bitmamba_lsp.healing) against brute force over the vocabulary, and its effect
+on the shipped model: prompts that end on an unnatural token boundary still get sensible text."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitmamba_lsp.healing import HealedText, TokenHealer
+
+DEFAULT = Path(__file__).resolve().parent.parent / "bitmamba_lsp" / "data" / "default"
+needs_default = pytest.mark.skipif(not (DEFAULT / "model.bin").is_file(), reason="no shipped default model")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from bitmamba_lsp.engine.tokenizer import TextTokenizer
+
+    if not (DEFAULT / "tokenizer.json").is_file():
+        pytest.skip("no shipped tokenizer")
+    return TextTokenizer.from_path(DEFAULT)
+
+
+@needs_default
+@pytest.mark.parametrize("rest", [b" ", b"        ", b"self", b" return", b"(", b"zzzq", b"\n"])
+def test_allowed_tokens_are_exactly_those_that_fit(tok, rest):
+    healer = TokenHealer(tok, [tok.eos_id])
+    want = sorted(
+        i
+        for i in range(tok.vocab_size)
+        if i != tok.eos_id and (b := tok.token_bytes(i)) and (b.startswith(rest) or rest.startswith(b))
+    )
+    assert healer.allowed(rest).tolist() == want
+    logits = np.random.default_rng(0).standard_normal(tok.vocab_size).astype(np.float32)
+    out = healer.constrain(logits, rest)
+    assert np.isfinite(out).sum() == len(want) and np.array_equal(out[want], logits[want])
+    assert healer.constrain(logits, b"") is logits
+
+
+@needs_default
+def test_heal_takes_back_the_last_token(tok):
+    healer = TokenHealer(tok, [tok.eos_id])
+    ids = np.asarray(tok.encode("def add(a, b):\n    return a "))
+    h = healer.heal(ids)
+    assert np.array_equal(h.ids, ids[:-1]) and h.raw == tok.token_bytes(int(ids[-1])) == b" "
+    assert h.text == " "
+    # a token that is a prefix of what is left advances the constraint; one that covers it ends it
+    seven, eight = tok.encode("       "), tok.encode("        ")
+    if len(seven) == 1 and len(eight) == 1:
+        assert healer.advance(b"        ", seven[0]) == b" "
+        assert healer.advance(b"        ", eight[0]) == b""
+    one = np.asarray(ids[:1])
+    assert healer.heal(one).ids is not None and healer.heal(one).raw == b""  # never empties a prompt
+    assert healer.heal(np.asarray([*ids, tok.eos_id])).raw == b""  # special tokens stay
+
+
+def test_healed_text_strips_across_chunks():
+    h = HealedText("    ")
+    assert [h.feed(c) for c in ["  ", "   x", "y"]] == ["", " x", "y"]
+
+
+@needs_default
+@pytest.mark.parametrize(
+    ("prompt", "check"),
+    [
+        ("import numpy as ", lambda s: s.strip() == "np"),
+        ("def add(a, b):\n    return a ", lambda s: s.startswith("+ b")),
+        ("if __name__ == ", lambda s: s.startswith(("'__main__'", '"__main__"'))),
+        ("try:\n    import json\nexcept ", lambda s: s.startswith("ImportError")),
+        ("class Point:\n    def __init__(self", lambda s: s.rstrip().endswith("):")),
+    ],
+)
+def test_shipped_model_completes_natural_code(prompt, check):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lsp_client import expected_suggestion
+
+    from bitmamba_lsp.engine import load
+
+    model = load(None, threads=1)
+    got = expected_suggestion(model, prompt, len(prompt), 24, multiline=False)
+    assert got is not None and check(got), (prompt, got)

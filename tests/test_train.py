@@ -1,0 +1,448 @@
+"""Tests for bitmamba_lsp.train: the chunked scan, the QAT forward against an independent NumPy
+implementation of FORMATS.md section 1, the export round trip, corpus building and the CLI.
+
+Tests that need PyTorch skip cleanly when it is not installed (``pip install 'bitmamba-lsp[train]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - CI without the [train] extra
+    torch = None
+
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="PyTorch is not installed (pip install 'bitmamba-lsp[train]')"
+)
+
+from bitmamba_lsp.engine.formats.bitmamba_bin import TernaryTensor, quantize_ternary, read_bin  # noqa: E402
+from bitmamba_lsp.train import corpus as corpus_mod  # noqa: E402
+from bitmamba_lsp.train import data as data_mod  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------ NumPy reference
+
+
+def np_rms_norm(x, w):
+    return x * w / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+def np_bitlinear(x, W, norm_w):
+    """FORMATS.md bitlinear on one token x [K]: int8 absmax activations x absmean ternary weights."""
+    xn = np_rms_norm(x, norm_w)
+    sx = 127.0 / (np.max(np.abs(xn)) + 1e-5)
+    v = xn * sx
+    xq = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -128, 127)  # round half away from zero
+    q, s = quantize_ternary(W)
+    return (q.astype(np.float64) @ xq) / (sx * s)
+
+
+def np_softplus(x):
+    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
+
+
+def np_silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def np_forward(P: dict, cfg, ids) -> np.ndarray:
+    """Token-by-token recurrent forward (float64) of FORMATS.md section 1; logits [T, V]."""
+    di, H, hd = cfg.d_inner, cfg.n_heads, cfg.head_dim
+    conv = [np.zeros((3, di)) for _ in range(cfg.n_layers)]  # last 3 inputs of the conv
+    ssm = [np.zeros(di) for _ in range(cfg.n_layers)]
+    out = []
+    for tok in ids:
+        h = P["embed"][tok].astype(np.float64)
+        for l in range(cfg.n_layers):  # noqa: E741
+            p = f"layers.{l}."
+            proj = np_bitlinear(h, P[p + "in_proj"], P[p + "in_proj_norm"])
+            z, x = proj[:di], proj[di : 2 * di]
+            B, C, dt = proj[2 * di : 2 * di + H], proj[2 * di + H : 2 * di + 2 * H], proj[2 * di + 2 * H :]
+            w = P[p + "conv1d_w"].reshape(di, 4)
+            window = np.concatenate([conv[l], x[None]], 0)  # [4, di]: x_{t-3} .. x_t
+            c = P[p + "conv1d_b"] + np.sum(w.T * window, axis=0)
+            conv[l] = window[1:]
+            xa = np_silu(c)
+            y = np.empty(di)
+            for hh in range(H):
+                dth = np_softplus(dt[hh] + P[p + "dt_bias"][hh])
+                decay = np.exp(-np.exp(P[p + "A_log"][hh]) * dth)
+                sl = slice(hh * hd, (hh + 1) * hd)
+                ssm[l][sl] = ssm[l][sl] * decay + xa[sl] * B[hh] * dth
+                y[sl] = ssm[l][sl] * C[hh] + xa[sl] * P[p + "D"][sl]
+            y = y * np_silu(z)
+            h = h + np_bitlinear(y, P[p + "out_proj"], P[p + "out_proj_norm"])
+        out.append(np_bitlinear(np_rms_norm(h, P["norm_f"]), P["lm_head"], P["lm_head_norm"]))
+    return np.stack(out)
+
+
+def randomize(model, seed: int = 0) -> None:
+    """Give every parameter a non-trivial value (norm weights, D, biases are not 1/0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm") or name == "norm_f" or name.endswith(".D"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith("conv1d_b") or name.endswith("dt_bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("A_log"):
+                p.copy_(torch.rand(p.shape, generator=g) * 2.5)
+            elif name == "embed":
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def model_params_np(model) -> dict[str, np.ndarray]:
+    P = {
+        "embed": model.embed.detach().double().numpy(),
+        "norm_f": model.norm_f.detach().double().numpy(),
+        "lm_head": model.lm_head.weight.detach().numpy(),
+        "lm_head_norm": model.lm_head.norm.detach().double().numpy(),
+    }
+    for i, ly in enumerate(model.layers):
+        p = f"layers.{i}."
+        P[p + "in_proj"] = ly.in_proj.weight.detach().numpy()
+        P[p + "in_proj_norm"] = ly.in_proj.norm.detach().double().numpy()
+        P[p + "out_proj"] = ly.out_proj.weight.detach().numpy()
+        P[p + "out_proj_norm"] = ly.out_proj.norm.detach().double().numpy()
+        for k in ("conv1d_w", "conv1d_b", "dt_bias", "A_log", "D"):
+            P[p + k] = getattr(ly, k).detach().double().numpy()
+    return P
+
+
+# ------------------------------------------------------------------------------------ the scan
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    ("B", "T", "H", "P", "chunk"),
+    [
+        (1, 1, 1, 1, 64),
+        (2, 63, 3, 5, 64),
+        (1, 64, 5, 2, 64),
+        (2, 65, 3, 4, 64),
+        (1, 130, 7, 3, 64),
+        (2, 50, 3, 2, 16),
+    ],
+)
+def test_chunked_scan_matches_sequential(B, T, H, P, chunk):
+    from bitmamba_lsp.train.model import chunked_scan, sequential_scan
+
+    g = torch.Generator().manual_seed(B * 1000 + T * 10 + H)
+    la = -torch.rand(B, T, H, generator=g, dtype=torch.float64) * 3.0
+    la[:, ::7] *= 20.0  # some very strong decays (exp underflows to ~0 within a chunk)
+    la[:, 1::5] *= 1e-3  # and near-1 decays
+    u = torch.randn(B, T, H, P, generator=g, dtype=torch.float64)
+    s0 = torch.randn(B, H, P, generator=g, dtype=torch.float64)
+    la.requires_grad_(True)
+    u.requires_grad_(True)
+    ref, ref_last = sequential_scan(la, u, s0)
+    got, got_last = chunked_scan(la, u, chunk=chunk, state=s0)
+    torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(got_last, ref_last, rtol=1e-11, atol=1e-11)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ref * w).sum(), (la, u))
+    g_got = torch.autograd.grad((got * w).sum(), (la, u))
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@needs_torch
+def test_round_half_away_from_zero():
+    from bitmamba_lsp.train.model import round_half_away
+
+    x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -0.51])
+    assert round_half_away(x).tolist() == [-3, -2, -1, 1, 2, 3, 0, -1]
+
+
+# --------------------------------------------------------------------------------- QAT forward
+
+
+@needs_torch
+@pytest.mark.parametrize(("d", "L", "H"), [(32, 2, 4), (24, 1, 3)])
+def test_qat_forward_matches_numpy_reference(d, L, H):
+    from bitmamba_lsp.train.model import BitMamba2, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=67, d_model=d, n_layers=L, n_heads=H)
+    model = BitMamba2(cfg)
+    randomize(model, seed=d)
+    model.eval()
+    ids = np.random.default_rng(d).integers(0, cfg.vocab_size, size=70)  # > one 64-step chunk
+    ref = np_forward(model_params_np(model), cfg, ids)
+    with torch.no_grad():
+        exact = model(torch.from_numpy(ids)[None], exact=True)[0].double().numpy()
+        ste = model(torch.from_numpy(ids)[None])[0].double().numpy()
+        seq = model(torch.from_numpy(ids)[None], exact=True, scan="sequential")[0].double().numpy()
+    scale = np.abs(ref).max()
+    # float32 vs float64: an int8 rounding may rarely flip, so the bound is relative, not bitwise.
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=2e-3 * scale)
+    np.testing.assert_allclose(ste, ref, rtol=0, atol=2e-3 * scale)
+    np.testing.assert_allclose(seq, exact, rtol=0, atol=1e-4 * scale)
+    assert (exact.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+@needs_torch
+def test_ste_gradients_reach_latent_weights():
+    from bitmamba_lsp.train.model import BitMamba2, ModelConfig
+
+    torch.manual_seed(0)
+    model = BitMamba2(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2))
+    ids = torch.randint(0, 50, (2, 20))
+    loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 50), ids[:, 1:].reshape(-1))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+# -------------------------------------------------------------------------------------- export
+
+
+def _tiny_tokenizer(vocab: int = 300):
+    words = (
+        "def",
+        "self",
+        "return",
+        "class",
+        "import",
+        "from",
+        "None",
+        "True",
+        "False",
+        "value",
+        "items",
+        "lambda",
+        "yield",
+        "raise",
+        "except",
+        "finally",
+        "assert",
+        "while",
+        "print",
+        "range",
+        "super",
+    )
+    text = "".join(f"    {a} = {b}({c}, {a}_{b})\n" for a in words for b in words[:8] for c in words[:3])
+    return data_mod.train_tokenizer([text] * 5, vocab)
+
+
+@needs_torch
+def test_export_round_trip(tmp_path):
+    from bitmamba_lsp.train.export import export_model, load_exported
+    from bitmamba_lsp.train.model import BitMamba2, ModelConfig, ternary_quantize
+
+    tok = _tiny_tokenizer()
+    V = tok.get_vocab_size(with_added_tokens=True)
+    torch.manual_seed(1)
+    model = BitMamba2(ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4))
+    randomize(model, seed=3)
+    export_model(model, tok, tmp_path, {"seed": 1})
+    bm = read_bin(tmp_path / "model.bin")
+    assert (bm.config.vocab_size, bm.config.d_model, bm.config.n_layers, bm.config.n_heads) == (V, 32, 2, 4)
+    lins = {"lm_head": model.lm_head}
+    for i, ly in enumerate(model.layers):
+        lins[f"layers.{i}.in_proj"] = ly.in_proj
+        lins[f"layers.{i}.out_proj"] = ly.out_proj
+    for name, lin in lins.items():
+        t = bm.tensors[name]
+        assert isinstance(t, TernaryTensor)
+        q, s = ternary_quantize(lin.weight)  # what the QAT forward uses
+        np.testing.assert_array_equal(t.unpack(), q.to(torch.int8).numpy(), err_msg=name)
+        assert t.scale == float(s), name  # exactly the float32 scale
+        # write_bin's own absmean quantizer (float64) agrees on these weights
+        q2, s2 = quantize_ternary(lin.weight.detach().numpy())
+        np.testing.assert_array_equal(q2, t.unpack())
+        assert abs(s2 - t.scale) <= 1e-6 * t.scale
+    np.testing.assert_array_equal(bm.tensors["embed"], model.embed.detach().numpy())
+    np.testing.assert_array_equal(bm.tensors["layers.1.conv1d_w"], model.layers[1].conv1d_w.detach().numpy())
+    np.testing.assert_array_equal(bm.tensors["layers.0.A_log"], model.layers[0].A_log.detach().numpy())
+    np.testing.assert_array_equal(bm.tensors["lm_head_norm"], model.lm_head.norm.detach().numpy())
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["config"]["vocab_size"] == V and meta["seed"] == 1 and meta["eos_id"] == 0
+    # loading back gives a model with the same quantized weights and the same outputs
+    back, tok2, _ = load_exported(tmp_path)
+    assert tok2.get_vocab_size(with_added_tokens=True) == V
+    ids = torch.randint(0, V, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, exact=True), model(ids, exact=True), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- corpus and data
+
+
+def test_license_detection():
+    ok = corpus_mod.license_is_permissive
+    assert ok("Name: a\nLicense-Expression: MIT\n")[0]
+    assert ok("Name: a\nLicense-Expression: Apache-2.0 OR BSD-2-Clause\n")[0]
+    assert ok(
+        "Name: a\nLicense-Expression: Apache-2.0 AND Apache-2.0 WITH LLVM-exception AND BSD-3-Clause\n"
+    )[0]
+    assert not ok("Name: a\nLicense-Expression: MPL-2.0 AND MIT\n")[0]
+    assert ok("Name: a\nLicense-Expression: GPL-3.0-only OR MIT\n")[0]
+    assert not ok("Name: a\nLicense-Expression: GPL-3.0-only\n")[0]
+    assert ok("Name: a\nClassifier: License :: OSI Approved :: BSD License\n")[0]
+    assert not ok(
+        "Name: a\nClassifier: License :: OSI Approved :: MIT License\n"
+        "Classifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)\n"
+    )[0]
+    assert ok("Name: a\nLicense: BSD-3-Clause\n")[0]
+    assert not ok("Name: a\nLicense: MPL 2.0\n")[0]
+    assert not ok("Name: a\n")[0]
+    # the body (after the blank line) is not metadata
+    assert not ok("Name: a\n\nLicense-Expression: MIT\n")[0]
+
+
+def _write(p: Path, text: str) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+
+
+def test_build_corpus_filters_dedups_and_splits(tmp_path):
+    src = tmp_path / "repo"
+    body = (
+        "def f{i}(x):\n    '''Add one.'''\n    return x + {i}  # a comment to make the file long enough\n" * 4
+    )
+    for i in range(60):
+        _write(src / "pkg" / f"m{i}.py", body.format(i=i))
+    _write(src / "pkg" / "dup.py", body.format(i=0))  # same content as m0.py
+    _write(src / "pkg" / "empty.py", "\n\n# x\n")
+    _write(src / "pkg" / "gen.py", "# Auto-generated by a tool. DO NOT EDIT.\n" + body.format(i=99))
+    _write(src / "pkg" / "data.py", "TABLE = '" + "x" * 5000 + "'\n" + body.format(i=98))
+    _write(src / "pkg" / "notes.txt", body.format(i=97))
+    _write(src / ".venv" / "lib" / "x.py", body.format(i=96))
+    _write(src / "node_modules" / "y.py", body.format(i=95))
+    (src / "pkg" / "latin1.py").write_bytes(b"# caf\xe9\n" + body.format(i=94).encode())
+    c = corpus_mod.build_corpus(directories=[src], options=corpus_mod.CorpusOptions(heldout_permille=200))
+    names = {d.name for d in c.documents}
+    assert len(names) == 60  # m0..m59 and dup.py, minus one of the two identical files
+    assert ("repo/pkg/m0.py" in names) != ("repo/pkg/dup.py" in names)
+    assert c.skipped == Counter(
+        {"duplicate": 1, "near_empty": 1, "generated": 1, "data_like": 1, "not_utf8": 1}
+    )
+    held = {d.name for d in c.split("heldout")}
+    assert 0 < len(held) < 30
+    assert held == {n for n in names if corpus_mod.heldout(n, 200)}  # split by path hash only
+    # deterministic, also with other extensions
+    c2 = corpus_mod.build_corpus(directories=[src], options=corpus_mod.CorpusOptions(heldout_permille=200))
+    assert [d.name for d in c2.documents] == [d.name for d in c.documents]
+    c3 = corpus_mod.build_corpus(directories=[src], options=corpus_mod.CorpusOptions(extensions=("txt",)))
+    assert [d.name for d in c3.documents] == ["repo/pkg/notes.txt"]
+    assert corpus_mod.Corpus.from_json(c.to_json()).summary() == c.summary()
+
+
+def test_tokenizer_and_sampler():
+    tok = _tiny_tokenizer(300)
+    assert tok.get_vocab_size(with_added_tokens=True) == 300
+    assert tok.token_to_id("<|endoftext|>") == 0
+    text = "    def g(self):\n        return 1\n"
+    assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+    arr = data_mod.encode_corpus(tok, [text, "import os\n"])
+    assert arr.dtype == np.uint16 and int(arr[-1]) == 0 and (arr == 0).sum() == 2
+    tokens = np.arange(10_000, dtype=np.uint16)
+    s1 = data_mod.WindowSampler(tokens, seq_len=15, batch_size=4, seed=7)
+    s2 = data_mod.WindowSampler(tokens, seq_len=15, batch_size=4, seed=7)
+    for step in (0, 1, 5, 200, 1000):  # crosses epochs; a fresh sampler gives the same batch
+        b = s1.batch(step)
+        np.testing.assert_array_equal(b, s2.batch(step))
+        assert b.shape == (4, 16) and (np.diff(b, axis=1) == 1).all()  # contiguous windows
+    epoch0 = np.concatenate([s1.batch(k)[:, 0] for k in range(s1.per_epoch // 4)])
+    assert len(set(epoch0.tolist())) == len(epoch0)  # no window repeats within an epoch
+    assert not np.array_equal(data_mod.WindowSampler(tokens, 15, 4, seed=8).batch(0), s1.batch(0))
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_imports_without_torch_and_explains():
+    code = (
+        "import sys, argparse\n"
+        "sys.modules['torch'] = None\n"  # make `import torch` fail
+        "import bitmamba_lsp.train.cli as cli\n"
+        "p = argparse.ArgumentParser(); sub = p.add_subparsers(dest='cmd')\n"
+        "cli.register(sub)\n"
+        "a = p.parse_args(['train', '--corpus', '.', '--out', 'x'])\n"
+        "sys.exit(a.func(a))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'bitmamba-lsp[train]'" in r.stderr
+
+
+@needs_torch
+def test_train_end_to_end_and_finetune(tmp_path):
+    from bitmamba_lsp.train.cli import main
+    from bitmamba_lsp.train.export import load_exported
+
+    src = tmp_path / "src"
+    for i in range(40):
+        _write(
+            src / f"mod{i}.py",
+            f"import os\n\n\nclass Thing{i}:\n    def __init__(self, x):\n"
+            f"        self.x = x + {i}\n\n    def get(self):\n        return self.x\n" * 3,
+        )
+    out, run = tmp_path / "out", tmp_path / "run"
+    small = [
+        "--vocab-size",
+        "300",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "6",
+        "--eval-every",
+        "10",
+        "--no-compile",
+        "--heldout-permille",
+        "200",
+    ]
+    assert main(["--corpus", str(src), "--out", str(out), "--run-dir", str(run), *small]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["status"] == "final" and meta["training"]["steps"] == 6
+    assert np.isfinite(meta["eval"]["heldout_loss"]) and meta["corpus"]["heldout"]["files"] > 0
+    assert (run / "checkpoint.pt").is_file() and (run / "manifest.tsv").is_file()
+    load_exported(out)  # the exported directory loads back
+    ft = tmp_path / "ft"
+    args = [
+        "train",
+        "--corpus",
+        str(src),
+        "--init",
+        str(out),
+        "--out",
+        str(ft),
+        "--steps",
+        "3",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--no-compile",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+    ]
+    assert main(args) == 0
+    meta2 = json.loads((ft / "model.json").read_text())
+    assert meta2["init"]["from"] == str(out) and meta2["config"] == meta["config"]
+    assert (ft / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
