@@ -232,6 +232,7 @@ class ChunkFormat:
         self.model = model_id
         self.include_usage = req.include_usage
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
+        self._text_template: tuple[bytes, bytes] | None = None
 
     @staticmethod
     def usage(r: Result) -> dict[str, int]:
@@ -280,11 +281,17 @@ class ChunkFormat:
         )
 
     def text(self, text: str) -> bytes:
-        if self.chat:
-            return self._chunk(
-                {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-            )
-        return self._chunk({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+        """One token's chunk: a template made once per request with only the text encoded each time."""
+        if self._text_template is None:
+            marker = "\x00TEXT\x00"
+            if self.chat:
+                choice = {"index": 0, "delta": {"content": marker}, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": marker, "logprobs": None, "finish_reason": None}
+            head, _, tail = self._chunk(choice).partition(json.dumps(marker).encode())
+            self._text_template = (head, tail)
+        head, tail = self._text_template
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def end(self, r: Result) -> bytes:
         if self.chat:
