@@ -21,7 +21,7 @@ OUT="${OUT:-bitmamba_lsp/data/default}"
 mkdir -p "$RUN_DIR"
 
 exec "$PYTHON" -m bitmamba_lsp.train train \
-    --stdlib --site-packages \
+    --from-scratch --stdlib --site-packages \
     --out "$OUT" --run-dir "$RUN_DIR" \
     --vocab-size 4096 --d-model 256 --n-layers 4 --n-heads 8 \
     --seq-len 512 --batch-size 8 \

@@ -415,7 +415,7 @@ def test_train_end_to_end_and_finetune(tmp_path):
         "--heldout-permille",
         "200",
     ]
-    assert main(["--corpus", str(src), "--out", str(out), "--run-dir", str(run), *small]) == 0
+    assert main(["--from-scratch", "--corpus", str(src), "--out", str(out), "--run-dir", str(run), *small]) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["status"] == "final" and meta["training"]["steps"] == 6
     assert np.isfinite(meta["eval"]["heldout_loss"]) and meta["corpus"]["heldout"]["files"] > 0
@@ -446,3 +446,13 @@ def test_train_end_to_end_and_finetune(tmp_path):
     meta2 = json.loads((ft / "model.json").read_text())
     assert meta2["init"]["from"] == str(out) and meta2["config"] == meta["config"]
     assert (ft / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    # no --init: fine-tune the shipped model on the user's files (its size and tokenizer)
+    shipped = Path(__file__).resolve().parent.parent / "bitmamba_lsp" / "data" / "default"
+    if (shipped / "model.bin").is_file():
+        ft2 = tmp_path / "ft2"
+        rest = args[args.index("--steps") :]
+        assert main(["train", "--corpus", str(src), "--out", str(ft2), *rest]) == 0
+        meta3 = json.loads((ft2 / "model.json").read_text())
+        base = json.loads((shipped / "model.json").read_text())
+        assert Path(meta3["init"]["from"]) == shipped and meta3["config"] == base["config"]
+        assert (ft2 / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()

@@ -6,9 +6,10 @@ does not import torch; running the command without torch prints how to install i
 
 Examples::
 
-    bitmamba train --corpus ~/src/myproject --out ~/.cache/bitmamba/myproject --minutes 30
-    bitmamba train --corpus ~/src/myproject --init DEFAULT --out ./ft --minutes 10 --lr 1e-3
-    python -m bitmamba_lsp.train train --stdlib --site-packages --out bitmamba_lsp/data/default
+    bitmamba train --corpus ~/src/myproject --out ~/.cache/bitmamba/myproject --minutes 10 --lr 1e-3
+        (fine-tunes the shipped model on your repository; use it with --model ~/.cache/bitmamba/myproject)
+    bitmamba train --from-scratch --corpus ~/src --out ./mine --minutes 45
+    python -m bitmamba_lsp.train train --from-scratch --stdlib --site-packages --out bitmamba_lsp/data/default
 """
 
 from __future__ import annotations
@@ -71,12 +72,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--init",
         metavar="DIR",
+        default="default",
         help="fine-tune from an exported model directory (keeps its size and tokenizer); "
-        "'default' means the model shipped with the package",
+        "'default' (the default) means the model shipped with the package",
+    )
+    io.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train a new model (sizes below, a new tokenizer) instead of fine-tuning",
     )
     io.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
 
-    m = p.add_argument_group("model (ignored with --init)")
+    m = p.add_argument_group("model (only with --from-scratch)")
     m.add_argument("--vocab-size", type=int, default=4096)
     m.add_argument("--d-model", type=int, default=256)
     m.add_argument("--n-layers", type=int, default=4)
@@ -126,9 +133,12 @@ def run(args: argparse.Namespace) -> int:
     if not (args.corpus or args.stdlib or args.site_packages):
         print("bitmamba train: give --corpus DIR (or --stdlib / --site-packages)", file=sys.stderr)
         return 2
-    init = args.init
+    init = None if args.from_scratch else args.init
     if init is not None and init.lower() == "default":
         init = str(default_model_dir())
+        if not (Path(init) / "model.bin").is_file():
+            print("bitmamba train: the shipped model is missing; pass --from-scratch", file=sys.stderr)
+            return 2
     cfg = TrainConfig(
         out=args.out,
         run_dir=args.run_dir,
