@@ -206,7 +206,8 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
     out = [
         f"# HTTP load test: {model['id']}",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['simd']}; Python {machine['python']}. "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['simd']}; Python {machine['python']}; "
+        f"load average at start {machine.get('loadavg_at_start', ['?'])[0]:.2f}. "
         f"Server threads: {model['threads']}. {args.clients} concurrent streaming clients, {args.requests} "
         f"requests of {args.max_tokens} tokens (ignore_eos, temperature {args.temperature}).",
         "",
@@ -236,6 +237,7 @@ def main() -> int:
     args = ap.parse_args()
 
     machine = machine_info()
+    machine["loadavg_at_start"] = list(os.getloadavg())  # other work on the machine skews the figures
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['simd']}", file=sys.stderr)
     results = []
     for mb in args.max_batch:
