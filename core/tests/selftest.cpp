@@ -356,6 +356,27 @@ void test_quantize(const KernelSet& S, const KernelSet& V) {
         for (auto& v : x) v = -v;
         one(x, "ties negated");
     }
+    {
+        // Products x * sx that are exactly k + 0.5 in float (the ties above are not, as sx is 1 - 8e-8):
+        // with max|x| = 2^20, sx = 127 * 2^-20 exactly, and for each k a nearby x hits the tie.
+        const float m = 1048576.0f, sx = 127.0f / (m + 1e-5f);
+        std::vector<float> t;
+        for (int k = 0; k < 127; ++k)
+            for (float sgn : {1.0f, -1.0f}) {
+                const float target = sgn * (static_cast<float>(k) + 0.5f);
+                float v = target / sx;
+                for (int it = 0; it < 256 && v * sx != target; ++it)
+                    v = std::nextafter(v, v * sx < target ? HUGE_VALF : -HUGE_VALF);
+                if (v * sx == target) t.push_back(v);
+            }
+        ch.expect(t.size() > 200, "found only " + std::to_string(t.size()) + " exact ties");
+        for (int off = 0; off < 9; ++off) {  // every lane position of 4/8/16-wide loops
+            std::vector<float> x(1 + off, 0.0f);
+            x[0] = off % 2 ? -m : m;
+            x.insert(x.end(), t.begin(), t.end());
+            one(x, "exact .5 ties, offset " + std::to_string(off));
+        }
+    }
     for (int n : {1, 8, 33, 100}) one(std::vector<float>(n, 0.0f), "zeros");
     for (int n : {9, 40, 1000}) {
         std::vector<float> x(n);
