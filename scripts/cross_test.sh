@@ -62,10 +62,10 @@ neon_tools_reason() {
   local why=()
   have aarch64-linux-gnu-g++ || why+=("aarch64-linux-gnu-g++ (Debian g++-aarch64-linux-gnu)")
   have qemu-aarch64 || why+=("qemu-aarch64 (Debian qemu-user)")
-  local msg="missing ${why[*]}"
+  local msg="missing ${why[0]}${why[1]:+, ${why[1]}}"
   if [ "$(id -u)" != 0 ]; then msg+="; not root, so not installed"
   elif ! have apt-get; then msg+="; no apt-get"
-  elif [ "${BITMAMBA_CROSS_INSTALL:-1}" = 0 ]; then msg+="; BITMAMBA_CROSS_INSTALL=0"
+  elif [ "${BITMAMBA_CROSS_INSTALL:-1}" = 0 ]; then msg+="; not installed here (scripts/cross_test.sh --install-only installs them)"
   else msg+="; apt-get install failed"; fi
   echo "$msg"
 }
