@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 from bitmamba_lsp.engine.model import Model
@@ -140,8 +139,3 @@ class _TemplateError(Exception):
 def _raise(message: str) -> None:
     raise _TemplateError(message)
 
-
-def template_path_hint(model: Model) -> Path | None:
-    if model.path is None:
-        return None
-    return (model.path if model.path.is_dir() else model.path.parent) / "tokenizer_config.json"
