@@ -211,6 +211,11 @@ async def test_dismiss_on_escape_ctrl_bracket_and_cursor_move(nvim_run) -> None:
     inserted = new_line[c : c + len(new_line) - len(old_line)]
     assert inserted and inserted.strip() == "", (old_line, new_line)
     assert new_line == old_line[:c] + inserted + old_line[c:]
+    # a key mapped by someone else before setup() keeps that mapping when nothing is shown
+    word = s["after_word_key"]
+    r, c = tab["cursor"]
+    line = tab["text"].split("\n")[r]
+    assert word["text"].split("\n")[r] == line[:c] + "<word>" + line[c:]
 
 
 async def test_accept_word_then_line_then_rest(nvim_run, reference) -> None:

@@ -206,47 +206,81 @@ function M.restart()
   end, 500)
 end
 
+-- What a key did before this plugin mapped it (another plugin's mapping, or the key itself):
+-- used when there is no suggestion.
+local fallbacks = {}
+
+---@return string keys for an expression mapping
+function M._fallback(i)
+  local prev = fallbacks[i]
+  if prev.callback then
+    if prev.expr == 1 then
+      local keys = prev.callback() -- our own mapping replaces keycodes in what it returns
+      return type(keys) == 'string' and keys or ''
+    end
+    prev.callback()
+    return ''
+  end
+  if prev.expr == 1 then
+    return vim.api.nvim_eval(prev.rhs)
+  end
+  return prev.rhs
+end
+
+local function fallback_keys(lhs)
+  local prev = vim.fn.maparg(lhs, 'i', false, true)
+  if vim.tbl_isempty(prev) or (prev.desc or ''):match('^bitmamba') then
+    return function()
+      return lhs
+    end
+  end
+  fallbacks[#fallbacks + 1] = prev
+  local i = #fallbacks
+  if prev.callback and prev.expr ~= 1 then
+    -- a Lua mapping that edits the buffer: run it outside the expression (no textlock)
+    return function()
+      return '<Cmd>lua require("bitmamba")._fallback(' .. i .. ')<CR>'
+    end
+  end
+  return function()
+    local keys = M._fallback(i)
+    if prev.noremap ~= 1 and keys ~= '' then
+      vim.api.nvim_feedkeys(vim.keycode(keys), 'm', false)
+      return ''
+    end
+    return keys
+  end
+end
+
 local function map(lhs, fn, desc)
   if not lhs then
     return
   end
-  vim.keymap.set('i', lhs, fn, { expr = true, silent = true, desc = desc, replace_keycodes = true })
+  local fallback = fallback_keys(lhs)
+  vim.keymap.set('i', lhs, function()
+    return fn() or fallback()
+  end, { expr = true, silent = true, desc = desc, replace_keycodes = true })
 end
 
 local function set_keymaps()
   local k = config.options.keymaps
   local builtin = M.uses_builtin()
-  -- Expression maps: with a suggestion the key runs the action (<Cmd>, no textlock), without one
-  -- it keeps its normal meaning.
+  -- Expression maps: with a suggestion the key runs the action (<Cmd>, no textlock); without one
+  -- it does what it did before (another mapping, or the key itself).
   map(k.accept, function()
     if builtin then
-      if not vim.lsp.inline_completion.get() then
-        return k.accept
-      end
-      return ''
+      return vim.lsp.inline_completion.get() and '' or nil
     end
-    if ghost.visible() then
-      return '<Cmd>lua require("bitmamba").accept()<CR>'
-    end
-    return k.accept
+    return ghost.visible() and '<Cmd>lua require("bitmamba").accept()<CR>' or nil
   end, 'bitmamba: accept the suggestion')
   map(k.accept_word, function()
-    if not builtin and ghost.visible() then
-      return '<Cmd>lua require("bitmamba").accept_word()<CR>'
-    end
-    return k.accept_word
+    return not builtin and ghost.visible() and '<Cmd>lua require("bitmamba").accept_word()<CR>' or nil
   end, 'bitmamba: accept the next word')
   map(k.accept_line, function()
-    if not builtin and ghost.visible() then
-      return '<Cmd>lua require("bitmamba").accept_line()<CR>'
-    end
-    return k.accept_line
+    return not builtin and ghost.visible() and '<Cmd>lua require("bitmamba").accept_line()<CR>' or nil
   end, 'bitmamba: accept the next line')
   map(k.dismiss, function()
-    if not builtin and ghost.visible() then
-      return '<Cmd>lua require("bitmamba").dismiss()<CR>'
-    end
-    return k.dismiss
+    return not builtin and ghost.visible() and '<Cmd>lua require("bitmamba").dismiss()<CR>' or nil
   end, 'bitmamba: dismiss the suggestion')
   if k.trigger then
     vim.keymap.set('i', k.trigger, function()
