@@ -82,6 +82,7 @@ def bench_model(
     decode_tokens: int = 64,
     prefill_lengths: tuple[int, ...] = (64, 512),
     kernels: str = "simd",
+    batch_sizes: tuple[int, ...] = (1, 4),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     from bitmamba_lsp.engine.model import load_bin
@@ -168,17 +169,62 @@ def bench_model(
         res = {"tokens": int(T), **summary(timed(pf, repeats), T)}
         result["prefill"][str(T)] = res
         say(f"prefill T={T}: {res['best_rate']:.1f} tok/s best, {res['median_rate']:.1f} median")
+    result["profile"] = profile_stages(model, decode_tokens)
+    pr = result["profile"]
+    say(
+        f"profile (ms/token): matmul {pr['matmul']:.3f}, lm_head {pr['lm_head']:.3f}, "
+        f"outside the matrix products {pr['non_matrix']:.3f} (norm+quantize {pr['norm_quantize']:.3f}, "
+        f"conv+scan {pr['conv_scan']:.3f}, other {pr['other']:.3f}, sampling {pr['sampling']:.3f})"
+    )
+    result["batch"] = {}
+    for b in batch_sizes:
+        states = [model.new_state() for _ in range(b)]
+        toks = rng.integers(0, vocab, b)
+
+        def step_b(states=states, toks=toks) -> None:
+            for _ in range(max(8, decode_tokens // 4)):
+                model.core.step_batch(states, toks)
+
+        res = summary(timed(step_b, repeats), b * max(8, decode_tokens // 4))
+        result["batch"][str(b)] = res
+        say(f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median")
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
+def profile_stages(model, tokens: int = 128) -> dict[str, float]:
+    """Per-token milliseconds of each stage of a sampled decode step (the engine's stage clock)."""
+    vocab = model.vocab_size
+    sampler = _core.Sampler(vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1)
+    s = model.new_state()
+    tok = 0
+    for _ in range(8):
+        tok = model.core.step_sample(s, tok, sampler)
+    model.core.set_profiling(True)
+    try:
+        for _ in range(tokens):
+            sampler.accept(tok)
+            tok = model.core.step_sample(s, tok, sampler)
+        p = dict(model.core.profile())
+    finally:
+        model.core.set_profiling(False)
+    n = max(1, int(p.pop("steps")))
+    out = {k: v / n for k, v in p.items()}
+    out["other"] = max(0.0, out["step"] - out["matmul"] - out["lm_head"] - out["norm_quantize"] - out["conv_scan"])
+    out["non_matrix"] = out["norm_quantize"] + out["conv_scan"] + out["other"] + out["sampling"]
+    return out
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
+    first = results[0]
+    batches = list(first.get("batch", {}))
     rows = [
-        "| threads | decode tok/s (min / median) | sampled tok/s (median) | "
-        + " | ".join(f"prefill T={t} tok/s (best / median)" for t in results[0]["prefill"])
-        + " | load ms | RSS MB |",
+        "| threads | decode tok/s (best / median) | sampled (median) | "
+        + " | ".join(f"prefill T={t} (best / median)" for t in first["prefill"])
+        + "".join(f" | batch {b} aggregate (median)" for b in batches)
+        + " | outside matmul ms/token | cold start ms | RSS MB |",
     ]
-    rows.append("|" + "---|" * (5 + len(results[0]["prefill"])))
+    rows.append("|" + "---|" * (7 + len(first["prefill"]) + len(batches)))
     for r in results:
         d = r["decode"]
         cells = [
@@ -186,7 +232,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{d['best_rate']:.0f} / {d['median_rate']:.0f}",
             f"{r['decode_sampled']['median_rate']:.0f}",
             *(f"{p['best_rate']:.0f} / {p['median_rate']:.0f}" for p in r["prefill"].values()),
-            f"{r['load_s'] * 1000:.0f}",
+            *(f"{r['batch'][b]['median_rate']:.0f}" for b in batches),
+            f"{r['profile']['non_matrix']:.3f}" if "profile" in r else "-",
+            f"{r['cold_start_s'] * 1000:.0f}",
             f"{r['rss_after_load_mb']:.0f}",
         ]
         rows.append("| " + " | ".join(cells) + " |")

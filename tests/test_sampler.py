@@ -119,3 +119,25 @@ def test_invalid_config_is_rejected(kwargs) -> None:
         _core.Sampler(10, **kwargs)
     with pytest.raises(ValueError):
         _core.Sampler(10).sample(np.zeros(9, np.float32))
+
+
+def test_top_k_over_a_large_flat_vocabulary() -> None:
+    """The one-pass top-k (threshold raised as the buffer fills) on a vocabulary far larger than
+    its buffer: every draw is among the true k best, ties at the threshold broken by index, and the
+    draws follow the softmax of those k logits."""
+    rng = np.random.default_rng(3)
+    V, k = 50_000, 40
+    logits = rng.standard_normal(V).astype(np.float32)
+    logits[[7, 49_000]] = logits.max() + 0.25  # a tie at the top, far apart
+    order = np.lexsort((np.arange(V), -logits))  # by logit, then index (the sampler's total order)
+    top = order[:k]
+    s = _core.Sampler(V, temperature=1.0, top_k=k, top_p=1.0, min_p=0.0, seed=11)
+    n = 20_000
+    draws = np.asarray([s.sample(logits.copy()) for _ in range(n)])
+    assert set(np.unique(draws)) <= set(top.tolist())
+    p = np.exp(logits[top] - logits[top].max())
+    p /= p.sum()
+    counts = np.asarray([(draws == t).sum() for t in top])
+    # a 6-sigma band per token: it cannot fail by chance, a wrong support or weighting fails it
+    sigma = np.sqrt(n * p * (1 - p))
+    assert np.all(np.abs(counts - n * p) < 6 * sigma + 1)

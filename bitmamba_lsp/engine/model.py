@@ -28,6 +28,7 @@ from bitmamba_lsp.engine.formats.bitmamba_bin import (
     ModelFormatError,
     TernaryTensor,
     read_bin,
+    release_ternary_pages,
 )
 from bitmamba_lsp.engine.formats.student import StudentConfig, core_config, read_student
 from bitmamba_lsp.engine.generation import GenerationConfig, generate_tokens
@@ -218,6 +219,7 @@ def build_from_bin(
         )
     except _core.FormatError as e:
         raise ModelFormatError(f"{binmodel.path}: {e}") from None
+    release_ternary_pages(binmodel)  # repacked: the file's codes need not stay resident
     return Model(
         core=core,
         config=cfg,

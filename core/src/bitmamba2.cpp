@@ -23,6 +23,7 @@ namespace {
 constexpr float kNormEps = 1e-6f;
 constexpr int kChunk = 64;  // tokens per batched pass
 
+
 class BitMamba2 final : public Model {
 public:
     BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, int n_heads, int n_threads,
@@ -124,6 +125,32 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
     Fb_.reset(static_cast<std::size_t>(kChunk) * d_);
 }
 
+// The two elementwise loops of mix() as functions with restrict-qualified parameters: with a
+// dozen pointers in flight the compiler otherwise gives up on alias checks and runs them scalar.
+// Same float operations in the same order per element, vectorized or not (-ffp-contract=off).
+static void conv_shift(const float* __restrict x, const float* __restrict z, const float* __restrict cb,
+                       const float* __restrict w0, const float* __restrict w1, const float* __restrict w2,
+                       const float* __restrict w3, float* __restrict s0, float* __restrict s1,
+                       float* __restrict s2, float* __restrict y, float* __restrict zt, int n) {
+    for (int i = 0; i < n; ++i) {
+        const float xi = x[i];
+        y[i] = cb[i] + s0[i] * w0[i] + s1[i] * w1[i] + s2[i] * w2[i] + xi * w3[i];
+        s0[i] = s1[i];
+        s1[i] = s2[i];
+        s2[i] = xi;
+        zt[i] = z[i];
+    }
+}
+
+static void scan_head(float* __restrict ssm, float* __restrict y, const float* __restrict Dv,
+                      const float* __restrict zt, float decay, float bdt, float ch, int n) {
+    for (int i = 0; i < n; ++i) {
+        const float s = ssm[i] * decay + y[i] * bdt;
+        ssm[i] = s;
+        y[i] = (s * ch + y[i] * Dv[i]) * zt[i];
+    }
+}
+
 void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const {
     const int di = di_;
     float* s0 = st;
@@ -140,14 +167,8 @@ void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float*
     const float* w2 = w1 + di;
     const float* w3 = w2 + di;
     const float* cb = ly.conv_b.data();
-    for (int i = c0; i < c1; ++i) {
-        const float xi = x[i];
-        y[i] = cb[i] + s0[i] * w0[i] + s1[i] * w1[i] + s2[i] * w2[i] + xi * w3[i];
-        s0[i] = s1[i];
-        s1[i] = s2[i];
-        s2[i] = xi;
-        zt[i] = z[i];
-    }
+    conv_shift(x + c0, z + c0, cb + c0, w0 + c0, w1 + c0, w2 + c0, w3 + c0, s0 + c0, s1 + c0, s2 + c0, y + c0,
+               zt + c0, c1 - c0);
     kernels_->silu(y + c0, c1 - c0);
     kernels_->silu(zt + c0, c1 - c0);
     const float* Dv = ly.D.data();
@@ -157,11 +178,7 @@ void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float*
         const float bdt = B[h] * dth;
         const float ch = C[h];
         const int i0 = std::max(c0, h * hd_), i1 = std::min(c1, (h + 1) * hd_);
-        for (int i = i0; i < i1; ++i) {
-            const float s = ssm[i] * decay + y[i] * bdt;
-            ssm[i] = s;
-            y[i] = (s * ch + y[i] * Dv[i]) * zt[i];
-        }
+        scan_head(ssm + i0, y + i0, Dv + i0, zt + i0, decay, bdt, ch, i1 - i0);
     }
 }
 
@@ -169,17 +186,31 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     std::lock_guard<std::mutex> lk(mutex_);
     check_state(st);
     check_tokens(&token, 1);
+    StageClock* ck = profiling_ ? &clock_ : nullptr;
+    const int64_t ts = ck ? StageClock::now() : 0;
+    run_.set_clock(ck);
     std::memcpy(h_.data(), embed_ + static_cast<std::size_t>(token) * d_, sizeof(float) * d_);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const Layer& ly = layers_[l];
-        run_.apply(ly.in_proj, h_.data(), p_.data());
         float* sl = st.layer(static_cast<int>(l));
+        run_.apply(ly.in_proj, h_.data(), p_.data());
+        const int64_t tm = ck ? StageClock::now() : 0;
+        // Split over the pool: the state and conv weights arrive from memory (the weight stream
+        // evicts them every token), so two cores fetch them faster than one.
         for_channels(*pool_, di_, [&](int c0, int c1, int) { mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1); });
+        if (ck) ck->add(kStageMix, tm, StageClock::now());
         run_.apply(ly.out_proj, y_.data(), h_.data(), true);
     }
     if (logits) {
         kernels_->rmsnorm(h_.data(), norm_f_.data(), d_, kNormEps, fn_.data());
+        run_.head = true;
         run_.apply(lm_head_, fn_.data(), logits);
+        run_.head = false;
+    }
+    if (ck) {
+        ck->add(kStageStep, ts, StageClock::now());
+        ck->steps += 1;
+        run_.set_clock(nullptr);
     }
     st.n_tokens += 1;
 }

@@ -146,7 +146,9 @@ void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accum
         return;
     }
     int32_t sum = 0;
+    const int64_t t0 = clock_ ? StageClock::now() : 0;
     const float sx = quantize_one(L, x, xn_.data(), xq_.data(), &sum);
+    const int64_t t1 = clock_ ? StageClock::now() : 0;
     const float s = 1.0f / (sx * L.scale);
     int32_t* acc = acc_.data();
     const int8_t* xq = xq_.data();
@@ -168,6 +170,10 @@ void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accum
             epilogue(r0, r1);
         });
     }
+    if (clock_) {
+        clock_->add(kStageQuant, t0, t1);
+        clock_->add(head ? kStageHead : kStageMatmul, t1, StageClock::now());
+    }
 }
 
 void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out,
@@ -183,7 +189,9 @@ void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n
     ThreadPool& pool = *pool_;
     const int npad = round_up(n, kGemmTokens);
     const int stride = L.in_stride();
-    pool.parallel_for(npad, 1, [&](int t0, int t1, int slot) {
+    // A few tokens (batched decode) are quantized on the calling thread: a dispatch costs more.
+    const int qgrain = npad <= 2 * kGemmTokens ? npad : 1;
+    pool.parallel_for(npad, qgrain, [&](int t0, int t1, int slot) {
         float* xn = xn_thr_.data() + static_cast<std::size_t>(slot) * max_in_;
         for (int t = t0; t < t1; ++t) {
             int8_t* xq = X_.data() + static_cast<std::size_t>(t) * stride;

@@ -1,4 +1,5 @@
 // Repacking ternary weights into the 4-row-interleaved 2-bit block layout (see kernels.h).
+#include <cstring>
 #include <string>
 
 #include "bitmamba/kernels.h"
@@ -40,6 +41,20 @@ inline void put(PackedMatrix& m, int r, int c, unsigned code) {
 
 }  // namespace
 
+namespace {
+// spread[b]: the four 2-bit fields of b, one per byte (field i in byte i, bits 0-1). Little-endian.
+const uint32_t* spread_table() {
+    static const struct Table {
+        uint32_t v[256];
+        Table() {
+            for (unsigned b = 0; b < 256; ++b)
+                v[b] = (b & 3u) | (((b >> 2) & 3u) << 8) | (((b >> 4) & 3u) << 16) | (((b >> 6) & 3u) << 24);
+        }
+    } table;
+    return table.v;
+}
+}  // namespace
+
 void packed_from_file_codes(PackedMatrix& m, const uint8_t* src, int rows, int cols, const char* what) {
     packed_init(m, rows, cols);
     const int row_bytes = (cols + 3) / 4;
@@ -48,24 +63,27 @@ void packed_from_file_codes(PackedMatrix& m, const uint8_t* src, int rows, int c
         // Fast path: whole 128-column blocks become one 32-byte block each.
         int c = 0;
         for (; c + kBlockK <= cols; c += kBlockK) {
-            const uint8_t* in = row + c / 4;  // 32 source bytes: weights c .. c+127, 4 per byte
+            // Source byte 8q+k holds weights 32q+4k .. 32q+4k+3 (2 bits each); they go to destination
+            // bytes 4k .. 4k+3 at bit 2q. A table spreads a source byte's four fields into the four
+            // bytes of a uint32, so each destination uint32 is four lookups, shifts and ORs.
+            const uint8_t* in = row + c / 4;  // 32 source bytes: weights c .. c+127
             std::size_t byte;
             int shift;
             locate(m, r, c, byte, shift);
             uint8_t* out = m.data.data() + byte;
-            uint8_t bad = 0;
-            for (int j = 0; j < kBlockBytes; ++j) {
-                // destination byte j holds weights j, j+32, j+64, j+96 of the block
-                unsigned w0 = (in[j / 4] >> (2 * (j % 4))) & 3u;
-                unsigned w1 = (in[(j + 32) / 4] >> (2 * ((j + 32) % 4))) & 3u;
-                unsigned w2 = (in[(j + 64) / 4] >> (2 * ((j + 64) % 4))) & 3u;
-                unsigned w3 = (in[(j + 96) / 4] >> (2 * ((j + 96) % 4))) & 3u;
-                bad |= static_cast<uint8_t>((w0 == 3) | (w1 == 3) | (w2 == 3) | (w3 == 3));
-                out[j] = static_cast<uint8_t>(w0 | (w1 << 2) | (w2 << 4) | (w3 << 6));
-            }
+            uint64_t words[4];
+            std::memcpy(words, in, sizeof(words));
+            uint64_t bad = 0;
+            for (uint64_t w : words) bad |= w & (w >> 1) & 0x5555555555555555ull;  // a field equal to 3
             if (bad)
                 throw FormatError(std::string("tensor '") + what + "': invalid ternary code 3 in row " +
                                   std::to_string(r) + " (corrupt packed weights)");
+            const uint32_t* spread = spread_table();
+            for (int k = 0; k < 8; ++k) {
+                const uint32_t v = spread[in[k]] | (spread[in[8 + k]] << 2) | (spread[in[16 + k]] << 4) |
+                                   (spread[in[24 + k]] << 6);
+                std::memcpy(out + 4 * k, &v, 4);
+            }
         }
         for (; c < cols; ++c) {
             unsigned code = (row[c / 4] >> (2 * (c % 4))) & 3u;

@@ -63,16 +63,41 @@ int32_t Sampler::sample(float* logits) {
     const float T = cfg_.temperature;
 
     // 1. min-p as a logit threshold: p_i / p_max >= min_p  <=>  l_i >= m + T * log(min_p)
-    const float cut = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : -std::numeric_limits<float>::infinity();
-    int n = 0;
-    for (int i = 0; i < vocab_; ++i)
-        if (logits[i] >= cut) cand_[n++] = i;
+    float thr = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : -std::numeric_limits<float>::infinity();
     auto by_logit = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    // 2. top-k by partial selection
-    if (cfg_.top_k > 0 && n > cfg_.top_k) {
-        std::nth_element(cand_.begin(), cand_.begin() + cfg_.top_k, cand_.begin() + n, by_logit);
-        n = cfg_.top_k;
+    // 2. one pass over the vocabulary collecting candidates at or above the threshold. With top-k,
+    // whenever the buffer holds `cap` of them it is cut to the best k and the threshold rises to the
+    // k-th logit: anything below it has k better tokens already and can never be in the top k
+    // (ties at the threshold are kept and resolved by index below). A flat distribution (a random
+    // model, a high temperature) then costs one branch-free compare per logit, not a sort of 50k.
+    const int k_top = cfg_.top_k > 0 && cfg_.top_k < vocab_ ? cfg_.top_k : 0;
+    const int cap = k_top ? std::max(8 * k_top, 512) : vocab_;
+    int n = 0;
+    for (int i0 = 0; i0 < vocab_; i0 += 256) {
+        const int i1 = std::min(vocab_, i0 + 256);
+        int32_t* c = cand_.data();
+        for (int b0 = i0; b0 < i1; b0 += 64) {
+            const int b1 = std::min(i1, b0 + 64);
+            int hits = 0;  // a vectorizable count first: once the threshold has risen, most blocks have none
+            for (int i = b0; i < b1; ++i) hits += logits[i] >= thr ? 1 : 0;
+            if (!hits) continue;
+            for (int i = b0; i < b1; ++i) {
+                c[n] = i;
+                n += logits[i] >= thr ? 1 : 0;
+            }
+        }
+        if (k_top && n > cap) {
+            std::nth_element(cand_.begin(), cand_.begin() + (k_top - 1), cand_.begin() + n, by_logit);
+            thr = std::max(thr, logits[cand_[k_top - 1]]);
+            n = k_top;  // [0, k) are the k best under the total order
+        }
     }
+    if (k_top && n > k_top) {
+        std::nth_element(cand_.begin(), cand_.begin() + k_top, cand_.begin() + n, by_logit);
+        n = k_top;
+    }
+    // a canonical order (best first) so that a seed gives the same token whatever path found them
+    if (n <= 4096) std::sort(cand_.begin(), cand_.begin() + n, by_logit);
     // 3. probabilities of the survivors (temperature applied)
     const float inv_t = 1.0f / T;
     for (int i = 0; i < n; ++i) prob_[i] = (logits[cand_[i]] - m) * inv_t;

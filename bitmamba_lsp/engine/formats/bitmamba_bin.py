@@ -374,3 +374,25 @@ def random_tensors(config: BitMamba2Config, seed: int = 0) -> dict[str, np.ndarr
     out["lm_head_norm"] = f32(d, lo=0.8, hi=1.2)
     out["lm_head"] = tern(config.vocab_size, d)
     return out
+
+
+def release_ternary_pages(bm: BinModel) -> int:
+    """Drop the file pages of the packed ternary codes from this process's memory (they were read
+    once, to repack; the engine keeps its own copy). The mapping stays valid: a later read faults
+    the pages back in from the page cache. Returns the bytes released."""
+    buf = bm.buffer
+    if not isinstance(buf, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return 0
+    base = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+    page = mmap.PAGESIZE
+    released = 0
+    for t in bm.tensors.values():
+        if not isinstance(t, TernaryTensor):
+            continue
+        start = int(np.asarray(t.packed).ctypes.data) - base
+        end = start + int(np.asarray(t.packed).nbytes)
+        a, b = -(-start // page) * page, end // page * page  # whole pages inside the tensor only
+        if b > a:
+            buf.madvise(mmap.MADV_DONTNEED, a, b - a)
+            released += b - a
+    return released

@@ -15,6 +15,7 @@
 
 #include "bitmamba/common.h"
 #include "bitmamba/kernels.h"
+#include "bitmamba/profile.h"
 #include "bitmamba/threadpool.h"
 
 namespace bm {
@@ -64,8 +65,12 @@ public:
 
     ThreadPool& pool() { return *pool_; }
     const KernelSet& kernels() const { return *kernels_; }
+    // Stage timing of apply() (null: off); `head` marks the output layer's product.
+    void set_clock(StageClock* c) { clock_ = c; }
+    bool head = false;
 
 private:
+    StageClock* clock_ = nullptr;
     void ensure_threads();
     // quantize (after the optional norm) one input row into dst (stride L.in_stride()), returns sx
     float quantize_one(const Linear& L, const float* x, float* xn, int8_t* dst, int32_t* sum);

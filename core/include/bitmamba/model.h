@@ -13,6 +13,7 @@
 
 #include "bitmamba/common.h"
 #include "bitmamba/kernels.h"
+#include "bitmamba/profile.h"
 #include "bitmamba/threadpool.h"
 
 namespace bm {
@@ -103,6 +104,10 @@ public:
     std::size_t weight_bytes() const { return weight_bytes_; }
     // Held for the duration of every forward call: one pass at a time per model.
     std::mutex& lock() { return mutex_; }
+    // Per-stage timing of step() (see profile.h).
+    void set_profiling(bool on) { profiling_ = on; }
+    bool profiling() const { return profiling_; }
+    StageClock& clock() { return clock_; }
 
 protected:
     void check_state(const State& st) const;
@@ -115,6 +120,8 @@ protected:
     const KernelSet* kernels_;
     std::size_t weight_bytes_ = 0;
     std::mutex mutex_;
+    bool profiling_ = false;
+    StageClock clock_;
 };
 
 struct Mamba1Config {

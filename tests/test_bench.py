@@ -1,0 +1,29 @@
+"""The benchmark helpers: the engine's stage clock and the bandwidth probe report consistent numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitmamba_lsp import _core
+from bitmamba_lsp.bench import profile_stages
+from bitmamba_lsp.engine.model import load_bin
+
+
+def test_stage_profile_adds_up(model_factory):
+    path, _, _ = model_factory(1000, 128, 3, 4, seed=2)
+    model = load_bin(path, threads=2)
+    before = model.step(model.new_state(), 5)
+    prof = profile_stages(model, tokens=50)
+    parts = prof["matmul"] + prof["lm_head"] + prof["norm_quantize"] + prof["conv_scan"]
+    assert all(v >= 0 for v in prof.values())
+    assert prof["matmul"] > 0 and prof["lm_head"] > 0 and prof["conv_scan"] > 0 and prof["sampling"] > 0
+    assert parts <= prof["step"] * 1.0001
+    assert prof["non_matrix"] == prof["norm_quantize"] + prof["conv_scan"] + prof["other"] + prof["sampling"]
+    # profiling is off again and changed nothing
+    np.testing.assert_array_equal(model.step(model.new_state(), 5), before)
+    assert model.core.profile()["steps"] == 50  # the timed steps only
+
+
+def test_read_bandwidth_probe():
+    r = _core.read_bandwidth(1 << 20, 1, 3)
+    assert r["best_gbs"] >= r["median_gbs"] > 0.1
