@@ -287,31 +287,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PLUGINS = {
+    "bitmamba_lsp.server_cli": ("lsp",),
+    "bitmamba_lsp.http.cli": ("serve",),
+    "bitmamba_lsp.train.cli": ("train",),
+    "bitmamba_lsp.evaluation": ("eval",),
+    "bitmamba_lsp.demo": ("demo",),
+}
+
+
 def _plugins() -> list:
-    """Subcommands that live with their feature (daemon, HTTP server, training, demo)."""
+    """Subcommands that live with their feature (daemon, HTTP server, training, demo). A feature
+    whose module fails to import (a missing optional dependency, a broken install) does not take
+    the others down: its commands report the error when used."""
     out = []
-    for mod in (
-        "bitmamba_lsp.server_cli",
-        "bitmamba_lsp.http.cli",
-        "bitmamba_lsp.train.cli",
-        "bitmamba_lsp.evaluation",
-        "bitmamba_lsp.demo",
-    ):
+    for mod, commands in _PLUGINS.items():
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:
             if e.name and mod.startswith(e.name):
                 continue
-            raise
+            out.append(_unavailable(commands, f"{mod}: {type(e).__name__}: {e}"))
+            continue
+        except Exception as e:
+            out.append(_unavailable(commands, f"{mod}: {type(e).__name__}: {e}"))
+            continue
         out.append(module.register)
     return out
+
+
+_BROKEN: dict[str, str] = {}
+
+
+def _unavailable(commands: tuple[str, ...], error: str):
+    def register(sub) -> None:
+        for name in commands:
+            _BROKEN[name] = error
+            p = sub.add_parser(name, help=f"(unavailable: {error})")
+            p.add_argument("args", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda _a, n=name: _report(n, error))
+
+    return register
+
+
+def _report(name: str, error: str) -> int:
+    print(f"bitmamba {name}: this command cannot load: {error}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bitmamba_lsp.engine.formats.bitmamba_bin import ModelFormatError
     from bitmamba_lsp.engine.loader import ModelNotFoundError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _BROKEN:  # before argparse, which would only say "unrecognized arguments"
+        return _report(argv[0], _BROKEN[argv[0]])
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ModelNotFoundError, ModelFormatError) as e:

@@ -176,9 +176,15 @@ class StopRules:
         self.text = self.raw
         return bool(self.ctx.block_mode and self._block_should_stop())
 
-    def _block_should_stop(self) -> bool:
+    def finish(self) -> None:
+        """Generation ended without a stop (length, time budget, end of text): the last line is
+        final too, so the block rules (dedent, repetition...) apply to it."""
+        if not self.done and self.ctx.block_mode:
+            self._block_should_stop(final=True)
+
+    def _block_should_stop(self, final: bool = False) -> bool:
         lines = self.raw.split("\n")
-        complete = lines[:-1]  # the last line may still grow
+        complete = lines if final else lines[:-1]  # the last line may still grow
         if len(complete) > self.ctx.max_lines:
             return self._cut_lines(self.ctx.max_lines, "max_lines")
         blank_run = 0

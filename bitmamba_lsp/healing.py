@@ -5,7 +5,9 @@ space to the word after it, so ``return a `` ends in a lone ``" "`` token and an
 line ends in a run of spaces that, in training, was always split as "spaces + ' word'". Fed as is,
 such a prompt is out of distribution and the model suggests nonsense. Healing drops the last token
 and constrains generation until the dropped bytes are reproduced: while ``r`` bytes remain, the next
-token must either start with ``r`` or be a prefix of it (so eight spaces of indentation may come back
+token must either start with ``r`` or be a proper prefix of it (when ``r`` ends with spaces or tabs, a
+token starting with it must go on with something other than more of them: the editor's indentation
+is complete) (so eight spaces of indentation may come back
 as the seven-space token followed by `` self``, as in training). Those bytes are then removed from the
 suggestion.
 """
@@ -49,7 +51,16 @@ class TokenHealer:
         while hi < len(self._bytes) and self._bytes[hi].startswith(rest):
             hi += 1
         prefixes = [self._by_bytes[rest[:k]] for k in range(1, len(rest)) if rest[:k] in self._by_bytes]
-        return np.unique(np.concatenate([self._ids[lo:hi], np.asarray(prefixes, dtype=np.int64)]))
+        longer = self._ids[lo:hi]
+        if rest[-1:] in (b" ", b"\t"):
+            # Whitespace the editor put there (indentation after a line break, a space after a
+            # word) is complete: the model must not add more of it, so after `rest` comes something else (a word, a line
+            # break), or rest is rebuilt from shorter pieces ("   " + " return", as in training).
+            n = len(rest)
+            keep = [i for b, i in zip(self._bytes[lo:hi], longer.tolist(), strict=True) if len(b) > n and b[n] not in b" \t"]
+            if keep or prefixes:
+                longer = np.asarray(keep, dtype=np.int64)
+        return np.unique(np.concatenate([longer, np.asarray(prefixes, dtype=np.int64)]))
 
     def advance(self, rest: bytes, token: int) -> bytes:
         """The constraint left after generating `token` under `rest`."""

@@ -312,6 +312,7 @@ class ModelWorker:
                 token = int(model.core.step_sample(state, token, sampler))
         if reason in ("length", "time_budget", "eos"):
             rules.feed(healed_text.feed(decoder.flush()))
+            rules.finish()
         total_ms = (time.perf_counter() - job.submitted) * 1000
         text = rules.text
         return CompletionResult(

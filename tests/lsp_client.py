@@ -125,12 +125,21 @@ def _fitting(tok: Any, eos: int | None, rest: bytes) -> list[int]:
     """Tokens that start with `rest` or are a (non-empty) proper prefix of it."""
     key = (id(tok), rest)
     if key not in _ALLOWED:
-        out = []
+        blank = rest[-1:] in (b" ", b"\t")  # ends with blanks: no more blanks right after it
+        pre, longer = [], []
         for i in range(tok.vocab_size):
             b = tok.token_bytes(i)
-            if i != eos and b and (b.startswith(rest) or rest.startswith(b)):
-                out.append(i)
-        _ALLOWED[key] = out
+            if i == eos or not b:
+                continue
+            if len(b) < len(rest) and rest.startswith(b):
+                pre.append(i)
+            elif b.startswith(rest) and (
+                not blank or (len(b) > len(rest) and b[len(rest) : len(rest) + 1] not in (b" ", b"\t"))
+            ):
+                longer.append(i)
+        if blank and not pre and not longer:  # nothing fits the stricter rule: the plain one
+            longer = [i for i in range(tok.vocab_size) if i != eos and tok.token_bytes(i).startswith(rest)]
+        _ALLOWED[key] = sorted(pre + longer)
     return _ALLOWED[key]
 
 
@@ -188,5 +197,6 @@ def expected_suggestion(
     if not by_rules:
         tail = dec.flush()
         rules.feed(tail[len(heal) :] if heal else tail)
+        rules.finish()
     s = finalize(rules.text, ctx)
     return None if s is None else s.insert_text

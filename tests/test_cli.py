@@ -110,3 +110,17 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["generate", "--help"]])
 def test_help(args: list[str]) -> None:
     assert "usage" in run(*args).stdout
+
+
+def test_a_broken_feature_module_does_not_take_the_cli_down(tmp_path, monkeypatch, capsys):
+    from bitmamba_lsp import cli
+
+    (tmp_path / "bm_broken_feature.py").write_text("raise RuntimeError('half-installed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli._PLUGINS, "bm_broken_feature", ("broken",))
+    assert cli.main(["broken", "--whatever", "1"]) == 2
+    assert "half-installed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the other features are all there
+        cli.main(["lsp", "--help"])
+    assert e.value.code == 0
+    assert "--tcp" in capsys.readouterr().out

@@ -115,3 +115,18 @@ def test_empty_and_whitespace_results() -> None:
 )
 def test_unmatched_open(text: str, expected: list[str]) -> None:
     assert unmatched_open(text) == expected
+
+
+def test_block_rules_also_judge_an_unfinished_last_line():
+    """Generation that runs out of tokens mid-line: the dedent rule still applies to that line."""
+    ctx = CursorContext(line_prefix="        ", line_suffix="")  # an empty line in a nested block
+    rules = StopRules(ctx)
+    assert not rules.feed('return f"{x}"\n\n    def _is_nested(self, x, y')
+    rules.finish()
+    assert rules.done and rules.reason == "dedent"
+    assert finalize(rules.text, ctx).insert_text == 'return f"{x}"'
+    # a last line at the block's depth is kept
+    rules = StopRules(ctx)
+    rules.feed("x = 1\n        y = (2")
+    rules.finish()
+    assert not rules.done and finalize(rules.text, ctx).insert_text == "x = 1\n        y = (2"

@@ -27,13 +27,17 @@ def tok():
 @needs_default
 @pytest.mark.parametrize("rest", [b" ", b"        ", b"self", b" return", b"(", b"zzzq", b"\n"])
 def test_allowed_tokens_are_exactly_those_that_fit(tok, rest):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lsp_client import _fitting  # the reference's own scan of the vocabulary
+
     healer = TokenHealer(tok, [tok.eos_id])
-    want = sorted(
-        i
-        for i in range(tok.vocab_size)
-        if i != tok.eos_id and (b := tok.token_bytes(i)) and (b.startswith(rest) or rest.startswith(b))
-    )
+    want = _fitting(tok, tok.eos_id, rest)
     assert healer.allowed(rest).tolist() == want
+    for i in want:
+        b = tok.token_bytes(i)
+        assert b.startswith(rest) or (rest.startswith(b) and len(b) < len(rest))
+        if rest.endswith(b" ") and b.startswith(rest):
+            assert b[len(rest) : len(rest) + 1] not in (b"", b" ", b"\t")  # no extra blanks after it
     logits = np.random.default_rng(0).standard_normal(tok.vocab_size).astype(np.float32)
     out = healer.constrain(logits, rest)
     assert np.isfinite(out).sum() == len(want) and np.array_equal(out[want], logits[want])
