@@ -455,13 +455,15 @@ def run(args: argparse.Namespace) -> int:
         "token_healing": healer is not None,
         "seconds": round(time.perf_counter() - t0, 1),
         "results": {k: v.report() for k, v in tallies.items()},
+        # the split is a hash of each file's name, so it depends on what is installed: the list
+        "heldout_files": [name for name, _ in data.heldout],
     }
     print(markdown(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     if args.write_metadata and meta_path is not None:
-        meta["eval"] = {**meta.get("eval", {}), "heldout": result}
+        meta["eval"] = {**meta.get("eval", {}), "heldout": {k: v for k, v in result.items() if k != "heldout_files"}}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
     return 0
 
