@@ -281,9 +281,17 @@ void exp_avx2(float* x, int n) {
 
 int argmax_avx2(const float* x, int n) {
     if (n < 16) return scalar_kernels().argmax(x, n);
-    __m256 vm = _mm256_loadu_ps(x);
+    // four independent chains: one max per cycle instead of one per max latency
+    __m256 v0 = _mm256_loadu_ps(x), v1 = v0, v2 = v0, v3 = v0;
     int i = 8;
-    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    for (; i + 32 <= n; i += 32) {
+        v0 = _mm256_max_ps(v0, _mm256_loadu_ps(x + i));
+        v1 = _mm256_max_ps(v1, _mm256_loadu_ps(x + i + 8));
+        v2 = _mm256_max_ps(v2, _mm256_loadu_ps(x + i + 16));
+        v3 = _mm256_max_ps(v3, _mm256_loadu_ps(x + i + 24));
+    }
+    for (; i + 8 <= n; i += 8) v0 = _mm256_max_ps(v0, _mm256_loadu_ps(x + i));
+    __m256 vm = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
     float m = hmax_ps(vm);
     for (; i < n; ++i) m = std::max(m, x[i]);
     const __m256 vmax = _mm256_set1_ps(m);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <stdexcept>
@@ -13,7 +14,8 @@ namespace bm {
 
 Sampler::Sampler(int vocab_size, const SamplerConfig& cfg)
     : vocab_(vocab_size), cfg_(cfg), rng_(cfg.seed), protected_(vocab_size, 0), stamp_(vocab_size, 0),
-      cand_(vocab_size), prob_(vocab_size), logits_(vocab_size) {
+      cand_(vocab_size), prob_(vocab_size), logits_(vocab_size), bmax_((vocab_size + kBlock - 1) / kBlock),
+      bsel_((vocab_size + kBlock - 1) / kBlock) {
     if (vocab_size <= 0) throw std::invalid_argument("sampler: vocab_size must be positive");
     if (!(cfg.temperature >= 0.0f) || !std::isfinite(cfg.temperature))
         throw std::invalid_argument("sampler: temperature must be a finite number >= 0");
@@ -56,35 +58,53 @@ void Sampler::apply_penalty(float* logits) {
 int32_t Sampler::sample(float* logits) {
     apply_penalty(logits);
     const KernelSet& k = best_kernels();
-    const int best = k.argmax(logits, vocab_);
-    if (cfg_.temperature < 0.05f) return best;
-    const float m = logits[best];
-    if (!std::isfinite(m)) return best;
+    if (cfg_.temperature < 0.05f) return k.argmax(logits, vocab_);
+    // Maxima of blocks of 64 logits, in one pass: the overall maximum (no separate argmax pass), a
+    // lower bound for the k-th largest logit, and a skip test for whole blocks below the threshold.
+    const int nb = (vocab_ + kBlock - 1) / kBlock;
+    float* bm = bmax_.data();
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    for (int b = 0; b < nb; ++b) {
+        const int i0 = b * kBlock, i1 = std::min(vocab_, i0 + kBlock);
+        float m8[8] = {kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf};
+        int i = i0;
+        for (; i + 8 <= i1; i += 8)
+            for (int j = 0; j < 8; ++j) m8[j] = logits[i + j] > m8[j] ? logits[i + j] : m8[j];
+        float mb = kNegInf;
+        for (int j = 0; j < 8; ++j) mb = m8[j] > mb ? m8[j] : mb;
+        for (; i < i1; ++i) mb = logits[i] > mb ? logits[i] : mb;
+        bm[b] = mb;
+    }
+    int top_block = 0;
+    for (int b = 1; b < nb; ++b)
+        if (bm[b] > bm[top_block]) top_block = b;
+    const float m = bm[top_block];
+    if (!std::isfinite(m)) return k.argmax(logits, vocab_);  // all -inf / NaN: what greedy would do
     const float T = cfg_.temperature;
 
     // 1. min-p as a logit threshold: p_i / p_max >= min_p  <=>  l_i >= m + T * log(min_p)
-    float thr = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : -std::numeric_limits<float>::infinity();
+    float thr = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : kNegInf;
     auto by_logit = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    // 2. one pass over the vocabulary collecting candidates at or above the threshold. With top-k,
-    // whenever the buffer holds `cap` of them it is cut to the best k and the threshold rises to the
-    // k-th logit: anything below it has k better tokens already and can never be in the top k
-    // (ties at the threshold are kept and resolved by index below). A flat distribution (a random
-    // model, a high temperature) then costs one branch-free compare per logit, not a sort of 50k.
     const int k_top = cfg_.top_k > 0 && cfg_.top_k < vocab_ ? cfg_.top_k : 0;
+    // 2. top-k: k blocks reach the k-th largest block maximum, so at least k logits do, and the k-th
+    // largest logit is at least that: a threshold before looking at a single logit.
+    if (k_top && nb > k_top) {
+        std::copy(bm, bm + nb, bsel_.data());
+        std::nth_element(bsel_.begin(), bsel_.begin() + (k_top - 1), bsel_.begin() + nb, std::greater<float>());
+        thr = std::max(thr, bsel_[k_top - 1]);
+    }
+    // 3. collect the candidates at or above the threshold, skipping blocks whose maximum is below it.
+    // Should the buffer still grow past `cap` (many equal logits), it is cut to the best k and the
+    // threshold rises to the k-th logit (ties at the threshold are kept and resolved by index).
     const int cap = k_top ? std::max(8 * k_top, 512) : vocab_;
     int n = 0;
-    for (int i0 = 0; i0 < vocab_; i0 += 256) {
-        const int i1 = std::min(vocab_, i0 + 256);
+    for (int b = 0; b < nb; ++b) {
+        if (bm[b] < thr) continue;
+        const int i0 = b * kBlock, i1 = std::min(vocab_, i0 + kBlock);
         int32_t* c = cand_.data();
-        for (int b0 = i0; b0 < i1; b0 += 64) {
-            const int b1 = std::min(i1, b0 + 64);
-            int hits = 0;  // a vectorizable count first: once the threshold has risen, most blocks have none
-            for (int i = b0; i < b1; ++i) hits += logits[i] >= thr ? 1 : 0;
-            if (!hits) continue;
-            for (int i = b0; i < b1; ++i) {
-                c[n] = i;
-                n += logits[i] >= thr ? 1 : 0;
-            }
+        for (int i = i0; i < i1; ++i) {
+            c[n] = i;
+            n += logits[i] >= thr ? 1 : 0;
         }
         if (k_top && n > cap) {
             std::nth_element(cand_.begin(), cand_.begin() + (k_top - 1), cand_.begin() + n, by_logit);

@@ -50,6 +50,8 @@ private:
     std::vector<int32_t> cand_;
     std::vector<float> prob_;
     std::vector<float> logits_;
+    static constexpr int kBlock = 64;  // logits per block of the block-maxima pass
+    std::vector<float> bmax_, bsel_;
 };
 
 }  // namespace bm
