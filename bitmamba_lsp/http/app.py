@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.engine.generation import GenerationConfig
+from bitmamba_lsp.engine.generation import GenerationConfig, make_sampler
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.http.chat import ChatFormatter
 from bitmamba_lsp.http.schemas import (
@@ -146,6 +146,10 @@ class Server:
             stop=stops,
             seed=req.seed,
         )
+        try:  # the sampler checks its settings; a refusal is the request's fault, so a 400 now
+            make_sampler(self.model, cfg)
+        except ValueError as e:
+            raise bad(str(e), None, "invalid_value") from None
         return Job(ids=list(ids), cfg=cfg, stop_ids=stop_ids, ignore_eos=req.ignore_eos)
 
     def submit(self, job: Job) -> None:

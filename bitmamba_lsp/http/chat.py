@@ -138,4 +138,3 @@ class _TemplateError(Exception):
 
 def _raise(message: str) -> None:
     raise _TemplateError(message)
-

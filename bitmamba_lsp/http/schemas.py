@@ -108,6 +108,13 @@ def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
     return v
 
 
+def _min_p(body: dict[str, Any]) -> float:
+    v = _number(body, "min_p", 0.0, 0.0, 1.0)
+    if v >= 1.0:
+        raise bad("'min_p' must be below 1", "min_p")
+    return v
+
+
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     v = body.get("stop")
     if v is None:
@@ -173,8 +180,8 @@ def _common(body: dict[str, Any], kind: Literal["completion", "chat"], limits: L
         max_tokens = _int(body, "max_completion_tokens", None, 1, limits.max_tokens_limit)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0.0:
-        temperature = 0.0  # nucleus of size zero: the most likely token only
+    if top_p < 1e-6:
+        temperature, top_p = 0.0, 1.0  # a nucleus of (nearly) nothing: the most likely token only
     stream = _bool(body, "stream", False)
     opts = body.get("stream_options")
     include_usage = False
@@ -187,9 +194,9 @@ def _common(body: dict[str, Any], kind: Literal["completion", "chat"], limits: L
         model=model,
         max_tokens=default_max if max_tokens is None else max_tokens,
         temperature=temperature,
-        top_p=top_p if top_p > 0 else 1.0,
+        top_p=top_p,
         top_k=_int(body, "top_k", 0, 0, vocab),
-        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        min_p=_min_p(body),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0),
         stop=_stop(body),
         stream=stream,
@@ -290,7 +297,7 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
         "temperature": {**num, "minimum": 0, "maximum": 2, "description": "below 0.05: greedy"},
         "top_p": {**num, "minimum": 0, "maximum": 1},
         "top_k": {"type": ["integer", "null"], "minimum": 0, "maximum": vocab, "description": "0 disables"},
-        "min_p": {**num, "minimum": 0, "maximum": 1},
+        "min_p": {**num, "minimum": 0, "exclusiveMaximum": 1},
         "repetition_penalty": {**num, "minimum": 0.01, "maximum": 10},
         "presence_penalty": {**num, "description": "only 0 is accepted (use repetition_penalty)"},
         "frequency_penalty": {**num, "description": "only 0 is accepted (use repetition_penalty)"},

@@ -248,9 +248,17 @@ class GenerationWorker:
                 job.channel.put("done", Result("cancelled", len(job.ids), 0, "", 0, []))
             return None
         ids = np.asarray(job.ids, dtype=np.int64)
-        n, cached = self.cache.lookup(ids)
-        state = cached.copy() if cached is not None else self.model.new_state()
-        run = _Run(job, self.model, state, n)
+        try:
+            n, cached = self.cache.lookup(ids)
+            state = cached.copy() if cached is not None else self.model.new_state()
+            run = _Run(job, self.model, state, n)
+        except Exception as e:  # e.g. settings the sampler refuses: fail this request only
+            log.exception("cannot start a request")
+            with self._lock:
+                self.counters["errors"] += 1
+            if job.channel is not None:
+                job.channel.put("error", f"cannot start generation: {e}")
+            return None
         with self._lock:
             self.counters["prompt_tokens"] += len(ids)
         return run
