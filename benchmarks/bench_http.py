@@ -93,6 +93,8 @@ async def one_request(
         "seed": seed,
         "ignore_eos": True,
     }
+    if args.top_k:
+        body["top_k"] = args.top_k
     t0 = time.perf_counter()
     ttft = None
     usage = None
@@ -209,7 +211,8 @@ def markdown(results: list[dict], machine: dict, args: argparse.Namespace) -> st
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['simd']}; Python {machine['python']}; "
         f"load average at start {machine.get('loadavg_at_start', ['?'])[0]:.2f}. "
         f"Server threads: {model['threads']}. {args.clients} concurrent streaming clients, {args.requests} "
-        f"requests of {args.max_tokens} tokens (ignore_eos, temperature {args.temperature}).",
+        f"requests of {args.max_tokens} tokens (ignore_eos, temperature {args.temperature}, "
+        f"top_k {args.top_k or 'off'}).",
         "",
         "| max batch | ok / errors | aggregate tok/s | TTFT p50 / p99 ms | latency p50 / p99 ms | batched steps | cache hits |",
         "|---|---|---|---|---|---|---|",
@@ -232,6 +235,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument(
+        "--top-k", type=int, default=0, help="send top_k (0: omit it, the server's default: no top-k)"
+    )
     ap.add_argument("--max-batch", type=int, nargs="+", default=[16], help="server --max-batch values to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -251,7 +257,7 @@ def main() -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"http-{results[0]['server']['model']['id']}"
+    stem = f"http-{results[0]['server']['model']['id']}" + (f"-topk{args.top_k}" if args.top_k else "")
     (out / f"{stem}.json").write_text(
         json.dumps(
             {
