@@ -122,19 +122,20 @@ def bench_model(
     sampler = _core.Sampler(vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
     prompt = rng.integers(0, vocab, 16)
 
-    def decode() -> None:
+    def decode_time(smp: _core.Sampler, penalize: bool) -> float:
+        """Seconds for decode_tokens steps after a prefilled prompt (the prefill is not timed)."""
         s = model.new_state()
         model.core.prefill(s, prompt, False, False, [])
         tok = int(prompt[-1])
+        t = time.perf_counter()
         for _ in range(decode_tokens):
-            tok = model.core.step_sample(s, tok, sampler)
+            if penalize:
+                smp.accept(tok)
+            tok = model.core.step_sample(s, tok, smp)
+        return time.perf_counter() - t
 
-    # time only the decode loop (prefill of the prompt excluded) by subtracting a prompt-only run
-    def prompt_only() -> None:
-        s = model.new_state()
-        model.core.prefill(s, prompt, False, False, [])
-
-    dec = [a - b for a, b in zip(timed(decode, repeats), timed(prompt_only, repeats), strict=True)]
+    decode_time(sampler, False)  # warm-up
+    dec = [decode_time(sampler, False) for _ in range(repeats)]
     result["decode"] = {"tokens": decode_tokens, **summary(dec, decode_tokens)}
     say(
         f"decode: {result['decode']['best_rate']:.1f} tok/s best, {result['decode']['median_rate']:.1f} median "
@@ -146,15 +147,7 @@ def bench_model(
         vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1
     )
 
-    def decode_sampled() -> None:
-        s = model.new_state()
-        model.core.prefill(s, prompt, False, False, [])
-        tok = int(prompt[-1])
-        for _ in range(decode_tokens):
-            sampler2.accept(tok)
-            tok = model.core.step_sample(s, tok, sampler2)
-
-    dec2 = [a - b for a, b in zip(timed(decode_sampled, repeats), timed(prompt_only, repeats), strict=True)]
+    dec2 = [decode_time(sampler2, True) for _ in range(repeats)]
     result["decode_sampled"] = {"tokens": decode_tokens, **summary(dec2, decode_tokens)}
     say(f"decode (sampled): {result['decode_sampled']['median_rate']:.1f} tok/s median")
 
