@@ -62,6 +62,19 @@ def _engine_model():
     return model
 
 
+def _heldout_prompts(n: int = 3, chars: int = 600) -> list[str]:
+    """The start of a few standard-library files of the held-out split (never trained on)."""
+    from bitmamba_lsp.train.corpus import heldout, stdlib_dir
+
+    root = stdlib_dir()
+    names = sorted(
+        p
+        for p in root.glob("*.py")
+        if heldout(f"stdlib/{p.relative_to(root).as_posix()}", 30) and p.stat().st_size > chars
+    )
+    return [p.read_text("utf-8", errors="replace")[:chars] for p in names[:n]]
+
+
 def _tokenizer():
     from bitmamba_lsp.engine.tokenizer import TextTokenizer
 
@@ -98,7 +111,7 @@ def test_engine_matches_pytorch_on_prompts():
     ref, _, _ = load_exported(MODEL_DIR)
     ref.eval()
     tok = _tokenizer()
-    for prompt in PROMPTS:
+    for prompt in (*PROMPTS, *_heldout_prompts()):
         ids = tok.encode(prompt)
         with torch.no_grad():
             all_logits = ref(torch.tensor([ids]), exact=True)[0].numpy()
