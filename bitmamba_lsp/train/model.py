@@ -31,31 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitmamba_lsp.engine.formats.bitmamba_bin import BitMamba2Config
+
 NORM_EPS = 1e-6
 ACT_EPS = 1e-5
 WEIGHT_EPS = 1e-8
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_conv: int = 4
-    expand: int = 2
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.d_model
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_inner // self.n_heads
-
-    @property
-    def d_in_proj(self) -> int:
-        return 2 * self.d_inner + 3 * self.n_heads
+class ModelConfig(BitMamba2Config):
+    """The engine's BitMamba-2 shape (same fields and derived sizes), as the trainer records it."""
 
     def to_dict(self) -> dict:
         return asdict(self)
