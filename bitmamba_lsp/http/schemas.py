@@ -377,6 +377,23 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
     }
     ok_stream = {"text/event-stream": {"schema": {"type": "string"}}}
     security = [{"bearer": []}] if auth else []
+    def post(summary: str, request: str, response: dict, what: str) -> dict:
+        return {
+            "summary": summary,
+            "security": security,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": f"{what} (JSON, or SSE chunks with stream=true)",
+                    "content": {"application/json": {"schema": response}, **ok_stream},
+                },
+                **_error_responses(),
+            },
+        }
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -411,42 +428,10 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
                 }
             },
             "/v1/completions": {
-                "post": {
-                    "summary": "Text completion",
-                    "security": security,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "the completion (JSON, or SSE chunks with stream=true)",
-                            "content": {"application/json": {"schema": completion_resp}, **ok_stream},
-                        },
-                        **_error_responses(),
-                    },
-                }
+                "post": post("Text completion", "CompletionRequest", completion_resp, "the completion")
             },
             "/v1/chat/completions": {
-                "post": {
-                    "summary": "Chat completion",
-                    "security": security,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "the answer (JSON, or SSE chunks with stream=true)",
-                            "content": {"application/json": {"schema": chat_resp}, **ok_stream},
-                        },
-                        **_error_responses(),
-                    },
-                }
+                "post": post("Chat completion", "ChatRequest", chat_resp, "the answer")
             },
         },
         "components": {
