@@ -30,12 +30,9 @@ from bitmamba_lsp.cli import random_model_path
 FRESH = r"""
 import json, sys, time
 t0 = time.perf_counter()
+from bitmamba_lsp.bench import rss_mb as rss
 from bitmamba_lsp.engine.model import load_bin
 t1 = time.perf_counter()
-def rss():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmRSS'):
-            return int(line.split()[1]) / 1024
 base = rss()
 t2 = time.perf_counter()
 m = load_bin(sys.argv[1], threads=int(sys.argv[2]))

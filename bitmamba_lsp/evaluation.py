@@ -305,10 +305,12 @@ def evaluate_file(
     if not cursors:
         return
     doc = TrackedDocument(name, text, 0, tok, clean)
-    prompts = []
+    prompts = []  # (the model's prompt, how much of it is the document's own tokens)
+    unhealed = []  # the text before the cursor as tokens (the n-gram baseline's prompt)
     heals = []
     for c in cursors:
         ids, shared = doc.prefix_ids(c.offset)
+        unhealed.append(ids)
         healed = healer.heal(ids) if healer is not None else None
         if healed is not None:
             ids, shared = healed.ids, min(shared, len(healed.ids))
@@ -320,12 +322,11 @@ def evaluate_file(
     if snap_at:
         _, snaps = model.prefill_snapshots(model.new_state(), doc.ids[: snap_at[-1]], snap_at)
         states = dict(zip(snap_at, snaps, strict=True))
-    for c, (prompt, _), s, healed in zip(cursors, prompts, starts, heals, strict=True):
+    for c, (prompt, _), s, healed, full in zip(cursors, prompts, starts, heals, unhealed, strict=True):
         state = states[s].copy() if s > 0 else model.new_state()
         logits = model.prefill(state, prompt[s:])
         tallies["model"].add_line(c.kind, model_line(model, state, logits, healer, healed), c.target)
         if ngram is not None:
-            full, _ = doc.prefix_ids(c.offset)
             tallies["ngram"].add_line(c.kind, ngram_line(ngram, tok, full, eos), c.target)
         if line_freq is not None:
             tallies["line_freq"].add_line(c.kind, line_freq.complete(c.typed), c.target)
@@ -339,7 +340,12 @@ class EvalData:
     sources: list[str]
 
 
-def collect(args: argparse.Namespace, meta: dict) -> EvalData:
+def baseline_budget(args: argparse.Namespace, meta: dict) -> int | None:
+    """Training tokens for the baselines: --baseline-tokens, else as many as the model saw."""
+    return args.baseline_tokens or int(meta.get("training", {}).get("tokens_seen", 0)) or None
+
+
+def collect(args: argparse.Namespace, meta: dict, budget: int | None) -> EvalData:
     from bitmamba_lsp.train.corpus import CorpusOptions, build_corpus, normalize_text
 
     files = [Path(f) for f in args.files or []]
@@ -366,11 +372,10 @@ def collect(args: argparse.Namespace, meta: dict) -> EvalData:
         if not args.no_baselines:
             docs = corpus.split("train")
             rng = np.random.default_rng(args.seed)
-            budget = args.baseline_tokens or int(meta.get("training", {}).get("tokens_seen", 0)) or 10**12
             # ~3.3 characters per token for code with a 4k vocabulary; trimmed exactly after encoding
             chars = 0
             for i in rng.permutation(len(docs)):
-                if chars > budget * 5:
+                if budget and chars > budget * 5:
                     break
                 t = docs[int(i)].read()
                 train_texts.append(t)
@@ -412,10 +417,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("bitmamba eval: the model has no tokenizer")
     meta_path = Path(model.path).parent / "model.json" if model.path else None
     meta = json.loads(meta_path.read_text("utf-8")) if meta_path and meta_path.is_file() else {}
-    data = collect(args, meta)
+    budget = baseline_budget(args, meta)
+    data = collect(args, meta, budget)
     log(f"held-out files: {len(data.heldout)} ({', '.join(data.sources)})")
     ngram = line_freq = None
-    budget = args.baseline_tokens or int(meta.get("training", {}).get("tokens_seen", 0)) or None
     if data.train_texts:
         ngram, line_freq = build_baselines(model, data.train_texts, budget, log)
     tallies = {"model": Tally()}

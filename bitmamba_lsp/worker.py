@@ -72,6 +72,7 @@ class ModelWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model: Model | None = None
+        self.healer: TokenHealer | None = None  # with the model (needs its tokenizer)
         self.store: StateStore | None = None
         self._fifo: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._speculative: list[tuple[CompletionJob, cf.Future[Any]]] = []
@@ -268,7 +269,7 @@ class ModelWorker:
         prompt = job.prompt
         if len(prompt) == 0:
             prompt = np.asarray([model.eos_id if model.eos_id is not None else 0], dtype=np.int32)
-        healer = getattr(self, "healer", None)
+        healer = self.healer
         healed = healer.heal(prompt) if healer is not None and self.settings.token_healing else Healed(
             prompt, "", b""
         )

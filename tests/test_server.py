@@ -23,6 +23,7 @@ from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException
 
 from bitmamba_lsp.documents import TrackedDocument, chars_to_units
+from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR
 from bitmamba_lsp.engine.model import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
 
@@ -344,10 +345,7 @@ async def test_completion_fallback_for_popup_clients(model_path, engine) -> None
     await stop_server(lc)
 
 
-DEFAULT_MODEL = __import__("bitmamba_lsp.engine.loader", fromlist=["DEFAULT_MODEL_DIR"]).DEFAULT_MODEL_DIR
-
-
-@pytest.mark.skipif(not (DEFAULT_MODEL / "model.bin").is_file(), reason="no shipped default model")
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.bin").is_file(), reason="no shipped default model")
 async def test_default_model_plausible_completions() -> None:
     """The daemon with no --model (the embedded default), typing real code: it suggests what a
     programmer would, and exactly what the engine computes independently (with token healing)."""

@@ -328,55 +328,40 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
         "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
     }
     finish = {"type": ["string", "null"], "enum": ["stop", "length", None]}
-    completion_resp = {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "text_completion"},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "text": {"type": "string"},
-                        "finish_reason": finish,
+
+    def response(kind: str, choice: dict) -> dict:
+        return {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": kind},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"index": {"type": "integer"}, **choice, "finish_reason": finish},
                     },
                 },
+                "usage": usage,
             },
-            "usage": usage,
+            "required": ["id", "object", "created", "model", "choices"],
+        }
+
+    completion_resp = response("text_completion", {"text": {"type": "string"}})
+    chat_resp = response(
+        "chat.completion",
+        {
+            "message": {
+                "type": "object",
+                "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+            }
         },
-        "required": ["id", "object", "created", "model", "choices"],
-    }
-    chat_resp = {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "chat.completion"},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "message": {
-                            "type": "object",
-                            "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
-                        },
-                        "finish_reason": finish,
-                    },
-                },
-            },
-            "usage": usage,
-        },
-        "required": ["id", "object", "created", "model", "choices"],
-    }
+    )
     ok_stream = {"text/event-stream": {"schema": {"type": "string"}}}
     security = [{"bearer": []}] if auth else []
+
     def post(summary: str, request: str, response: dict, what: str) -> dict:
         return {
             "summary": summary,
@@ -430,9 +415,7 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
             "/v1/completions": {
                 "post": post("Text completion", "CompletionRequest", completion_resp, "the completion")
             },
-            "/v1/chat/completions": {
-                "post": post("Chat completion", "ChatRequest", chat_resp, "the answer")
-            },
+            "/v1/chat/completions": {"post": post("Chat completion", "ChatRequest", chat_resp, "the answer")},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -203,9 +203,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     }
     if (logits) {
         kernels_->rmsnorm(h_.data(), norm_f_.data(), d_, kNormEps, fn_.data());
-        run_.head = true;
-        run_.apply(lm_head_, fn_.data(), logits);
-        run_.head = false;
+        run_.apply(lm_head_, fn_.data(), logits, false, kStageHead);
     }
     if (ck) {
         ck->add(kStageStep, ts, StageClock::now());

@@ -124,7 +124,7 @@ float LinearRunner::quantize_one(const Linear& L, const float* x, float* xn, int
     return sx;
 }
 
-void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accumulate) {
+void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accumulate, Stage stage) {
     const KernelSet& k = *kernels_;
     ThreadPool& pool = *pool_;
     const float* mult = L.row_mult.size() ? L.row_mult.data() : nullptr;
@@ -172,7 +172,7 @@ void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accum
     }
     if (clock_) {
         clock_->add(kStageQuant, t0, t1);
-        clock_->add(head ? kStageHead : kStageMatmul, t1, StageClock::now());
+        clock_->add(stage, t1, StageClock::now());
     }
 }
 

@@ -58,16 +58,15 @@ public:
     // to `chunk` tokens through layers of up to max_batched_out rows (bigger ones grow it once).
     void reserve(int max_in, int max_out, int chunk, int max_batched_out);
 
-    // out = L(x) for one token (accumulate: out += L(x)).
-    void apply(const Linear& L, const float* x, float* out, bool accumulate = false);
+    // out = L(x) for one token (accumulate: out += L(x)); with a clock, the product is timed as `stage`.
+    void apply(const Linear& L, const float* x, float* out, bool accumulate = false, Stage stage = kStageMatmul);
     // out[t*ld_out + r] = L(in[t*ld_in + .]) for t < n <= chunk.
     void apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out, bool accumulate = false);
 
     ThreadPool& pool() { return *pool_; }
     const KernelSet& kernels() const { return *kernels_; }
-    // Stage timing of apply() (null: off); `head` marks the output layer's product.
+    // Stage timing of apply() (null: off).
     void set_clock(StageClock* c) { clock_ = c; }
-    bool head = false;
 
 private:
     StageClock* clock_ = nullptr;
