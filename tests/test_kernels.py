@@ -8,7 +8,9 @@ import pytest
 from bitmamba_lsp import _core
 from bitmamba_lsp.engine.formats.bitmamba_bin import pack_ternary, unpack_ternary
 
-SHAPES = [(1, 1), (1, 4), (3, 5), (4, 128), (5, 129), (7, 255), (37, 257), (64, 1024), (130, 2048), (9, 4100)]
+# (70, 4100) and (300, 1024): more row groups than the AVX-512 GEMM's cache block (32 KB of codes)
+SHAPES = [(1, 1), (1, 4), (3, 5), (4, 128), (5, 129), (7, 255), (37, 257), (64, 1024), (130, 2048), (9, 4100), (70, 4100),
+          (300, 1024)]
 
 
 @pytest.fixture(scope="module")

@@ -178,9 +178,9 @@ void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accum
 
 void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out,
                               bool accumulate) {
-    if (L.kind != Linear::Kind::Ternary || n < kGemmTokens) {
-        // per token, through exactly the single-token path (below one GEMM tile the padded tile
-        // costs more than reading the weights once per token: measured 738 vs 921 tok/s at T=2)
+    if (L.kind != Linear::Kind::Ternary || n < kernels_->gemm_min_tokens) {
+        // per token, through exactly the single-token path (AVX2: below one GEMM tile the padded
+        // tile costs more than reading the weights once per token, measured 738 vs 921 tok/s at T=2)
         for (int t = 0; t < n; ++t)
             apply(L, in + static_cast<std::size_t>(t) * ld_in, out + static_cast<std::size_t>(t) * ld_out, accumulate);
         return;

@@ -261,7 +261,8 @@ std::vector<TernaryCase> ternary_cases() {
     // intervals of the AVX2 / AVX-512 kernels (8 blocks = 1024 columns for gemv, 2048 for gemm).
     const std::pair<int, int> shapes[] = {{1, 1},     {3, 7},     {4, 128},   {5, 31},    {7, 129},   {13, 100},
                                           {16, 256},  {17, 255},  {33, 383},  {64, 1000}, {37, 1025}, {9, 2047},
-                                          {6, 2049},  {130, 640}, {11, 4100}, {2, 8300},  {21, 96},   {19, 192}};
+                                          {6, 2049},  {130, 640}, {11, 4100}, {2, 8300},  {21, 96},   {19, 192},
+                                          {70, 4100}, {301, 1024}};  // more groups than the AVX-512 GEMM's block
     std::vector<TernaryCase> out;
     for (auto s : shapes) out.push_back({s.first, s.second, WPat::Random, XPat::Random});
     // Extremes: |sum| is largest with all-equal weights and x at the int8 limits.

@@ -68,6 +68,10 @@ struct KernelSet {
     // y[r] = sum_c W[r * ld + c] * x[c], exact int32, for int8 weights (per-row quantized float
     // layers such as a large lm_head). ld and cols are multiples of 32; W and x are zero padded.
     void (*i8gemv)(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1);
+    // Fewest tokens for which a batched product takes gemm (padded to a multiple of 4) rather than
+    // one gemv per token: where the GEMM tile costs about one GEMV per token (AVX2), a padded tile
+    // is a loss below 4 tokens; where it costs about half (AVX-512 VNNI), 2 tokens already gain.
+    int gemm_min_tokens = kGemmTokens;
 };
 
 const KernelSet& scalar_kernels();
