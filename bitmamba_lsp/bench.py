@@ -162,11 +162,12 @@ def bench_model(
         res = {"tokens": int(T), **summary(timed(pf, repeats), T)}
         result["prefill"][str(T)] = res
         say(f"prefill T={T}: {res['best_rate']:.1f} tok/s best, {res['median_rate']:.1f} median")
-    result["profile"] = profile_stages(model, decode_tokens)
+    result["profile"] = profile_stages(model, decode_tokens, repeats)
     pr = result["profile"]
     say(
-        f"profile (ms/token): matmul {pr['matmul']:.3f}, lm_head {pr['lm_head']:.3f}, "
-        f"outside the matrix products {pr['non_matrix']:.3f} (norm+quantize {pr['norm_quantize']:.3f}, "
+        f"profile (ms/token, median of {pr['runs']} runs): matmul {pr['matmul']:.3f}, lm_head {pr['lm_head']:.3f}, "
+        f"outside the matrix products {pr['non_matrix_min']:.3f} min / {pr['non_matrix_median']:.3f} median "
+        f"(norm+quantize {pr['norm_quantize']:.3f}, "
         f"conv+scan {pr['conv_scan']:.3f}, other {pr['other']:.3f}, sampling {pr['sampling']:.3f})"
     )
     result["batch"] = {}
@@ -185,26 +186,45 @@ def bench_model(
     return result
 
 
-def profile_stages(model, tokens: int = 128) -> dict[str, float]:
-    """Per-token milliseconds of each stage of a sampled decode step (the engine's stage clock)."""
+def profile_stages(model, tokens: int = 128, repeats: int = 1) -> dict[str, float]:
+    """Per-token milliseconds of each stage of a sampled decode step (the engine's stage clock).
+
+    With several repeats, each stage is the median over the runs (``other`` and ``non_matrix`` are
+    derived from those medians, so the parts add up), and ``non_matrix_min`` / ``non_matrix_median``
+    are the min and median of the per-run totals outside the matrix products.
+    """
     vocab = model.vocab_size
     sampler = _core.Sampler(vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1)
     s = model.new_state()
     tok = 0
     for _ in range(8):
         tok = model.core.step_sample(s, tok, sampler)
-    model.core.set_profiling(True)
-    try:
-        for _ in range(tokens):
-            sampler.accept(tok)
-            tok = model.core.step_sample(s, tok, sampler)
-        p = dict(model.core.profile())
-    finally:
-        model.core.set_profiling(False)
-    n = max(1, int(p.pop("steps")))
-    out = {k: v / n for k, v in p.items()}
-    out["other"] = max(0.0, out["step"] - out["matmul"] - out["lm_head"] - out["norm_quantize"] - out["conv_scan"])
-    out["non_matrix"] = out["norm_quantize"] + out["conv_scan"] + out["other"] + out["sampling"]
+    runs: list[dict[str, float]] = []
+    for _ in range(max(1, repeats)):
+        model.core.set_profiling(True)
+        try:
+            for _ in range(tokens):
+                sampler.accept(tok)
+                tok = model.core.step_sample(s, tok, sampler)
+            p = dict(model.core.profile())
+        finally:
+            model.core.set_profiling(False)
+        n = max(1, int(p.pop("steps")))
+        runs.append(_derived({k: v / n for k, v in p.items()}))
+    out = _derived({k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in _DERIVED})
+    out["non_matrix_min"] = min(r["non_matrix"] for r in runs)
+    out["non_matrix_median"] = statistics.median(r["non_matrix"] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+_DERIVED = ("other", "non_matrix")
+
+
+def _derived(p: dict[str, float]) -> dict[str, float]:
+    out = dict(p)
+    out["other"] = max(0.0, p["step"] - p["matmul"] - p["lm_head"] - p["norm_quantize"] - p["conv_scan"])
+    out["non_matrix"] = p["norm_quantize"] + p["conv_scan"] + out["other"] + p["sampling"]
     return out
 
 
@@ -215,7 +235,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         "| threads | decode tok/s (best / median) | sampled (median) | "
         + " | ".join(f"prefill T={t} (best / median)" for t in first["prefill"])
         + "".join(f" | batch {b} aggregate (median)" for b in batches)
-        + " | outside matmul ms/token | cold start ms | RSS MB |",
+        + " | outside matmul ms/token (min / median) | cold start ms | RSS MB |",
     ]
     rows.append("|" + "---|" * (7 + len(first["prefill"]) + len(batches)))
     for r in results:
@@ -226,7 +246,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{r['decode_sampled']['median_rate']:.0f}",
             *(f"{p['best_rate']:.0f} / {p['median_rate']:.0f}" for p in r["prefill"].values()),
             *(f"{r['batch'][b]['median_rate']:.0f}" for b in batches),
-            f"{r['profile']['non_matrix']:.3f}" if "profile" in r else "-",
+            f"{r['profile']['non_matrix_min']:.3f} / {r['profile']['non_matrix_median']:.3f}" if "profile" in r else "-",
             f"{r['cold_start_s'] * 1000:.0f}",
             f"{r['rss_after_load_mb']:.0f}",
         ]

@@ -13,12 +13,13 @@ def test_stage_profile_adds_up(model_factory):
     path, _, _ = model_factory(1000, 128, 3, 4, seed=2)
     model = load_bin(path, threads=2)
     before = model.step(model.new_state(), 5)
-    prof = profile_stages(model, tokens=50)
+    prof = profile_stages(model, tokens=50, repeats=3)
     parts = prof["matmul"] + prof["lm_head"] + prof["norm_quantize"] + prof["conv_scan"]
     assert all(v >= 0 for v in prof.values())
     assert prof["matmul"] > 0 and prof["lm_head"] > 0 and prof["conv_scan"] > 0 and prof["sampling"] > 0
     assert parts <= prof["step"] * 1.0001
     assert prof["non_matrix"] == prof["norm_quantize"] + prof["conv_scan"] + prof["other"] + prof["sampling"]
+    assert prof["runs"] == 3 and 0 < prof["non_matrix_min"] <= prof["non_matrix_median"]
     # profiling is off again and changed nothing
     np.testing.assert_array_equal(model.step(model.new_state(), 5), before)
     assert model.core.profile()["steps"] == 0  # switching it off reset the totals

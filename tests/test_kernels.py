@@ -150,3 +150,21 @@ def test_int8_and_float_gemv(rng: np.random.Generator, rows: int, cols: int) -> 
     tol = 1e-5 * np.sqrt(cols) * np.abs(W).max() * np.abs(x).max()
     for level in ("scalar", "simd"):
         assert np.abs(_core.fgemv(W, x, level) - ref).max() <= tol
+
+
+@pytest.mark.skipif(
+    not _core.simd_level().startswith("avx512"),
+    reason="only an avx512 build carries both the avx512 and the avx2 float helpers",
+)
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1024, 2048, 4099])
+def test_avx512_rmsnorm_and_quantize_equal_avx2_bitwise(rng: np.random.Generator, n: int) -> None:
+    """An avx512 build gives the same floats as an avx2 build of the same model."""
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    for weight in (w, None):
+        a = _core.rmsnorm(x, weight, 1e-6, "avx2")
+        b = _core.rmsnorm(x, weight, 1e-6, "simd")
+        assert a.tobytes() == b.tobytes()
+    qa, sa, suma = _core.quantize(a, "avx2")
+    qb, sb, sumb = _core.quantize(a, "simd")
+    assert np.array_equal(qa, qb) and sa == sb and suma == sumb

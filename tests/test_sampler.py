@@ -141,3 +141,23 @@ def test_top_k_over_a_large_flat_vocabulary() -> None:
     # a 6-sigma band per token: it cannot fail by chance, a wrong support or weighting fails it
     sigma = np.sqrt(n * p * (1 - p))
     assert np.all(np.abs(counts - n * p) < 6 * sigma + 1)
+
+
+@pytest.mark.parametrize("vocab", [7, 64, 79, 1037, 50257])
+def test_top_k_support_with_nan_inf_and_a_short_last_block(vocab: int) -> None:
+    """The block-maxima pass (64 logits per block, SIMD lanes, a short tail) finds the same top-k
+    as NumPy wherever the best logits sit, NaN never wins and -inf never enters the support."""
+    rng = np.random.default_rng(vocab)
+    for trial in range(6):
+        logits = rng.standard_normal(vocab).astype(np.float32)
+        logits[rng.integers(0, vocab, max(1, vocab // 20))] = np.nan
+        logits[rng.integers(0, vocab, max(1, vocab // 20))] = -np.inf
+        k = min(3, vocab - 1)
+        # plant the best logits in the tail block, in the first lanes, or at random
+        spots = {0: np.arange(vocab - k, vocab), 1: np.arange(k)}.get(trial % 3, rng.choice(vocab, k, replace=False))
+        logits[spots] = 10.0 + np.arange(k, dtype=np.float32) * 0.01
+        finite = np.where(np.isnan(logits), -np.inf, logits)
+        best = set(np.argsort(-finite, kind="stable")[:k].tolist())
+        s = _core.Sampler(vocab, temperature=1.0, top_k=k, top_p=1.0, min_p=0.0, seed=trial)
+        drawn = {s.sample(logits) for _ in range(300)}
+        assert drawn == best

@@ -13,6 +13,7 @@
 
 #include "bitmamba/kernels.h"
 #include "bitmamba/model.h"
+#include "bitmamba/simd_levels.h"
 #include "bitmamba/sampler.h"
 #include "bitmamba/threadpool.h"
 
@@ -27,6 +28,9 @@ using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 const KernelSet& kernels_by_name(const std::string& level) {
     if (level == "scalar") return scalar_kernels();
     if (level == "simd" || level == "best" || level == simd_level()) return best_kernels();
+#if defined(BITMAMBA_LEVEL_AVX512)
+    if (level == "avx2") return avx2_kernels();  // compiled in: the avx512 level reuses its float helpers
+#endif
     throw std::invalid_argument("unknown kernel level '" + level + "' (use 'scalar' or 'simd')");
 }
 

@@ -1,5 +1,5 @@
-// AVX-512 (BW, optionally VNNI) kernels for the ternary matrix products. Opt-in level
-// (-DBITMAMBA_SIMD=avx512); the float helpers are the AVX2 ones (every AVX-512 CPU has AVX2).
+// AVX-512 (BW, optionally VNNI) kernels: the ternary matrix products, quantization and rmsnorm.
+// The other float helpers are the AVX2 ones (every AVX-512 CPU has AVX2).
 // Integer results are bit-identical to kernels_scalar.cpp.
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 
@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "bitmamba/kernels.h"
 #include "bitmamba/simd_levels.h"
@@ -241,6 +242,75 @@ void gemm_avx512(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, i
 
 #endif  // __AVX512VNNI__
 
+// ---------------------------------------------------------------- float helpers of the forward pass
+// Quantization and rmsnorm at 16 lanes; tails through masked loads and stores.
+
+inline __mmask16 tail_mask(int left) { return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u); }
+
+// Same results as quantize_scalar: sx = 127 / (max|x| + 1e-5), q = clamp(round half away(x * sx)).
+float quantize_avx512(const float* x, int n, int8_t* q, int32_t* sum_q) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 m0 = zero, m1 = zero, m2 = zero, m3 = zero;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+        m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(x + i + 16)));
+        m2 = _mm512_max_ps(m2, _mm512_abs_ps(_mm512_loadu_ps(x + i + 32)));
+        m3 = _mm512_max_ps(m3, _mm512_abs_ps(_mm512_loadu_ps(x + i + 48)));
+    }
+    for (; i < n; i += 16) m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
+    const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+    const float sx = 127.0f / (m + 1e-5f);
+    const __m512 vsx = _mm512_set1_ps(sx);
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+    const __m512i sign = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
+    __m512i vsum = _mm512_setzero_si512();
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vsx);
+        __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        // round half away from zero: add copysign(1, v) where |v - trunc(v)| >= 0.5 (exact in float)
+        const __m512 away = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(one),
+                                                                _mm512_and_si512(_mm512_castps_si512(v), sign)));
+        const __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), half, _CMP_GE_OQ);
+        t = _mm512_mask_add_ps(t, up, t, away);
+        t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+        const __m512i r = _mm512_cvtps_epi32(t);
+        vsum = _mm512_add_epi32(vsum, r);  // masked-off lanes are 0
+        _mm512_mask_cvtsepi32_storeu_epi8(q + i, k, r);
+    }
+    *sum_q = _mm512_reduce_add_epi32(vsum);
+    return sx;
+}
+
+// Bit-identical to rmsnorm_avx2 (so an avx512 build gives the same floats as an avx2 one): lane j
+// of the one zmm chain accumulates x[16m + j]^2 exactly as lane j of AVX2's two ymm chains, and the
+// reduction and the scalar tail follow the same order.
+void rmsnorm_avx512(const float* x, const float* w, int n, float eps, float* y) {
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
+    float ss = _mm_cvtss_f32(s4);
+    for (; i < n; ++i) ss += x[i] * x[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vinv);
+        if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + i));
+        _mm512_mask_storeu_ps(y + i, k, v);
+    }
+}
+
 }  // namespace
 
 const KernelSet& avx512_kernels() {
@@ -254,6 +324,8 @@ const KernelSet& avx512_kernels() {
 #endif
         s.gemv = gemv_avx512;
         s.gemm = gemm_avx512;
+        s.quantize = quantize_avx512;
+        s.rmsnorm = rmsnorm_avx512;
         return s;
     }();
     return k;

@@ -10,7 +10,52 @@
 
 #include "bitmamba/kernels.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 namespace bm {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Maximum of x[0..n) with `a > m ? a : m` (a NaN is never chosen; all NaN gives -inf), 64 values at a
+// time as 8 (or 4) independent lanes; n <= 64. The compiler left the plain loop nearly scalar
+// (10 us for a 50k vocabulary, against 3.7 us for the whole argmax kernel).
+inline float block_max(const float* x, int n) {
+    int i = 0;
+    float mb = kNegInf;
+#if defined(__AVX2__)
+    __m256 m0 = _mm256_set1_ps(kNegInf), m1 = m0;
+    for (; i + 16 <= n; i += 16) {
+        m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);  // max_ps(a, b) = a > b ? a : b
+        m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    }
+    m0 = _mm256_max_ps(m1, m0);
+    __m128 h = _mm_max_ps(_mm256_extractf128_ps(m0, 1), _mm256_castps256_ps128(m0));
+    h = _mm_max_ps(_mm_movehl_ps(h, h), h);
+    h = _mm_max_ss(_mm_shuffle_ps(h, h, 1), h);
+    mb = _mm_cvtss_f32(h);
+#elif defined(__ARM_NEON)
+    float32x4_t m0 = vdupq_n_f32(kNegInf), m1 = m0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+        m0 = vbslq_f32(vcgtq_f32(a, m0), a, m0);
+        m1 = vbslq_f32(vcgtq_f32(b, m1), b, m1);
+    }
+    float lanes[8];
+    vst1q_f32(lanes, m0);
+    vst1q_f32(lanes + 4, m1);
+    for (float v : lanes) mb = v > mb ? v : mb;
+#endif
+    for (; i < n; ++i) mb = x[i] > mb ? x[i] : mb;
+    return mb;
+}
+
+}  // namespace
 
 Sampler::Sampler(int vocab_size, const SamplerConfig& cfg)
     : vocab_(vocab_size), cfg_(cfg), rng_(cfg.seed), protected_(vocab_size, 0), stamp_(vocab_size, 0),
@@ -63,17 +108,9 @@ int32_t Sampler::sample(float* logits) {
     // lower bound for the k-th largest logit, and a skip test for whole blocks below the threshold.
     const int nb = (vocab_ + kBlock - 1) / kBlock;
     float* bm = bmax_.data();
-    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     for (int b = 0; b < nb; ++b) {
-        const int i0 = b * kBlock, i1 = std::min(vocab_, i0 + kBlock);
-        float m8[8] = {kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf, kNegInf};
-        int i = i0;
-        for (; i + 8 <= i1; i += 8)
-            for (int j = 0; j < 8; ++j) m8[j] = logits[i + j] > m8[j] ? logits[i + j] : m8[j];
-        float mb = kNegInf;
-        for (int j = 0; j < 8; ++j) mb = m8[j] > mb ? m8[j] : mb;
-        for (; i < i1; ++i) mb = logits[i] > mb ? logits[i] : mb;
-        bm[b] = mb;
+        const int i0 = b * kBlock;
+        bm[b] = block_max(logits + i0, std::min(vocab_, i0 + kBlock) - i0);
     }
     int top_block = 0;
     for (int b = 1; b < nb; ++b)

@@ -27,6 +27,7 @@
 
 #include "bitmamba/kernels.h"
 #include "bitmamba/model.h"
+#include "bitmamba/simd_levels.h"
 #include "bitmamba/threadpool.h"
 
 using namespace bm;
@@ -319,6 +320,30 @@ void test_i8gemv(const KernelSet& k, const char* label, int threads, uint64_t se
                 ch.expect(ok2, shape_str(rows, cols) + " rows [1, " + std::to_string(rows - 2) + ")");
             }
         }
+    }
+}
+
+// ------------------------------------------------------------------ avx512 floats == avx2 floats
+// The avx512 level's own rmsnorm keeps the AVX2 association, so both x86 builds of a model give the
+// same floats (and, with exact integer products, the same logits).
+[[maybe_unused]] void test_avx512_floats_equal_avx2(const KernelSet& A, const KernelSet& V, uint64_t seed) {
+    Check ch(std::string("rmsnorm/quantize[") + V.name + "] bit-identical to avx2");
+    Rng rng(seed);
+    for (int n : {1, 7, 15, 16, 17, 31, 33, 100, 1000, 1024, 2048, 4099}) {
+        std::vector<float> x(n), w(n), a(n), b(n);
+        for (auto& v : x) v = rng.normal() * 3.0f;
+        for (auto& v : w) v = rng.uniform(0.5f, 1.5f);
+        bool same = true;
+        for (const float* wp : {static_cast<const float*>(w.data()), static_cast<const float*>(nullptr)}) {
+            A.rmsnorm(x.data(), wp, n, 1e-6f, a.data());
+            V.rmsnorm(x.data(), wp, n, 1e-6f, b.data());
+            same &= std::memcmp(a.data(), b.data(), sizeof(float) * n) == 0;
+        }
+        std::vector<int8_t> qa(n), qb(n);
+        int32_t sa = 0, sb = 0;
+        same &= A.quantize(a.data(), n, qa.data(), &sa) == V.quantize(a.data(), n, qb.data(), &sb);
+        same &= sa == sb && std::memcmp(qa.data(), qb.data(), n) == 0;
+        ch.expect(same, "n=" + std::to_string(n));
     }
 }
 
@@ -832,6 +857,9 @@ int main(int argc, char** argv) {
     test_quantize(S, V);
     test_float_helpers(S, V);
     test_argmax(S, V);
+#if defined(BITMAMBA_LEVEL_AVX512)
+    test_avx512_floats_equal_avx2(avx2_kernels(), V, seed * 1000 + 8);
+#endif
 
     std::vector<int32_t> ids;
     Rng rng(seed * 1000 + 5);
