@@ -157,7 +157,7 @@ def test_int8_and_float_gemv(rng: np.random.Generator, rows: int, cols: int) -> 
     reason="only an avx512 build carries both the avx512 and the avx2 float helpers",
 )
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1024, 2048, 4099])
-def test_avx512_rmsnorm_and_quantize_equal_avx2_bitwise(rng: np.random.Generator, n: int) -> None:
+def test_avx512_float_helpers_equal_avx2_bitwise(rng: np.random.Generator, n: int) -> None:
     """An avx512 build gives the same floats as an avx2 build of the same model."""
     x = (rng.standard_normal(n) * 3).astype(np.float32)
     w = rng.uniform(0.5, 1.5, n).astype(np.float32)
@@ -168,3 +168,7 @@ def test_avx512_rmsnorm_and_quantize_equal_avx2_bitwise(rng: np.random.Generator
     qa, sa, suma = _core.quantize(a, "avx2")
     qb, sb, sumb = _core.quantize(a, "simd")
     assert np.array_equal(qa, qb) and sa == sb and suma == sumb
+    x[0] = 100.0
+    x[-1] = -100.0
+    for fn in (_core.silu, _core.exp):
+        assert fn(x, "avx2").tobytes() == fn(x, "simd").tobytes()

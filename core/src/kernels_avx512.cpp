@@ -1,5 +1,5 @@
-// AVX-512 (BW, optionally VNNI) kernels: the ternary matrix products, quantization and rmsnorm.
-// The other float helpers are the AVX2 ones (every AVX-512 CPU has AVX2).
+// AVX-512 (BW, optionally VNNI) kernels: the ternary matrix products, quantization, rmsnorm, silu
+// and exp. The other float helpers are the AVX2 ones (every AVX-512 CPU has AVX2).
 // Integer results are bit-identical to kernels_scalar.cpp.
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 
@@ -311,6 +311,55 @@ void rmsnorm_avx512(const float* x, const float* w, int n, float eps, float* y) 
     }
 }
 
+// exp and silu at 16 lanes: exp512 is exp256 of kernels_avx2.cpp lane for lane (the same operations,
+// division included), and the lengths that AVX2 leaves to its scalar tail (n % 8) go to the same
+// scalar code, so the results are bit-identical to the avx2 level's.
+inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    __m512 fx = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+    fx = _mm512_roundscale_ps(fx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+inline __m512 silu512(__m512 v) {
+    const __m512 e = exp512(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(static_cast<int32_t>(0x80000000u)))));
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+void silu_avx512(float* x, int n) {
+    const int n8 = n / 8 * 8;  // AVX2's vector part
+    int i = 0;
+    for (; i + 16 <= n8; i += 16) _mm512_storeu_ps(x + i, silu512(_mm512_loadu_ps(x + i)));
+    if (i < n8) {
+        const __mmask16 k = 0x00FF;
+        _mm512_mask_storeu_ps(x + i, k, silu512(_mm512_maskz_loadu_ps(k, x + i)));
+        i += 8;
+    }
+    for (; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+void exp_avx512(float* x, int n) {
+    const int n8 = n / 8 * 8;
+    int i = 0;
+    for (; i + 16 <= n8; i += 16) _mm512_storeu_ps(x + i, exp512(_mm512_loadu_ps(x + i)));
+    if (i < n8) {
+        const __mmask16 k = 0x00FF;
+        _mm512_mask_storeu_ps(x + i, k, exp512(_mm512_maskz_loadu_ps(k, x + i)));
+        i += 8;
+    }
+    for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
 }  // namespace
 
 const KernelSet& avx512_kernels() {
@@ -326,6 +375,8 @@ const KernelSet& avx512_kernels() {
         s.gemm = gemm_avx512;
         s.quantize = quantize_avx512;
         s.rmsnorm = rmsnorm_avx512;
+        s.silu = silu_avx512;
+        s.exp = exp_avx512;
         return s;
     }();
     return k;

@@ -324,10 +324,11 @@ void test_i8gemv(const KernelSet& k, const char* label, int threads, uint64_t se
 }
 
 // ------------------------------------------------------------------ avx512 floats == avx2 floats
-// The avx512 level's own rmsnorm keeps the AVX2 association, so both x86 builds of a model give the
-// same floats (and, with exact integer products, the same logits).
+// The avx512 level's own float helpers do AVX2's operations lane for lane (rmsnorm keeps its
+// association), so both x86 builds of a model give the same floats and, with exact integer
+// products, the same logits.
 [[maybe_unused]] void test_avx512_floats_equal_avx2(const KernelSet& A, const KernelSet& V, uint64_t seed) {
-    Check ch(std::string("rmsnorm/quantize[") + V.name + "] bit-identical to avx2");
+    Check ch(std::string("rmsnorm/quantize/silu/exp[") + V.name + "] bit-identical to avx2");
     Rng rng(seed);
     for (int n : {1, 7, 15, 16, 17, 31, 33, 100, 1000, 1024, 2048, 4099}) {
         std::vector<float> x(n), w(n), a(n), b(n);
@@ -343,6 +344,14 @@ void test_i8gemv(const KernelSet& k, const char* label, int threads, uint64_t se
         int32_t sa = 0, sb = 0;
         same &= A.quantize(a.data(), n, qa.data(), &sa) == V.quantize(a.data(), n, qb.data(), &sb);
         same &= sa == sb && std::memcmp(qa.data(), qb.data(), n) == 0;
+        for (auto fn : {&KernelSet::silu, &KernelSet::exp}) {
+            std::vector<float> ea = x, eb = x;
+            ea[0] = 100.0f, eb[0] = 100.0f;  // the clamps
+            if (n > 1) ea[n - 1] = eb[n - 1] = -100.0f;
+            (A.*fn)(ea.data(), n);
+            (V.*fn)(eb.data(), n);
+            same &= std::memcmp(ea.data(), eb.data(), sizeof(float) * n) == 0;
+        }
         ch.expect(same, "n=" + std::to_string(n));
     }
 }
