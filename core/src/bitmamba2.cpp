@@ -167,6 +167,12 @@ void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float*
     const float* w2 = w1 + di;
     const float* w3 = w2 + di;
     const float* cb = ly.conv_b.data();
+    // The state and conv weights come from DRAM every token (the weight stream is larger than the
+    // last-level cache); ten short streams are more than the hardware prefetcher ramps up on, so ask
+    // for every line of this range at once (measured -10..15% of the mixer's time, 255M, 2 threads).
+    for (const float* a : {static_cast<const float*>(ssm), ly.D.data(), static_cast<const float*>(s0),
+                           static_cast<const float*>(s1), static_cast<const float*>(s2), w0, w1, w2, w3, cb})
+        for (int c = c0; c < c1; c += 16) __builtin_prefetch(a + c, 0, 3);
     conv_shift(x + c0, z + c0, cb + c0, w0 + c0, w1 + c0, w2 + c0, w3 + c0, s0 + c0, s1 + c0, s2 + c0, y + c0,
                zt + c0, c1 - c0);
     kernels_->silu(y + c0, c1 - c0);
