@@ -237,7 +237,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         + "".join(f" | batch {b} aggregate (median)" for b in batches)
         + " | outside matmul ms/token (min / median) | cold start ms | RSS MB |",
     ]
-    rows.append("|" + "---|" * (7 + len(first["prefill"]) + len(batches)))
+    rows.append("|" + "---|" * (6 + len(first["prefill"]) + len(batches)))
     for r in results:
         d = r["decode"]
         cells = [

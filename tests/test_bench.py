@@ -28,3 +28,14 @@ def test_stage_profile_adds_up(model_factory):
 def test_read_bandwidth_probe():
     r = _core.read_bandwidth(1 << 20, 1, 3)
     assert r["best_gbs"] >= r["median_gbs"] > 0.1
+
+
+def test_markdown_table_rows_have_the_header_cell_count(model_factory):
+    from bitmamba_lsp.bench import bench_model, markdown_table
+
+    path, _, _ = model_factory(300, 64, 2, 4, seed=3)
+    r = bench_model(path, threads=1, repeats=1, decode_tokens=4, prefill_lengths=(4, 8), batch_sizes=(1, 2))
+    lines = markdown_table([r, r]).splitlines()
+    cells = [line.count("|") for line in lines]
+    assert len(lines) == 4 and len(set(cells)) == 1, lines
+    assert set(lines[1]) == {"|", "-"}
