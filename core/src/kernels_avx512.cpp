@@ -27,13 +27,6 @@ inline __m512i bcast_x(const int8_t* p) {
     return _mm512_broadcast_i64x4(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-// Sum of the low and high 256-bit halves separately: returns (sum of lanes 0-7, sum of lanes 8-15).
-inline void hsum_halves(__m512i v, int32_t& lo, int32_t& hi) {
-    lo = _mm512_reduce_add_epi32(_mm512_maskz_mov_epi32(0x00FF, v));
-    hi = _mm512_reduce_add_epi32(_mm512_maskz_mov_epi32(0xFF00, v));
-}
-
-
 #if defined(__AVX512VNNI__)
 // Four row sums from the accumulators of rows 0|1 and rows 2|3 (256-bit halves): [r0, r1, r2, r3].
 inline __m128i hsum_rows(__m512i a01, __m512i a23) {
@@ -142,6 +135,12 @@ void gemm_avx512(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, i
 }
 
 #else  // AVX-512BW without VNNI: maddubs into int16, widened every 8 blocks
+
+// Sum of the low and high 256-bit halves separately: returns (sum of lanes 0-7, sum of lanes 8-15).
+inline void hsum_halves(__m512i v, int32_t& lo, int32_t& hi) {
+    lo = _mm512_reduce_add_epi32(_mm512_maskz_mov_epi32(0x00FF, v));
+    hi = _mm512_reduce_add_epi32(_mm512_maskz_mov_epi32(0xFF00, v));
+}
 
 void gemv_avx512(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1) {
     const __m512i mask = _mm512_set1_epi8(3);
