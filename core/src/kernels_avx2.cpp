@@ -13,8 +13,9 @@ namespace bm {
 namespace {
 
 constexpr int kPrefetchBytes = 4096;
-// int16 lanes hold at most 32 maddubs results of |v| <= 512 before being widened (<= 16384).
-constexpr int kWidenBlocksGemv = 8;   // 8 blocks x 4 quarters = 32 accumulations per lane
+// int16 lanes before widening: the GEMV's `hi` sums gain at most 2 * 2032 (or lose 2 * 2048) per
+// block, so 8 blocks stay within [-32768, 32512]; `lo` sums at most 8 * 2 * 512.
+constexpr int kWidenBlocksGemv = 8;
 constexpr int kWidenStepsGemm = 32;   // 32-byte steps
 
 inline int32_t hsum_epi32(__m256i v) {
@@ -32,18 +33,30 @@ inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
-inline __m256i block_dot(__m256i codes, __m256i x0, __m256i x1, __m256i x2, __m256i x3, __m256i mask) {
-    __m256i c0 = _mm256_and_si256(codes, mask);
-    __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(codes, 2), mask);
-    __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(codes, 4), mask);
-    __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(codes, 6), mask);
-    __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0), _mm256_maddubs_epi16(c1, x1));
-    __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(c2, x2), _mm256_maddubs_epi16(c3, x3));
-    return _mm256_add_epi16(s01, s23);
+// One row's 128-weight block against the 4 activation quarters, as two int16 sums: `lo` gets
+// c0*x0 + c2*x2 and `hi` gets 4*(c1*x1 + c3*x3). Masking the 2-bit fields in place (0x03 and 0x0C,
+// before and after one shift by 4) leaves c1 and c3 multiplied by 4, which saves two of the three
+// shifts per block; vpmaddubsw stays exact (|4 * 2 * x * 2| <= 2048) and `hi` is divided by 4 when
+// it is widened (exact: every term is a multiple of 4).
+inline void block_dot(__m256i codes, __m256i x0, __m256i x1, __m256i x2, __m256i x3, __m256i m03, __m256i m0c,
+                      __m256i& lo, __m256i& hi) {
+    const __m256i c23 = _mm256_srli_epi16(codes, 4);
+    const __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(codes, m03), x0),
+                                       _mm256_maddubs_epi16(_mm256_and_si256(c23, m03), x2));
+    const __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(codes, m0c), x1),
+                                       _mm256_maddubs_epi16(_mm256_and_si256(c23, m0c), x3));
+    lo = _mm256_add_epi16(lo, l);
+    hi = _mm256_add_epi16(hi, h);
+}
+
+// int16 lanes of `lo` + `hi` / 4 as int32 (pairs summed).
+inline __m256i widen_lo_hi(__m256i lo, __m256i hi, __m256i ones) {
+    return _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_srai_epi32(_mm256_madd_epi16(hi, ones), 2));
 }
 
 void gemv_avx2(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1) {
-    const __m256i mask = _mm256_set1_epi8(3);
+    const __m256i m03 = _mm256_set1_epi8(0x03);
+    const __m256i m0c = _mm256_set1_epi8(0x0C);
     const __m256i ones = _mm256_set1_epi16(1);
     const int KB = w.kblocks;
     for (int g = g0; g < g1; ++g) {
@@ -51,7 +64,7 @@ void gemv_avx2(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         for (int kb0 = 0; kb0 < KB; kb0 += kWidenBlocksGemv) {
             const int kend = std::min(KB, kb0 + kWidenBlocksGemv);
-            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+            __m256i l0 = _mm256_setzero_si256(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
             for (int kb = kb0; kb < kend; ++kb) {
                 const uint8_t* p = base + static_cast<std::size_t>(kb) * (kRowGroup * kBlockBytes);
                 _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
@@ -61,19 +74,15 @@ void gemv_avx2(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y
                 const __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 32));
                 const __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 64));
                 const __m256i x3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 96));
-                s0 = _mm256_add_epi16(s0, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)), x0, x1,
-                                                    x2, x3, mask));
-                s1 = _mm256_add_epi16(s1, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)), x0,
-                                                    x1, x2, x3, mask));
-                s2 = _mm256_add_epi16(s2, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 64)), x0,
-                                                    x1, x2, x3, mask));
-                s3 = _mm256_add_epi16(s3, block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 96)), x0,
-                                                    x1, x2, x3, mask));
+                block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)), x0, x1, x2, x3, m03, m0c, l0, h0);
+                block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)), x0, x1, x2, x3, m03, m0c, l1, h1);
+                block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 64)), x0, x1, x2, x3, m03, m0c, l2, h2);
+                block_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 96)), x0, x1, x2, x3, m03, m0c, l3, h3);
             }
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(s0, ones));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(s1, ones));
-            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(s2, ones));
-            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(s3, ones));
+            a0 = _mm256_add_epi32(a0, widen_lo_hi(l0, h0, ones));
+            a1 = _mm256_add_epi32(a1, widen_lo_hi(l1, h1, ones));
+            a2 = _mm256_add_epi32(a2, widen_lo_hi(l2, h2, ones));
+            a3 = _mm256_add_epi32(a3, widen_lo_hi(l3, h3, ones));
         }
         __m128i sums = _mm_sub_epi32(hsum4_epi32(a0, a1, a2, a3), _mm_set1_epi32(sum_x));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y + g * kRowGroup), sums);
