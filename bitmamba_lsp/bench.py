@@ -228,6 +228,33 @@ def _derived(p: dict[str, float]) -> dict[str, float]:
     return out
 
 
+_STAGES = (
+    ("matmul", "matrix products (layers)"),
+    ("lm_head", "lm_head"),
+    ("norm_quantize", "norms + activation quantization"),
+    ("conv_scan", "conv + scan"),
+    ("sampling", "sampling"),
+    ("other", "other"),
+    ("non_matrix", "outside the matrix products"),
+    ("step", "whole step (without sampling)"),
+)
+
+
+def profile_markdown(profiles: list[dict[str, Any]]) -> str:
+    """Per-stage ms/token of `profile_stages` results (one column per thread count)."""
+    heads = (f"{p['threads']} thread" + ("" if p["threads"] == 1 else "s") for p in profiles)
+    rows = ["| stage (ms/token) | " + " | ".join(heads) + " |"]
+    rows.append("|---|" + "---|" * len(profiles))
+    for key, label in _STAGES:
+        rows.append(f"| {label} | " + " | ".join(f"{p[key]:.3f}" for p in profiles) + " |")
+    rows.append(
+        "| outside the matrix products, min / median of the runs | "
+        + " | ".join(f"{p['non_matrix_min']:.3f} / {p['non_matrix_median']:.3f}" for p in profiles)
+        + " |"
+    )
+    return "\n".join(rows)
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     first = results[0]
     batches = list(first.get("batch", {}))

@@ -161,7 +161,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bitmamba_lsp.bench import bench_model, machine_info, markdown_table
+    from bitmamba_lsp.bench import bench_model, machine_info, markdown_table, profile_markdown, profile_stages
 
     path = args.model
     if path is None:
@@ -170,6 +170,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(
         f"machine: {m['cpu']} ({m['cores']} cores), SIMD {m['simd']}, Python {m['python']}", file=sys.stderr
     )
+    if args.profile:
+        from bitmamba_lsp.engine.model import load_bin
+
+        profiles = []
+        for threads in args.threads or [None]:
+            model = load_bin(path, threads=threads)
+            profiles.append({"threads": model.threads, **profile_stages(model, args.decode_tokens, args.repeats)})
+        print(profile_markdown(profiles))
+        if args.json:
+            Path(args.json).write_text(json.dumps(profiles, indent=2))
+            print(f"wrote {args.json}", file=sys.stderr)
+        return 0
     results = []
     for threads in args.threads or [None]:
         print(f"--- model {path}, threads {threads or 'default'}", file=sys.stderr)
@@ -273,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode-tokens", type=int, default=64)
     s.add_argument("--prefill", type=int, nargs="*", default=[64, 512], help="prefill lengths")
     s.add_argument("--json", help="write results to this JSON file")
+    s.add_argument(
+        "--profile",
+        action="store_true",
+        help="only the per-stage cost of a sampled decode step (ms/token: matrix products, lm_head, "
+        "norms + quantization, conv + scan, sampling, other), median of --repeats runs",
+    )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("make-random", help="write a random-weight model of any shape (for benchmarks)")

@@ -98,6 +98,23 @@ def test_bench_json(tmp_path: Path) -> None:
     assert "| threads |" in proc.stdout
 
 
+def test_bench_profile(tmp_path: Path) -> None:
+    """`bitmamba bench --profile`: only the stage breakdown, one column per thread count."""
+    path = tmp_path / "b.bin"
+    run("make-random", str(path), "--shape", "1000x128x2x4")
+    out = tmp_path / "profile.json"
+    proc = run("bench", "-m", str(path), "-t", "1", "2", "--repeats", "3", "--decode-tokens", "8", "--profile",
+               "--json", str(out))
+    data = json.loads(out.read_text())
+    assert [p["threads"] for p in data] == [1, 2]
+    for p in data:
+        assert p["runs"] == 3 and p["conv_scan"] > 0 and p["matmul"] > 0
+        assert p["non_matrix"] == pytest.approx(p["norm_quantize"] + p["conv_scan"] + p["other"] + p["sampling"])
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("| stage (ms/token) | 1 thread | 2 threads |")
+    assert any(line.startswith("| conv + scan |") for line in lines) and "| threads |" not in proc.stdout
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x00" * 64)
