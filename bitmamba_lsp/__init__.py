@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def simd_level() -> str:
-    """The kernel set this build uses: 'avx2', 'avx512'/'avx512-vnni', 'neon'/'neon-dotprod' or 'scalar'."""
+    """The kernel set this build uses: 'avx2'/'avx2-vnni', 'avx512'/'avx512-vnni', 'neon'/'neon-dotprod' or 'scalar'."""
     return _core.simd_level()
 
 

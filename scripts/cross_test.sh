@@ -2,10 +2,12 @@
 # Build the standalone self-test (core/tests/selftest.cpp) for every SIMD level and run it where it
 # can run: the level's kernels and two random models against the scalar reference.
 #
-#   scalar, avx2        native build and run (x86-64 host)
-#   avx512, avx512-vnni native build (-DBITMAMBA_SIMD=avx512, VNNI off / on); run on the host when
-#                       /proc/cpuinfo has the extensions, else under `qemu-x86_64 -cpu max` when that
-#                       emulates them (Debian 12's QEMU 7.2 does not), else skip the run (built only)
+#   scalar, avx2        native build and run (x86-64 host; avx2 with AVX-VNNI off)
+#   avx2-vnni, avx512, avx512-vnni
+#                       native build (-DBITMAMBA_SIMD=avx2 with AVX-VNNI on; -DBITMAMBA_SIMD=avx512,
+#                       VNNI off / on); run on the host when /proc/cpuinfo has the extensions, else
+#                       under `qemu-x86_64 -cpu max` when that emulates them (Debian 12's QEMU 7.2
+#                       does not emulate AVX-512), else skip the run (built only)
 #   neon, neon-dotprod  cross-compiled with g++-aarch64-linux-gnu (static, cmake/aarch64-linux-gnu.cmake),
 #                       run under qemu-aarch64: neon on -cpu cortex-a72 (Armv8.0: proves it needs no
 #                       extension), neon-dotprod on -cpu max (and it must refuse cleanly on cortex-a72)
@@ -20,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_PARTS=(scalar avx2 avx512 avx512-vnni neon neon-dotprod)
+ALL_PARTS=(scalar avx2 avx2-vnni avx512 avx512-vnni neon neon-dotprod)
 JOBS=${JOBS:-2}
 HOST_ARCH=$(uname -m)
 
@@ -31,7 +33,7 @@ for a in "$@"; do
     --install-only) install_only=1 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     all) parts+=("${ALL_PARTS[@]}") ;;
-    scalar|avx2|avx512|avx512-vnni|neon|neon-dotprod) parts+=("$a") ;;
+    scalar|avx2|avx2-vnni|avx512|avx512-vnni|neon|neon-dotprod) parts+=("$a") ;;
     *) echo "unknown part '$a' (parts: ${ALL_PARTS[*]})" >&2; exit 2 ;;
   esac
 done
@@ -128,7 +130,8 @@ run_part() {
   echo "=== $part"
   case "$part" in
     scalar) args=(-DBITMAMBA_SIMD=scalar) ;;
-    avx2) args=(-DBITMAMBA_SIMD=avx2) ;;
+    avx2) args=(-DBITMAMBA_SIMD=avx2 -DBITMAMBA_AVX2_VNNI=OFF) ;;
+    avx2-vnni) args=(-DBITMAMBA_SIMD=avx2 -DBITMAMBA_AVX2_VNNI=ON) ;;
     avx512) args=(-DBITMAMBA_SIMD=avx512 -DBITMAMBA_AVX512_VNNI=OFF) ;;
     avx512-vnni) args=(-DBITMAMBA_SIMD=avx512 -DBITMAMBA_AVX512_VNNI=ON) ;;
     neon) args=(-DBITMAMBA_SIMD=neon -DBITMAMBA_NEON_DOTPROD=OFF) ;;
@@ -160,9 +163,10 @@ run_part() {
   case "$part" in
     scalar|avx2)
       run_selftest "$part" native "$exe" ;;
-    avx512|avx512-vnni)
+    avx2-vnni|avx512|avx512-vnni)
       local flags=(avx512f avx512bw avx512vl avx512dq)
       [ "$part" = avx512-vnni ] && flags+=(avx512_vnni)
+      [ "$part" = avx2-vnni ] && flags=(avx2 fma avx_vnni)
       if cpu_has "${flags[@]}"; then
         run_selftest "$part" "native (CPU has ${flags[*]})" "$exe"
       elif have qemu-x86_64; then
@@ -170,7 +174,7 @@ run_part() {
         qv=$(qemu-x86_64 --version | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -1)
         run_selftest "$part" "emulated" qemu-x86_64 -cpu max "$exe"
         if [ "$LAST_RC" = 77 ] || [ "$LAST_RC" = 132 ]; then
-          result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${flags[*]} and qemu-x86_64 $qv -cpu max does not emulate AVX-512"
+          result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${flags[*]} and qemu-x86_64 $qv -cpu max does not emulate them"
           return
         fi
       else

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cross_test.sh"
-LEVELS = ["scalar", "avx2", "avx512", "avx512-vnni", "neon", "neon-dotprod"]
+LEVELS = ["scalar", "avx2", "avx2-vnni", "avx512", "avx512-vnni", "neon", "neon-dotprod"]
 
 
 @pytest.mark.parametrize("level", LEVELS)

@@ -23,7 +23,11 @@ bool simd_supported_by_cpu() {
            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #elif defined(BITMAMBA_LEVEL_AVX2) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+#if defined(BITMAMBA_AVX2_VNNI_ENABLED)
+           && __builtin_cpu_supports("avxvnni")
+#endif
+        ;
 #elif defined(BITMAMBA_LEVEL_NEON) && defined(BITMAMBA_NEON_DOTPROD_ENABLED) && defined(__linux__)
     // The Armv8.2 dot product (sdot/udot) is optional before Armv8.4.
     return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
