@@ -99,9 +99,7 @@ build() {  # part dir cmake-args...
   mkdir -p "$dir"
   local gen=()
   [ -f "$dir/CMakeCache.txt" ] || { have ninja && gen=(-G Ninja); }
-  # each part pins its refinements with -D: the environment overrides of CMakeLists.txt must not win
-  if ! env -u BITMAMBA_AVX2_VNNI -u BITMAMBA_AVX512_VNNI -u BITMAMBA_NEON_DOTPROD \
-      cmake -S . -B "$dir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DBITMAMBA_PYTHON=OFF \
+  if ! cmake -S . -B "$dir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DBITMAMBA_PYTHON=OFF \
       -DBITMAMBA_BUILD_SELFTEST=ON "$@" >"$dir/configure.log" 2>&1; then
     tail -20 "$dir/configure.log"
     return 1

@@ -106,6 +106,18 @@ def test_quantize_bit_exact(rng: np.random.Generator, n: int) -> None:
         assert np.array_equal(qs, qn) and sxs == np.float32(sxn)
 
 
+@pytest.mark.parametrize("n", [1, 7, 17, 64, 100])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_nan_and_inf_as_the_scalar_reference(rng: np.random.Generator, n: int, bad: float) -> None:
+    """A NaN or inf activation (a broken forward pass) gives the scalar reference's q, scale and sum."""
+    for pos in {0, n // 2, n - 1}:
+        x = rng.standard_normal(n).astype(np.float32)
+        x[pos] = bad
+        qs, ss, sums = _core.quantize(x, "scalar")
+        qv, sv, sumv = _core.quantize(x, "simd")
+        assert np.array_equal(qs, qv) and sums == sumv and (ss == sv or (np.isnan(ss) and np.isnan(sv)))
+
+
 def test_quantize_rounds_half_away_from_zero() -> None:
     # x * sx lands exactly on .5 for these (sx = 127 / (127 + 1e-5) is ~1 - 8e-8: use values whose
     # product stays on the half after rounding to float32).

@@ -108,7 +108,7 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "bitmamba-lsp C++ engine: ternary kernels, BitMamba models, recurrent state, sampler";
     py::register_exception<FormatError>(m, "FormatError", PyExc_ValueError);
 
-    m.def("simd_level", &simd_level, "SIMD level the extension was built for: avx512[-vnni], avx2, neon[-dotprod], scalar");
+    m.def("simd_level", &simd_level, "SIMD level the extension was built for: avx512[-vnni], avx2[-vnni], neon[-dotprod], scalar");
     m.def("simd_supported_by_cpu", &simd_supported_by_cpu);
     m.def("default_threads", &ThreadPool::default_threads);
     m.def(

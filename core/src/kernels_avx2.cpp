@@ -277,7 +277,7 @@ inline float hsum_ps(__m256 v) {
 float quantize_avx2(const float* x, int n, int8_t* q, int32_t* sum_q) {
     __m256 vm = _mm256_setzero_ps();
     int i = 0;
-    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, abs_ps(_mm256_loadu_ps(x + i)));
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(abs_ps(_mm256_loadu_ps(x + i)), vm);  // a NaN is dropped
     float m = hmax_ps(vm);
     for (; i < n; ++i) m = std::max(m, std::fabs(x[i]));
     const float sx = 127.0f / (m + 1e-5f);
@@ -297,7 +297,7 @@ float quantize_avx2(const float* x, int n, int8_t* q, int32_t* sum_q) {
             // round half away from zero: add copysign(1, v) where |v - trunc(v)| >= 0.5 (exact in float)
             const __m256 away = _mm256_or_ps(one, _mm256_and_ps(v, sign));
             t = _mm256_add_ps(t, _mm256_and_ps(away, _mm256_cmp_ps(frac, half, _CMP_GE_OQ)));
-            t = _mm256_min_ps(hi, _mm256_max_ps(lo, t));
+            t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);  // NaN -> -128, as in the scalar reference
             r[k] = _mm256_cvtps_epi32(t);
             vsum = _mm256_add_epi32(vsum, r[k]);
         }

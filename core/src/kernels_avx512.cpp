@@ -246,18 +246,19 @@ void gemm_avx512(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, i
 
 inline __mmask16 tail_mask(int left) { return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u); }
 
-// Same results as quantize_scalar: sx = 127 / (max|x| + 1e-5), q = clamp(round half away(x * sx)).
+// Same results as quantize_scalar (NaN and inf included): sx = 127 / (max|x| + 1e-5),
+// q = clamp(round half away(x * sx)).
 float quantize_avx512(const float* x, int n, int8_t* q, int32_t* sum_q) {
     const __m512 zero = _mm512_setzero_ps();
     __m512 m0 = zero, m1 = zero, m2 = zero, m3 = zero;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
-        m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(x + i + 16)));
-        m2 = _mm512_max_ps(m2, _mm512_abs_ps(_mm512_loadu_ps(x + i + 32)));
-        m3 = _mm512_max_ps(m3, _mm512_abs_ps(_mm512_loadu_ps(x + i + 48)));
+        m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), m0);
+        m1 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i + 16)), m1);
+        m2 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i + 32)), m2);
+        m3 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i + 48)), m3);
     }
-    for (; i < n; i += 16) m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
+    for (; i < n; i += 16) m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)), m0);
     const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
     const float sx = 127.0f / (m + 1e-5f);
     const __m512 vsx = _mm512_set1_ps(sx);
@@ -274,7 +275,9 @@ float quantize_avx512(const float* x, int n, int8_t* q, int32_t* sum_q) {
                                                                 _mm512_and_si512(_mm512_castps_si512(v), sign)));
         const __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), half, _CMP_GE_OQ);
         t = _mm512_mask_add_ps(t, up, t, away);
-        t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+        // max_ps(a, b) / min_ps(a, b) return b when a is NaN: a NaN input is dropped from the maximum
+        // and clamps to -128, as std::max / std::min do in the scalar reference
+        t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
         const __m512i r = _mm512_cvtps_epi32(t);
         vsum = _mm512_add_epi32(vsum, r);  // masked-off lanes are 0
         _mm512_mask_cvtsepi32_storeu_epi8(q + i, k, r);

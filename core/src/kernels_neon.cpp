@@ -112,7 +112,9 @@ void gemm_neon(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int
 float quantize_neon(const float* x, int n, int8_t* q, int32_t* sum_q) {
     float32x4_t vm = vdupq_n_f32(0.0f);
     int i = 0;
-    for (; i + 4 <= n; i += 4) vm = vmaxq_f32(vm, vabsq_f32(vld1q_f32(x + i)));
+    // vmaxnm/vminnm (IEEE maxNum/minNum) drop a NaN operand like std::max / std::min in the scalar
+    // reference: a NaN input leaves the maximum alone and clamps to -128
+    for (; i + 4 <= n; i += 4) vm = vmaxnmq_f32(vm, vabsq_f32(vld1q_f32(x + i)));
     float m = vmaxvq_f32(vm);
     for (; i < n; ++i) m = std::max(m, std::fabs(x[i]));
     const float sx = 127.0f / (m + 1e-5f);
@@ -121,8 +123,8 @@ float quantize_neon(const float* x, int n, int8_t* q, int32_t* sum_q) {
     i = 0;
     for (; i + 8 <= n; i += 8) {
         // vrndaq: round to nearest, ties away from zero (same as std::round)
-        float32x4_t a = vminq_f32(hi, vmaxq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i), sx))));
-        float32x4_t b = vminq_f32(hi, vmaxq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i + 4), sx))));
+        float32x4_t a = vminnmq_f32(hi, vmaxnmq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i), sx))));
+        float32x4_t b = vminnmq_f32(hi, vmaxnmq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i + 4), sx))));
         int32x4_t ia = vcvtq_s32_f32(a), ib = vcvtq_s32_f32(b);
         vsum = vaddq_s32(vsum, vaddq_s32(ia, ib));
         int16x8_t h = vcombine_s16(vmovn_s32(ia), vmovn_s32(ib));

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -413,6 +414,18 @@ void test_quantize(const KernelSet& S, const KernelSet& V) {
         }
     }
     for (int n : {1, 8, 33, 100}) one(std::vector<float>(n, 0.0f), "zeros");
+    // NaN and inf (a broken forward pass): the same q, scale and sum as the scalar reference, wherever
+    // they sit in the vector part or the tail
+    for (int n : {1, 7, 8, 16, 17, 33, 64, 100}) {
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(), HUGE_VALF, -HUGE_VALF}) {
+            for (int pos : {0, n / 2, n - 1}) {
+                std::vector<float> x(n);
+                for (auto& v : x) v = rng.normal();
+                x[pos] = bad;
+                one(x, fmt("value %g", static_cast<double>(bad)) + " at " + std::to_string(pos));
+            }
+        }
+    }
     for (int n : {9, 40, 1000}) {
         std::vector<float> x(n);
         for (auto& v : x) v = rng.normal() * 1e-2f;
