@@ -41,6 +41,9 @@ private:
         AlignedBuffer<float> conv_b, dt_bias, A, D;  // A = -exp(A_log)
     };
 
+    // Software prefetch of what mix() reads for channels [c0, c1): the state `st` and, with
+    // `constants`, the layer's conv weights, D and the out_proj norm weights (read right after).
+    void prefetch_mix(const Layer& ly, const float* st, int c0, int c1, bool constants) const;
     // The conv + selective-scan part for channels [c0, c1) of one token.
     void mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const;
     // n tokens (embeddings in Hb_) through every layer; `states[t]` is token t's state (all the same
@@ -151,6 +154,19 @@ static void scan_head(float* __restrict ssm, float* __restrict y, const float* _
     }
 }
 
+// The state and conv weights come from DRAM every token (the weight stream is larger than the
+// last-level cache); ten short streams are more than the hardware prefetcher ramps up on, so ask for
+// every line of the range at once (measured -10..15% of the mixer's time, 255M, 2 threads).
+void BitMamba2::prefetch_mix(const Layer& ly, const float* st, int c0, int c1, bool constants) const {
+    const int di = di_;
+    for (int k = 0; k < 4; ++k)  // conv window s0, s1, s2 and the ssm state
+        for (int c = c0; c < c1; c += 16) __builtin_prefetch(st + k * di + c, 0, 3);
+    if (!constants) return;
+    const float* w = ly.conv_w.data();
+    for (const float* a : {w, w + di, w + 2 * di, w + 3 * di, ly.conv_b.data(), ly.D.data(), ly.out_proj.norm.data()})
+        for (int c = c0; c < c1; c += 16) __builtin_prefetch(a + c, 0, 3);
+}
+
 void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const {
     const int di = di_;
     float* s0 = st;
@@ -167,14 +183,6 @@ void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float*
     const float* w2 = w1 + di;
     const float* w3 = w2 + di;
     const float* cb = ly.conv_b.data();
-    // The state and conv weights come from DRAM every token (the weight stream is larger than the
-    // last-level cache); ten short streams are more than the hardware prefetcher ramps up on, so ask
-    // for every line of this range at once (measured -10..15% of the mixer's time, 255M, 2 threads).
-    // The out_proj norm weights (read right after the mixer) come along.
-    for (const float* a : {static_cast<const float*>(ssm), ly.D.data(), static_cast<const float*>(s0),
-                           static_cast<const float*>(s1), static_cast<const float*>(s2), w0, w1, w2, w3, cb,
-                           ly.out_proj.norm.data()})
-        for (int c = c0; c < c1; c += 16) __builtin_prefetch(a + c, 0, 3);
     conv_shift(x + c0, z + c0, cb + c0, w0 + c0, w1 + c0, w2 + c0, w3 + c0, s0 + c0, s1 + c0, s2 + c0, y + c0,
                zt + c0, c1 - c0);
     kernels_->silu(y + c0, c1 - c0);
@@ -205,7 +213,10 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
         const int64_t tm = ck ? StageClock::now() : 0;
         // Split over the pool: the state and conv weights arrive from memory (the weight stream
         // evicts them every token), so two cores fetch them faster than one.
-        for_channels(*pool_, di_, [&](int c0, int c1, int) { mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1); });
+        for_channels(*pool_, di_, [&](int c0, int c1, int) {
+            prefetch_mix(ly, sl, c0, c1, true);
+            mix(ly, sl, p_.data(), y_.data(), z_.data(), c0, c1);
+        });
         if (ck) ck->add(kStageMix, tm, StageClock::now());
         // the next in_proj's norm weights, while out_proj streams its weights
         const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].in_proj.norm.data() : lm_head_.norm.data();
@@ -232,6 +243,8 @@ void BitMamba2::layers_batch(State* const* states, int n, const std::vector<std:
         for_channels(*pool_, di_, [&](int c0, int c1, int) {
             std::size_t si = 0;
             for (int t = 0; t < n; ++t) {
+                // constants once per chunk, a state when it changes (step_batch; a prefill has one)
+                if (t == 0 || states[t] != states[t - 1]) prefetch_mix(ly, states[t]->layer(li), c0, c1, t == 0);
                 mix(ly, states[t]->layer(li), Pb_.data() + static_cast<std::size_t>(t) * dproj_,
                     Yb_.data() + static_cast<std::size_t>(t) * di_, Zb_.data() + static_cast<std::size_t>(t) * di_, c0,
                     c1);

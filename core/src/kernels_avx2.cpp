@@ -34,20 +34,27 @@ inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
+// The four 2-bit fields of a row's 32-byte block, masked in place (0x03 and 0x0C, before and after
+// one shift by 4): c0, 4*c1, c2, 4*c3 for the activation quarters x0..x3. Leaving c1 and c3
+// multiplied by 4 saves two of the three shifts per block; the products stay exact
+// (|4 * 2 * x * 2| <= 2048 for vpmaddubsw) and the `hi` sums, every term a multiple of 4, are
+// divided by 4 exactly when they are widened.
+struct Fields {
+    __m256i c0, c1x4, c2, c3x4;
+};
+inline Fields split_fields(__m256i codes, __m256i m03, __m256i m0c) {
+    const __m256i c23 = _mm256_srli_epi16(codes, 4);
+    return {_mm256_and_si256(codes, m03), _mm256_and_si256(codes, m0c), _mm256_and_si256(c23, m03),
+            _mm256_and_si256(c23, m0c)};
+}
+
 // One row's 128-weight block against the 4 activation quarters, as two int16 sums: `lo` gets
-// c0*x0 + c2*x2 and `hi` gets 4*(c1*x1 + c3*x3). Masking the 2-bit fields in place (0x03 and 0x0C,
-// before and after one shift by 4) leaves c1 and c3 multiplied by 4, which saves two of the three
-// shifts per block; vpmaddubsw stays exact (|4 * 2 * x * 2| <= 2048) and `hi` is divided by 4 when
-// it is widened (exact: every term is a multiple of 4).
+// c0*x0 + c2*x2 and `hi` gets 4*(c1*x1 + c3*x3).
 inline void block_dot(__m256i codes, __m256i x0, __m256i x1, __m256i x2, __m256i x3, __m256i m03, __m256i m0c,
                       __m256i& lo, __m256i& hi) {
-    const __m256i c23 = _mm256_srli_epi16(codes, 4);
-    const __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(codes, m03), x0),
-                                       _mm256_maddubs_epi16(_mm256_and_si256(c23, m03), x2));
-    const __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(codes, m0c), x1),
-                                       _mm256_maddubs_epi16(_mm256_and_si256(c23, m0c), x3));
-    lo = _mm256_add_epi16(lo, l);
-    hi = _mm256_add_epi16(hi, h);
+    const Fields f = split_fields(codes, m03, m0c);
+    lo = _mm256_add_epi16(lo, _mm256_add_epi16(_mm256_maddubs_epi16(f.c0, x0), _mm256_maddubs_epi16(f.c2, x2)));
+    hi = _mm256_add_epi16(hi, _mm256_add_epi16(_mm256_maddubs_epi16(f.c1x4, x1), _mm256_maddubs_epi16(f.c3x4, x3)));
 }
 
 // int16 lanes of `lo` + `hi` / 4 as int32 (pairs summed).
@@ -171,8 +178,7 @@ inline void micro_2x4(const uint8_t* c0p, const uint8_t* c1p, const int8_t* X, i
 
 #if defined(__AVXVNNI__)
 // ---------------------------------------------------------------- AVX-VNNI (VEX vpdpbusd, 256-bit)
-// The same in-place masking as the GEMV above (c0, 4*c1, c2, 4*c3 with one shift), but vpdpbusd
-// accumulates straight into int32: `lo` gets c0*x0 + c2*x2, `hi` 4*(c1*x1 + c3*x3), and a row's
+// The same fields as the GEMV above (split_fields), but vpdpbusd accumulates straight into int32: `lo` gets c0*x0 + c2*x2, `hi` 4*(c1*x1 + c3*x3), and a row's
 // result is lo + hi/4 (exact: hi is a multiple of 4).
 
 inline __m256i dp(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
@@ -195,10 +201,10 @@ void gemv_avx2_vnni(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32
             const __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 64));
             const __m256i x3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 96));
             for (int r = 0; r < 4; ++r) {
-                const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + r * kBlockBytes));
-                const __m256i c23 = _mm256_srli_epi16(c, 4);
-                lo[r] = dp(dp(lo[r], _mm256_and_si256(c, m03), x0), _mm256_and_si256(c23, m03), x2);
-                hi[r] = dp(dp(hi[r], _mm256_and_si256(c, m0c), x1), _mm256_and_si256(c23, m0c), x3);
+                const Fields f =
+                    split_fields(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + r * kBlockBytes)), m03, m0c);
+                lo[r] = dp(dp(lo[r], f.c0, x0), f.c2, x2);
+                hi[r] = dp(dp(hi[r], f.c1x4, x1), f.c3x4, x3);
             }
         }
         for (int r = 0; r < 4; ++r) lo[r] = _mm256_add_epi32(lo[r], _mm256_srai_epi32(hi[r], 2));
@@ -214,16 +220,13 @@ inline __m128i row_x4_vnni(const uint8_t* rowp, std::size_t stride, int KB, cons
     __m256i lo[4], hi[4];
     for (int t = 0; t < 4; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
     for (int kb = 0; kb < KB; ++kb) {
-        const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(rowp + kb * stride));
-        const __m256i c23 = _mm256_srli_epi16(c, 4);
-        const __m256i d0 = _mm256_and_si256(c, m03), d1 = _mm256_and_si256(c, m0c);
-        const __m256i d2 = _mm256_and_si256(c23, m03), d3 = _mm256_and_si256(c23, m0c);
+        const Fields f = split_fields(_mm256_load_si256(reinterpret_cast<const __m256i*>(rowp + kb * stride)), m03, m0c);
         const int8_t* xb = X + kb * kBlockK;
         for (int t = 0; t < 4; ++t) {
             const int8_t* xt = xb + static_cast<std::size_t>(t) * K;
-            lo[t] = dp(dp(lo[t], d0, _mm256_load_si256(reinterpret_cast<const __m256i*>(xt))), d2,
+            lo[t] = dp(dp(lo[t], f.c0, _mm256_load_si256(reinterpret_cast<const __m256i*>(xt))), f.c2,
                        _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + 64)));
-            hi[t] = dp(dp(hi[t], d1, _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + 32))), d3,
+            hi[t] = dp(dp(hi[t], f.c1x4, _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + 32))), f.c3x4,
                        _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + 96)));
         }
     }
@@ -236,7 +239,7 @@ inline __m128i row_x4_vnni(const uint8_t* rowp, std::size_t stride, int KB, cons
 void gemm_avx2_vnni(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int T, int32_t* Y, int ldy,
                     int g0, int g1, uint8_t* /*scratch*/) {
     const int K = w.cols_pad;
-    const int gblock = std::max(1, (32 * 1024) / (w.kblocks * kRowGroup * kBlockBytes));
+    const int gblock = cache_block_groups(w);
     for (int gb = g0; gb < g1; gb += gblock) {
         const int ge = std::min(g1, gb + gblock);
         for (int t = 0; t < T; t += kGemmTokens) {

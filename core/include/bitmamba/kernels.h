@@ -34,6 +34,13 @@ struct PackedMatrix {
     }
 };
 
+// Row groups per cache block of a fused GEMM: about 32 KB of codes, which stay cached while every
+// token tile passes over them.
+inline int cache_block_groups(const PackedMatrix& w) {
+    const int bytes = w.kblocks * kRowGroup * kBlockBytes;
+    return bytes >= 32 * 1024 ? 1 : (32 * 1024) / bytes;
+}
+
 // Allocate the packed storage for rows x cols (all weights zero).
 void packed_init(PackedMatrix& m, int rows, int cols);
 // Repack bitmamba.cpp row-major codes (rows x ceil(cols/4) bytes, 4 codes per byte, low bits first).
