@@ -31,7 +31,7 @@ FRESH = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from bitmamba_lsp.bench import rss_mb as rss
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 t1 = time.perf_counter()
 base = rss()
 t2 = time.perf_counter()

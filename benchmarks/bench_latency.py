@@ -35,12 +35,14 @@ import numpy as np
 
 from bitmamba_lsp.bench import machine_info, rss_mb
 from bitmamba_lsp.cli import random_model_path
-from bitmamba_lsp.completion import CursorContext
-from bitmamba_lsp.documents import TrackedDocument, clean_start_table
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
-from bitmamba_lsp.settings import Settings
-from bitmamba_lsp.worker import CompletionJob, ModelWorker
+from bitmamba_lsp.lsp.completion import CursorContext
+from bitmamba_lsp.lsp.documents import TrackedDocument, clean_start_table
+from bitmamba_lsp.lsp.prompt import prompt_at
+from bitmamba_lsp.lsp.settings import Settings
+from bitmamba_lsp.lsp.suggest import CompletionJob
+from bitmamba_lsp.lsp.worker import ModelWorker
 
 SAMPLE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "data" / "demo_sample.py").read_text()
 KEYS = "result = compute(value, 42)  # x"
@@ -68,12 +70,6 @@ def summarize(xs: list[float]) -> dict[str, float]:
     return {"min": min(xs), "median": statistics.median(xs), "p90": pct(xs, 90), "n": len(xs)}
 
 
-def ctx_at(doc: TrackedDocument, offset: int) -> CursorContext:
-    line_start = doc.text.rfind("\n", 0, offset) + 1
-    line_end = doc.text.find("\n", offset)
-    return CursorContext(doc.text[line_start:offset], doc.text[offset : line_end if line_end >= 0 else len(doc.text)])
-
-
 def run_size(model, tok, clean, n_tokens: int, repeats: int, incremental: bool, max_tokens: int, spacing: int) -> dict:
     settings = Settings(
         max_tokens=max_tokens,
@@ -98,8 +94,9 @@ def run_size(model, tok, clean, n_tokens: int, repeats: int, incremental: bool, 
     first, full, fed, edit_ms = [], [], [], []
 
     def request(at: int) -> tuple[float, object]:
-        prompt, shared = doc.prefix_ids(at)
-        job = CompletionJob(uri, prompt, shared, ctx_at(doc, at), max_tokens=max_tokens, deadline_ms=600_000)
+        job = CompletionJob(
+            uri, prompt_at(doc, at), CursorContext.at(doc.text, at), max_tokens=max_tokens, deadline_ms=600_000
+        )
         return time.perf_counter(), worker.complete(job).result()
 
     request(offset)  # the first request at a new place warms the cursor checkpoints
@@ -107,8 +104,7 @@ def run_size(model, tok, clean, n_tokens: int, repeats: int, incremental: bool, 
         ch = KEYS[i % len(KEYS)]
         t_edit = time.perf_counter()
         e = doc.replace(offset, offset, ch)  # the edit, as didChange applies it
-        _, target = doc.prefix_ids(e.new_end)
-        worker.doc_edited(uri, e.first_changed_token, doc.ids, target)
+        worker.doc_edited(uri, e.first_changed_token, doc.ids, doc.shared_before(e.new_end))
         offset += 1
         t_req, res = request(offset)
         edit_ms.append((t_req - t_edit) * 1000)

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bitmamba_lsp.bench import machine_info
-from bitmamba_lsp.engine.formats.student import StudentConfig, random_student, write_student
-from bitmamba_lsp.engine.model import load_student
+from bitmamba_lsp.engine.formats.student import StudentConfig, load_student, random_student, write_student
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

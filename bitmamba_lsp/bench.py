@@ -85,7 +85,7 @@ def bench_model(
     batch_sizes: tuple[int, ...] = (1, 4),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    from bitmamba_lsp.engine.model import load_bin
+    from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
     say = log or (lambda _msg: None)
     rss0 = rss_mb()

@@ -97,7 +97,7 @@ def _gen_config(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from bitmamba_lsp.engine.generation import TextStream, TokenStream
+    from bitmamba_lsp.engine.decoding import TextStream, TokenStream
 
     model = _load(args)
     cfg = _gen_config(args)
@@ -171,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"machine: {m['cpu']} ({m['cores']} cores), SIMD {m['simd']}, Python {m['python']}", file=sys.stderr
     )
     if args.profile:
-        from bitmamba_lsp.engine.model import load_bin
+        from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
         profiles = []
         for threads in args.threads or [None]:
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _PLUGINS = {
-    "bitmamba_lsp.server_cli": ("lsp",),
+    "bitmamba_lsp.lsp.cli": ("lsp",),
     "bitmamba_lsp.http.cli": ("serve",),
     "bitmamba_lsp.train.cli": ("train",),
     "bitmamba_lsp.evaluation": ("eval",),
@@ -354,8 +354,7 @@ def _report(name: str, error: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bitmamba_lsp.engine.formats.bitmamba_bin import ModelFormatError
-    from bitmamba_lsp.engine.loader import ModelNotFoundError
+    from bitmamba_lsp.engine.errors import ModelFormatError, ModelNotFoundError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -7,9 +7,9 @@ by a hash of each file's name, see :func:`bitmamba_lsp.train.corpus.heldout`):
   file preceded by the end-of-text separator (as in training);
 * exact match of single-line completions: for random lines, a cursor at the start of the line's
   code (after its indentation, as an editor auto-indents) and one at a random point inside it; the
-  prompt is exactly the daemon's (``TrackedDocument.prefix_ids``: the document's text up to the
-  cursor, with the daemon's token healing, see :mod:`bitmamba_lsp.healing`), generation is greedy
-  until the end of the line, and the suggestion must equal the rest of
+  prompt is exactly the daemon's (``lsp.prompt.prompt_at``: the document's text up to the
+  cursor, with the daemon's token healing, see :mod:`bitmamba_lsp.engine.healing`), generation is
+  greedy (the engine's decode loop) until the end of the line, and the suggestion must equal the rest of
   the line (trailing whitespace ignored). ``char_match`` is the mean fraction of the rest of the line
   that the suggestion gets right before its first wrong character.
 
@@ -190,26 +190,26 @@ class LineFrequencyBaseline:
 def model_line(
     model, state, logits: np.ndarray, healer=None, healed=None, max_tokens: int = MAX_LINE_TOKENS
 ) -> str:
-    """Greedy continuation until the end of the line (the daemon's single-line mode), reproducing
-    and then removing the healed token's text when the prompt was healed."""
-    tok = model.tokenizer
-    dec = tok.stream_decoder()
-    eos = model.eos_id
-    rest = healed.raw if healed is not None else b""
-    skip = len(healed.text) if healed is not None else 0
-    text = ""
-    for i in range(max_tokens):
-        t = int(np.argmax(healer.constrain(logits, rest) if rest else logits))
-        if rest:
-            rest = healer.advance(rest, t)
-        if t == eos:
-            break
-        text += dec.feed(t)
-        if "\n" in text[skip:]:
-            return text[skip:].split("\n", 1)[0]
-        if i + 1 < max_tokens:
-            logits = model.step(state, t)
-    return (text + dec.flush())[skip:].split("\n", 1)[0]
+    """Greedy continuation until the end of the line (the daemon's single-line mode), through the
+    engine's decode loop: reproducing and then removing the healed token's text when the prompt
+    was healed."""
+    from bitmamba_lsp.engine.decoding import GREEDY, Decoder, StopMatcher, decode, make_sampler
+    from bitmamba_lsp.engine.healing import HealingConstraint
+
+    heal = healed is not None and bool(healed.raw)
+    line = StopMatcher(["\n"])
+    decoder = Decoder(
+        make_sampler(model, GREEDY),
+        max_tokens=max_tokens,
+        eos=model.eos_id,
+        stream=model.require_tokenizer().stream_decoder(),
+        text_stop=line,
+        skip=healed.text if heal else "",
+        hooks=[HealingConstraint(healer, healed.raw)] if heal else [],
+    )
+    for _ in decode(model, state, decoder, logits):
+        pass
+    return line.text
 
 
 def ngram_line(ngram: NGramBaseline, tok, prompt: Sequence[int], eos: int | None) -> str:
@@ -272,7 +272,8 @@ def evaluate_file(
     clean: np.ndarray,
     healer=None,
 ) -> None:
-    from bitmamba_lsp.documents import TrackedDocument
+    from bitmamba_lsp.lsp.documents import TrackedDocument
+    from bitmamba_lsp.lsp.prompt import prompt_at
 
     tok = model.tokenizer
     eos = model.eos_id if model.eos_id is not None else 0
@@ -309,12 +310,12 @@ def evaluate_file(
     unhealed = []  # the text before the cursor as tokens (the n-gram baseline's prompt)
     heals = []
     for c in cursors:
-        ids, shared = doc.prefix_ids(c.offset)
-        unhealed.append(ids)
-        healed = healer.heal(ids) if healer is not None else None
-        if healed is not None:
-            ids, shared = healed.ids, min(shared, len(healed.ids))
-        prompts.append((ids, shared))
+        prompt = prompt_at(doc, c.offset)
+        unhealed.append(prompt.ids)
+        healed = None
+        if healer is not None:
+            prompt, healed = prompt.heal(healer)
+        prompts.append((prompt.ids, prompt.shared))
         heals.append(healed)
     starts = [min(shared, len(p) - 1) for p, shared in prompts]
     snap_at = sorted({s for s in starts if s > 0})
@@ -405,8 +406,8 @@ def build_baselines(model, texts: list[str], budget: int | None, log) -> tuple[N
 
 # ------------------------------------------------------------------------------------ command
 def run(args: argparse.Namespace) -> int:
-    from bitmamba_lsp.documents import clean_start_table
     from bitmamba_lsp.engine import load
+    from bitmamba_lsp.lsp.documents import clean_start_table
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -430,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
     clean = clean_start_table(model.tokenizer)
     healer = None
     if not args.no_healing:
-        from bitmamba_lsp.healing import TokenHealer
+        from bitmamba_lsp.engine.healing import TokenHealer
 
         healer = TokenHealer(model.tokenizer, [model.eos_id] if model.eos_id is not None else [])
     for i, (name, text) in enumerate(data.heldout):

@@ -13,7 +13,7 @@ import numpy as np
 from lsprotocol import types as T
 from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 
-from bitmamba_lsp.completion import CursorContext, StopRules, finalize
+from bitmamba_lsp.lsp.completion import CursorContext, StopRules, finalize
 
 SERVER = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--threads", "1"]
 
@@ -151,14 +151,8 @@ def expected_suggestion(
     Token healing: the prompt's last token is dropped, generation must reproduce its bytes (each
     token starting with what is left of them, or being a prefix of it), and those bytes are not
     part of the suggestion."""
-    before, after = text[:offset], text[offset:]
-    first, _, rest = after.partition("\n")
-    ctx = CursorContext(
-        line_prefix=before[before.rfind("\n") + 1 :],
-        line_suffix=first.rstrip("\r"),
-        next_lines=[ln.rstrip("\r") for ln in rest.split("\n", 5)[:5]],
-        multiline=multiline,
-    )
+    before = text[:offset]
+    ctx = CursorContext.at(text, offset, multiline=multiline)
     tok = model.tokenizer
     ids = tok.encode(before) or [model.eos_id]
     heal, rest = "", b""

@@ -1,4 +1,4 @@
-"""Independent NumPy reference of the BitMamba-2 forward pass (FORMATS.md section 1), float64.
+"""Independent NumPy reference of the BitMamba-2 forward pass (docs/formats.md section 1), float64.
 
 Written from the format description, not from the C++ code: unpack the file's 2-bit codes,
 quantize activations per token with round-half-away-from-zero, run the recurrence channel by channel.

@@ -6,7 +6,7 @@ import numpy as np
 
 from bitmamba_lsp import _core
 from bitmamba_lsp.bench import profile_stages
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
 
 def test_stage_profile_adds_up(model_factory):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bitmamba_lsp.completion import CursorContext, StopRules, finalize, unmatched_open
+from bitmamba_lsp.lsp.completion import CursorContext, StopRules, finalize, unmatched_open
 
 
 def run(ctx: CursorContext, generated: str, chunk: int = 3) -> tuple[str, str]:

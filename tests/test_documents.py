@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitmamba_lsp.documents import (
+from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
+from bitmamba_lsp.lsp.documents import (
     PositionError,
     TrackedDocument,
     chars_to_units,
@@ -20,7 +21,6 @@ from bitmamba_lsp.documents import (
     line_starts,
     units_to_chars,
 )
-from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
 
 TOK = bundled_text_tokenizer()
 CLEAN = clean_start_table(TOK)

@@ -14,7 +14,7 @@ import pytest
 from lsp_client import open_doc, start_server, stop_server
 from lsprotocol import types as T
 
-from bitmamba_lsp.settings import Settings
+from bitmamba_lsp.lsp.settings import Settings
 
 EDITORS = Path(__file__).resolve().parents[1] / "editors"
 FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"extra"}

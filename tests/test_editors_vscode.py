@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bitmamba_lsp.settings import Settings
+from bitmamba_lsp.lsp.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXT = REPO / "editors" / "vscode"

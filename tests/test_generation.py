@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bitmamba_lsp.engine.generation import GREEDY, GenerationConfig, TextStream, TokenStream
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.decoding import GREEDY, GenerationConfig, TextStream, TokenStream
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
 
 

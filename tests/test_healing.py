@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitmamba_lsp.healing import HealedText, TokenHealer
+from bitmamba_lsp.engine.decoding import SkipPrefix
+from bitmamba_lsp.engine.healing import TokenHealer
 
 DEFAULT = Path(__file__).resolve().parent.parent / "bitmamba_lsp" / "data" / "default"
 needs_default = pytest.mark.skipif(not (DEFAULT / "model.bin").is_file(), reason="no shipped default model")
@@ -62,7 +63,7 @@ def test_heal_takes_back_the_last_token(tok):
 
 
 def test_healed_text_strips_across_chunks():
-    h = HealedText("    ")
+    h = SkipPrefix("    ")
     assert [h.feed(c) for c in ["  ", "   x", "y"]] == ["", " x", "y"]
 
 

@@ -25,7 +25,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from bitmamba_lsp.engine.generation import GREEDY, TextStream  # noqa: E402
+from bitmamba_lsp.engine.decoding import GREEDY, TextStream  # noqa: E402
 from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR, load  # noqa: E402
 from bitmamba_lsp.engine.model import Model  # noqa: E402
 from bitmamba_lsp.http import ServerSettings, create_app  # noqa: E402
@@ -36,7 +36,7 @@ from bitmamba_lsp.http.schemas import Limits  # noqa: E402
 KEY = "test-key-123"
 LIMIT = 20000  # max_tokens limit of the test server: long enough that generation outlasts a disconnect
 PROMPT = "import os\nimport sys\n\n\ndef read_config(path):\n"
-CODE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "statecache.py").read_text()[:1500]
+CODE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "lsp" / "statecache.py").read_text()[:1500]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,7 +101,8 @@ def greedy_ref(
     ref: Model, ids: list[int], max_tokens: int, stop: tuple[str, ...] = (), **kw: Any
 ) -> TextStream:
     ts = TextStream(ref, ref.new_state(), ids, GREEDY.replace(max_tokens=max_tokens, stop=stop, **kw))
-    ts.text = "".join(ts)
+    streamed = "".join(ts)
+    assert streamed == ts.text  # the chunks add up to the kept text
     return ts
 
 
@@ -299,7 +300,7 @@ def test_worker_never_loses_a_job(served: Served) -> None:
     event instead of hanging its client; the worker keeps serving."""
     import asyncio
 
-    from bitmamba_lsp.engine.generation import GenerationConfig
+    from bitmamba_lsp.engine.decoding import GenerationConfig
     from bitmamba_lsp.http.worker import Channel, Job
 
     async def go() -> list[tuple[str, Any]]:

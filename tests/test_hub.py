@@ -12,9 +12,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from bitmamba_lsp.engine import load
+from bitmamba_lsp.engine.errors import HubError
 from bitmamba_lsp.engine.formats.bitmamba_bin import BitMamba2Config, random_tensors, write_bin
 from bitmamba_lsp.engine.formats.student import StudentConfig, random_student, write_student
-from bitmamba_lsp.engine.hub import HubError, choose_files
+from bitmamba_lsp.engine.loader import choose_files
 
 B2 = "Zhayr1/BitMamba-2-0.25B"
 STUDENT = "rileyseaburg/bitmamba-student"

@@ -10,12 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitmamba_lsp.completion import CursorContext
-from bitmamba_lsp.documents import TrackedDocument, clean_start_table
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
-from bitmamba_lsp.settings import Settings
-from bitmamba_lsp.worker import CompletionJob, ModelWorker
+from bitmamba_lsp.lsp.completion import CursorContext
+from bitmamba_lsp.lsp.documents import TrackedDocument, clean_start_table
+from bitmamba_lsp.lsp.prompt import prompt_at
+from bitmamba_lsp.lsp.settings import Settings
+from bitmamba_lsp.lsp.suggest import CompletionJob
+from bitmamba_lsp.lsp.worker import ModelWorker
 
 URI = "file:///prop.py"
 
@@ -90,19 +92,17 @@ def test_state_at_cursor_equals_fresh_prefill(setup, base: str, ops, cursor: flo
         if kind == "edit":
             a = int(frac * len(doc.text))
             e = doc.replace(a, min(len(doc.text), a + length), text)
-            _, target = doc.prefix_ids(e.new_end)
-            worker.doc_edited(URI, e.first_changed_token, doc.ids, target)
+            worker.doc_edited(URI, e.first_changed_token, doc.ids, doc.shared_before(e.new_end))
         elif kind == "complete":
             c = int(frac * len(doc.text))
-            prompt, shared = doc.prefix_ids(c)
-            ctx = CursorContext(doc.text[:c].rsplit("\n", 1)[-1], doc.text[c:].split("\n", 1)[0])
-            worker.complete(CompletionJob(URI, prompt, shared, ctx, max_tokens=2)).result()
+            ctx = CursorContext.at(doc.text, c)
+            worker.complete(CompletionJob(URI, prompt_at(doc, c), ctx, max_tokens=2)).result()
         else:
             worker.wait_idle()
     c = int(cursor * len(doc.text))
-    prompt, _ = doc.prefix_ids(c)
+    prompt = prompt_at(doc, c).ids
     assert prompt.tolist() == tok.encode(doc.text[:c])  # same tokens as a fresh tokenization
-    state = worker.state_for(URI, prompt)
+    state = worker.state_for(URI, prompt_at(doc, c))
     fresh = model.new_state()
     if len(prompt):
         model.prefill(fresh, prompt)
@@ -124,11 +124,9 @@ def test_typing_resumes_from_the_token_before(setup) -> None:
     fed = []
     for ch in "value = compute(x)":
         e = doc.replace(len(doc.text), len(doc.text), ch)
-        _, target = doc.prefix_ids(e.new_end)
-        worker.doc_edited(URI, e.first_changed_token, doc.ids, target)
-        prompt, shared = doc.prefix_ids(len(doc.text))
-        ctx = CursorContext(doc.text.rsplit("\n", 1)[-1], "")
-        res = worker.complete(CompletionJob(URI, prompt, shared, ctx, max_tokens=1)).result()
+        worker.doc_edited(URI, e.first_changed_token, doc.ids, doc.shared_before(e.new_end))
+        ctx = CursorContext.at(doc.text, len(doc.text))
+        res = worker.complete(CompletionJob(URI, prompt_at(doc, len(doc.text)), ctx, max_tokens=1)).result()
         fed.append(res.fed)
     assert len(doc.ids) > 3000
     assert max(fed[1:]) <= 3, fed

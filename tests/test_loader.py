@@ -14,9 +14,9 @@ from bitmamba_lsp.engine import load
 from bitmamba_lsp.engine.formats.bitmamba_bin import (
     BitMamba2Config,
     ModelFormatError,
+    load_bin,
     read_bin,
 )
-from bitmamba_lsp.engine.model import load_bin
 
 CFG = BitMamba2Config(vocab_size=64, d_model=32, n_layers=2, n_heads=2)
 

@@ -8,7 +8,7 @@ import pytest
 from reference import RefBitMamba2, Ties
 
 import bitmamba_lsp
-from bitmamba_lsp.engine.model import load_bin
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
 # (vocab, d_model, n_layers, n_heads): odd head counts, a tiny vocab, d_model not a multiple of 128
 SHAPES = [(256, 64, 2, 4), (97, 36, 3, 3), (300, 128, 2, 1), (1000, 96, 3, 6), (50, 40, 2, 5)]

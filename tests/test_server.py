@@ -22,10 +22,10 @@ from lsp_client import (
 from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException
 
-from bitmamba_lsp.documents import TrackedDocument, chars_to_units
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR
-from bitmamba_lsp.engine.model import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
+from bitmamba_lsp.lsp.documents import TrackedDocument, chars_to_units
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 MAX_TOKENS = 8

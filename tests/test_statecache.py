@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitmamba_lsp.engine.model import load_bin
-from bitmamba_lsp.statecache import StateStore, Track
+from bitmamba_lsp.engine.checkpoints import Track
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
+from bitmamba_lsp.lsp.prompt import token_prompt
+from bitmamba_lsp.lsp.statecache import StateStore
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +38,14 @@ def test_track_best_truncate_and_lcp(model) -> None:
     assert t.positions == [20]
 
 
-def test_checkpoint_positions(model) -> None:
-    store = StateStore(model.state_bytes, 1 << 30, spacing=64, dense=4)
-    # sparse every 64 tokens of the part shared with the document, dense over the last 4
-    assert store.checkpoint_positions(0, 300, shared=200) == [64, 128, 192, 297, 298, 299, 300]
-    assert store.checkpoint_positions(298, 300, shared=300) == [299, 300]
+def test_checkpoint_plan() -> None:
+    prompt = token_prompt(np.arange(300), own=200)
+    # sparse every 64 tokens of the part shared with the document track, dense over the last 4
+    plan = prompt.plan(0, spacing=64, dense=4, document_limit=200)
+    assert plan.document == [64, 128, 192] and plan.cursor == [297, 298, 299, 300]
+    assert plan.positions == [64, 128, 192, 297, 298, 299, 300]
+    assert prompt.plan(298, spacing=64, dense=4, document_limit=300).positions == [299, 300]
+    assert prompt.shared == 200
 
 
 def test_lru_eviction_then_thinning(model) -> None:

@@ -11,9 +11,8 @@ from reference import Ties
 from reference_mamba1 import RefStudent
 
 from bitmamba_lsp.engine import load
-from bitmamba_lsp.engine.formats.bitmamba_bin import ModelFormatError
-from bitmamba_lsp.engine.formats.student import StudentConfig, random_student, write_student
-from bitmamba_lsp.engine.model import load_student
+from bitmamba_lsp.engine.errors import ModelFormatError
+from bitmamba_lsp.engine.formats.student import StudentConfig, load_student, random_student, write_student
 
 TIE = 6e-5
 

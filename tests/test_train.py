@@ -1,5 +1,5 @@
 """Tests for bitmamba_lsp.train: the chunked scan, the QAT forward against an independent NumPy
-implementation of FORMATS.md section 1, the export round trip, corpus building and the CLI.
+implementation of docs/formats.md section 1, the export round trip, corpus building and the CLI.
 
 Tests that need PyTorch skip cleanly when it is not installed (``pip install 'bitmamba-lsp[train]'``).
 """
@@ -39,7 +39,7 @@ def np_rms_norm(x, w):
 
 
 def np_bitlinear(x, W, norm_w):
-    """FORMATS.md bitlinear on one token x [K]: int8 absmax activations x absmean ternary weights."""
+    """docs/formats.md section 1.4: bitlinear on one token x [K]: int8 absmax activations x absmean ternary weights."""
     xn = np_rms_norm(x, norm_w)
     sx = 127.0 / (np.max(np.abs(xn)) + 1e-5)
     v = xn * sx
@@ -57,7 +57,7 @@ def np_silu(x):
 
 
 def np_forward(P: dict, cfg, ids) -> np.ndarray:
-    """Token-by-token recurrent forward (float64) of FORMATS.md section 1; logits [T, V]."""
+    """Token-by-token recurrent forward (float64) of docs/formats.md section 1; logits [T, V]."""
     di, H, hd = cfg.d_inner, cfg.n_heads, cfg.head_dim
     conv = [np.zeros((3, di)) for _ in range(cfg.n_layers)]  # last 3 inputs of the conv
     ssm = [np.zeros(di) for _ in range(cfg.n_layers)]

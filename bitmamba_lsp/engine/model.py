@@ -13,25 +13,16 @@ from several threads are serialised by the core); states are independent objects
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.engine.formats.bitmamba_bin import (
-    BinModel,
-    BitMamba2Config,
-    ModelFormatError,
-    TernaryTensor,
-    read_bin,
-    release_ternary_pages,
-)
-from bitmamba_lsp.engine.formats.student import StudentConfig, core_config, read_student
-from bitmamba_lsp.engine.generation import GenerationConfig, generate_tokens
+from bitmamba_lsp.engine.decoding import GenerationConfig, TokenStream, generate_text
+from bitmamba_lsp.engine.errors import NoTokenizerError
 
 if TYPE_CHECKING:
     from bitmamba_lsp.engine.tokenizer import TextTokenizer
@@ -44,7 +35,7 @@ class Model:
     """A loaded model: the C++ core, its tokenizer (if any) and where it came from."""
 
     core: _core.Model
-    config: BitMamba2Config | StudentConfig
+    config: Any  # the format's config (BitMamba2Config, StudentConfig)
     tokenizer: TextTokenizer | None
     name: str
     path: Path | None = None
@@ -135,14 +126,15 @@ class Model:
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str) -> list[int]:
-        return self._tok().encode(text)
+        return self.require_tokenizer().encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok().decode(list(ids))
+        return self.require_tokenizer().decode(list(ids))
 
-    def _tok(self) -> TextTokenizer:
+    def require_tokenizer(self) -> TextTokenizer:
+        """The tokenizer, or NoTokenizerError for models that take token ids only."""
         if self.tokenizer is None:
-            raise RuntimeError(f"model {self.name} has no tokenizer; pass token ids instead of text")
+            raise NoTokenizerError(f"model {self.name} has no tokenizer; pass token ids instead of text")
         return self.tokenizer
 
     def generate(
@@ -152,14 +144,12 @@ class Model:
         config: GenerationConfig | None = None,
         **overrides: object,
     ) -> Iterator[int]:
-        """Feed ids then yield generated token ids (see generation.generate_tokens)."""
+        """Feed ids then yield generated token ids (see decoding.TokenStream)."""
         cfg = (config or GenerationConfig()).replace(**overrides)
-        return generate_tokens(self, state, list(ids), cfg)
+        return TokenStream(self, state, list(ids), cfg)
 
     def complete(self, text: str, config: GenerationConfig | None = None, **overrides: object) -> str:
         """Generate a continuation of text from a fresh state and return it as text."""
-        from bitmamba_lsp.engine.generation import generate_text
-
         cfg = (config or GenerationConfig()).replace(**overrides)
         return "".join(chunk for chunk in generate_text(self, self.new_state(), text, cfg))
 
@@ -182,97 +172,3 @@ def _ids(ids: Sequence[int] | np.ndarray) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError("token ids must be a flat sequence")
     return arr
-
-
-# ---------------------------------------------------------------------------------------- building
-
-
-def core_tensors(binmodel: BinModel) -> dict[str, object]:
-    """The loader's tensors in the form _core.build_bitmamba2 takes (zero-copy where possible)."""
-    out: dict[str, object] = {}
-    for name, t in binmodel.tensors.items():
-        if isinstance(t, TernaryTensor):
-            out[name] = ("codes", t.packed, t.cols, t.scale)
-        else:
-            out[name] = t
-    return out
-
-
-def build_from_bin(
-    binmodel: BinModel,
-    *,
-    threads: int | None = None,
-    kernels: str = "simd",
-    tokenizer: TextTokenizer | None = None,
-    name: str | None = None,
-) -> Model:
-    cfg = binmodel.config
-    try:
-        core = _core.build_bitmamba2(
-            core_tensors(binmodel),
-            cfg.vocab_size,
-            cfg.d_model,
-            cfg.n_layers,
-            cfg.n_heads,
-            threads=_threads(threads),
-            level=kernels,
-        )
-    except _core.FormatError as e:
-        raise ModelFormatError(f"{binmodel.path}: {e}") from None
-    release_ternary_pages(binmodel)  # repacked: the file's codes need not stay resident
-    return Model(
-        core=core,
-        config=cfg,
-        tokenizer=tokenizer,
-        name=name or binmodel.path.name,
-        path=binmodel.path,
-        _keep=binmodel,
-    )
-
-
-def load_bin(
-    path: str | os.PathLike[str],
-    *,
-    threads: int | None = None,
-    kernels: str = "simd",
-    tokenizer: TextTokenizer | None = None,
-    name: str | None = None,
-) -> Model:
-    """Load a bitmamba.cpp ``.bin`` file (memory-mapped; ternary weights repacked)."""
-    return build_from_bin(read_bin(path), threads=threads, kernels=kernels, tokenizer=tokenizer, name=name)
-
-
-def load_student(
-    folder: str | os.PathLike[str],
-    *,
-    threads: int | None = None,
-    kernels: str = "simd",
-    quantize: bool = True,
-    lm_head: str = "int8",
-    name: str | None = None,
-) -> Model:
-    """Load a bitmamba-student checkpoint (config.json + safetensors). quantize=False keeps the
-    in/out projections in float (reference checks); lm_head="f32" keeps the output layer in float
-    instead of int8 per row."""
-    folder = Path(folder)
-    cfg, tensors, files = read_student(folder)
-    core_tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    try:
-        core = _core.build_mamba1(
-            core_tensors,
-            core_config(cfg, quantize=quantize, lm_head=lm_head),
-            threads=_threads(threads),
-            level=kernels,
-        )
-    except _core.FormatError as e:
-        raise ModelFormatError(f"{folder}: {e}") from None
-    return Model(core=core, config=cfg, tokenizer=None, name=name or folder.name, path=folder, _keep=files)
-
-
-def _threads(threads: int | None) -> int:
-    if threads is None:
-        env = os.environ.get("BITMAMBA_THREADS")
-        threads = int(env) if env else 0
-    if threads < 0:
-        raise ValueError("threads must be >= 0 (0 = one per core)")
-    return threads

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from bitmamba_lsp.engine.errors import TokenizerFormatError
+
 __all__ = [
     "GPT2_EOT",
     "StreamDecoder",
@@ -53,10 +55,6 @@ _REPLACEMENT = "\ufffd".encode()
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|end|>", "<|im_end|>")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-class TokenizerFormatError(ValueError):
-    """A tokenizer file is malformed; the message names the file and the problem."""
 
 
 def _gpt2_byte_alphabet() -> tuple[list[int], list[str]]:
@@ -312,6 +310,21 @@ def bundled_gpt2_tokenizer() -> Tokenizer:
 def bundled_text_tokenizer() -> TextTokenizer:
     """:class:`TextTokenizer` over :func:`bundled_gpt2_tokenizer` (built once per process)."""
     return TextTokenizer(bundled_gpt2_tokenizer())
+
+
+GPT2_VOCAB = 50257
+
+
+def find_tokenizer(folders: list[Path], vocab_size: int) -> TextTokenizer | None:
+    """tokenizer.json or tokenizer.bin beside the model, else the bundled GPT-2 vocabulary when the
+    model has GPT-2's vocabulary size, else None (the model then takes token ids only)."""
+    for folder in folders:
+        for name in ("tokenizer.json", "tokenizer.bin"):
+            if (folder / name).is_file():
+                return TextTokenizer.from_path(folder / name)
+    if vocab_size == GPT2_VOCAB:
+        return bundled_text_tokenizer()
+    return None
 
 
 # --------------------------------------------------------------------------- wrapper

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.engine.generation import GenerationConfig, make_sampler
+from bitmamba_lsp.engine.decoding import GenerationConfig, make_sampler
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.http.chat import ChatFormatter
 from bitmamba_lsp.http.schemas import (

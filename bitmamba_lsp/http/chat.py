@@ -119,7 +119,7 @@ class ChatFormatter:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a rendered prompt: special-token names become their ids."""
-        tok = self.model._tok()
+        tok = self.model.require_tokenizer()
         if self._special_re is None:
             return tok.encode(text)
         ids: list[int] = []

@@ -2,7 +2,7 @@
 with an earlier one (a chat history, the same file) resumes from a checkpoint instead of
 re-prefilling.
 
-It reuses the daemon's `statecache.Track` (states along one token sequence, deepest checkpoint
+It uses the engine's `checkpoints.Track` (states along one token sequence, deepest checkpoint
 within a common prefix). Each request contributes one track along its prompt (a checkpoint every
 `spacing` tokens and one just before its last token, so an identical prompt only feeds that token)
 and one along prompt + generated tokens (its final state: a follow-up chat turn resumes after the
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bitmamba_lsp.engine.checkpoints import Track
 from bitmamba_lsp.engine.model import State
-from bitmamba_lsp.statecache import Track
 
 
 class PrefixCache:

@@ -6,10 +6,12 @@ decode step that advances every decoding request together (`Model.step_batch`, o
 when only one is decoding). Sampling is the engine's own `_core.Sampler` built by `make_sampler`,
 so a request gives exactly what `Model.generate` gives for the same settings and seed.
 
-Each generated token is pushed at once to the request's `Channel` (read by the event loop). Text
-goes through the same hold-back as `TextStream`: text that may start a stop sequence waits until it
-is known not to be one. A job's `cancel` event (set when the client disconnects) ends it within one
-step. Prompts resume from the `PrefixCache`.
+Each request's tokens go through the engine's `Decoder` (engine/decoding.py: sampling, EOS, stop
+ids, max_tokens, stop sequences with hold-back), the same per-token logic as `TextStream` and the
+daemon; this worker only decides which states step together. Each generated token is pushed at once
+to the request's `Channel` (read by the event loop); text that may start a stop sequence waits until
+it is known not to be one. A job's `cancel` event (set when the client disconnects) ends it within
+one step. Prompts resume from the `PrefixCache`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bitmamba_lsp.engine.generation import GenerationConfig, _find_stop, _partial_stop_len, make_sampler
+from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, StopMatcher, StopReason, make_sampler
 from bitmamba_lsp.engine.model import Model, State
-from bitmamba_lsp.engine.tokenizer import StreamDecoder
 from bitmamba_lsp.http.prefixcache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Channel:
             self._event.clear()
 
 
+# The API's finish reasons: an end-of-text is a "stop" for OpenAI clients.
+_FINISH = {StopReason.EOS: "stop"}
+
+
 @dataclass
 class Result:
     finish_reason: str  # stop | length | cancelled | error
@@ -99,13 +104,17 @@ class _Run:
         self.state = state
         self.resumed = resumed
         self.pos = resumed  # prompt tokens fed so far
-        self.sampler = make_sampler(model, job.cfg, job.ids)
-        self.decoder: StreamDecoder = model._tok().stream_decoder() if model.tokenizer is not None else None  # type: ignore[assignment]
-        self.eos = None if job.ignore_eos or not job.cfg.stop_at_eos else model.eos_id
-        self.stops = job.cfg.stop
-        self.held = ""
-        self.text: list[str] = []
-        self.tokens: list[int] = []
+        tok = model.tokenizer
+        self.text = StopMatcher(job.cfg.stop)
+        self.decoder = Decoder(
+            make_sampler(model, job.cfg, job.ids),
+            max_tokens=job.cfg.max_tokens,
+            eos=None if job.ignore_eos or not job.cfg.stop_at_eos else model.eos_id,
+            stop_ids=job.stop_ids,
+            stream=tok.stream_decoder() if tok is not None else None,
+            text_stop=self.text,
+            penalize=job.cfg.repetition_penalty != 1.0,
+        )
         self.fed: list[int] = []  # generated tokens fed back through the model
         self.next: int | None = None  # sampled, not yet fed
         self.snapshots: dict[int, State] = {}
@@ -208,10 +217,10 @@ class GenerationWorker:
             except Exception:  # a bug must not kill the worker: fail the running requests
                 log.exception("generation worker error")
                 for run in self._active:
-                    self._finish(run, "error", error="internal error in the generation worker")
+                    self._finish(run, StopReason.ERROR, error="internal error in the generation worker")
                 self._active = [r for r in self._active if r.finish_reason is None]
         for run in self._active:
-            self._finish(run, "cancelled")
+            self._finish(run, StopReason.CANCELLED)
         for job in self._pending:
             self._done_queued(job)
             if job.channel is not None:
@@ -230,7 +239,7 @@ class GenerationWorker:
                 self._active.append(run)
         for run in self._active:
             if run.job.cancel.is_set():
-                self._finish(run, "cancelled")
+                self._finish(run, StopReason.CANCELLED)
         self._active = [r for r in self._active if r.finish_reason is None]
         pre = next((r for r in self._active if r.prefilling), None)
         if pre is not None:
@@ -280,15 +289,14 @@ class GenerationWorker:
             self.cache.store(run.ids, run.snapshots)
             run.snapshots = {}
             assert logits is not None
-            self._accept(run, int(run.sampler.sample(logits)))
+            self._accept(run, run.decoder.choose(logits))
 
     def _decode(self, runs: list[_Run]) -> None:
         if len(runs) == 1:
             run = runs[0]
             tok = run.next
             assert tok is not None
-            run.sampler.accept(tok)
-            nxt = int(self.model.core.step_sample(run.state, tok, run.sampler))
+            nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
             run.fed.append(tok)
             self._accept(run, nxt)
         else:
@@ -297,9 +305,8 @@ class GenerationWorker:
             for i, run in enumerate(runs):
                 tok = toks[i]
                 assert tok is not None
-                run.sampler.accept(tok)
                 run.fed.append(tok)
-                self._accept(run, int(run.sampler.sample(logits[i])))
+                self._accept(run, run.decoder.choose(logits[i]))
         spacing = self.cache.spacing
         if self.cache.enabled:
             for run in runs:  # checkpoints along the answer too: a follow-up turn may resume inside it
@@ -313,62 +320,36 @@ class GenerationWorker:
             self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(runs))
 
     def _accept(self, run: _Run, tok: int) -> None:
-        """A token was sampled: end on EOS / stop ids, else emit its text and check stops."""
+        """A token was sampled: the decoder keeps it or ends the request; emit its text."""
         run.next = None
-        if run.eos is not None and tok == run.eos:
-            self._finish(run, "stop")
-            return
-        run.tokens.append(tok)
-        with self._lock:
-            self.counters["generated_tokens"] += 1
-        if tok in run.job.stop_ids:
-            self._finish(run, "stop")
-            return
-        piece = run.decoder.feed(tok) if run.decoder is not None else ""
-        held = run.held + piece
-        out = ""
-        stopped = False
-        if held:
-            cut = _find_stop(held, run.stops)
-            if cut is not None:
-                out, held, stopped = held[:cut], "", True
-            else:
-                keep = _partial_stop_len(held, run.stops)
-                out, held = held[: len(held) - keep], held[len(held) - keep :]
-        run.held = held
-        if out:
-            run.text.append(out)
-        run.emit("token", out)  # one event per generated token ("" while its text is held back)
-        if stopped:
-            self._finish(run, "stop")
-        elif len(run.tokens) >= run.job.cfg.max_tokens:
-            self._finish(run, "length")
+        if run.decoder.accept(tok):
+            with self._lock:
+                self.counters["generated_tokens"] += 1
+            if tok not in run.job.stop_ids:
+                run.emit("token", run.text.take())  # one event per generated token ("" while held back)
+        if run.decoder.finished:
+            self._finish(run, run.decoder.reason or StopReason.STOP)
         else:
             run.next = tok
 
-    def _finish(self, run: _Run, reason: str, error: str | None = None) -> None:
+    def _finish(self, run: _Run, reason: StopReason, error: str | None = None) -> None:
         if run.finish_reason is not None:
             return
-        run.finish_reason = reason
-        if reason in ("length", "cancelled") or (reason == "stop" and run.held):
-            rest = run.held + (run.decoder.flush() if run.decoder is not None else "")
-            run.held = ""
-            cut = _find_stop(rest, run.stops)
-            if cut is not None:
-                rest = rest[:cut]
-                if reason == "length":
-                    run.finish_reason = reason = "stop"
-            if rest and reason != "cancelled":
-                run.text.append(rest)
-                run.emit("text", rest)
+        run.decoder.finish(reason)
+        reason = run.decoder.reason or reason
+        run.finish_reason = _FINISH.get(reason, str(reason))
+        rest = run.text.take()
+        if rest and reason is not StopReason.CANCELLED:
+            run.emit("text", rest)
         if not run.prefilling:
             seq = np.concatenate([run.ids, np.asarray(run.fed, dtype=np.int64)])
             run.snapshots[len(seq)] = run.state
             self.cache.store(seq, run.snapshots)
             run.snapshots = {}
-        result = Result(reason, len(run.ids), len(run.tokens), "".join(run.text), run.resumed, run.tokens)
+        tokens = run.decoder.tokens
+        result = Result(run.finish_reason, len(run.ids), len(tokens), run.text.text, run.resumed, tokens)
         with self._lock:
-            key = {"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")
+            key = {"cancelled": "cancelled", "error": "errors"}.get(run.finish_reason, "completed")
             self.counters[key] += 1
         if error is not None:
             run.emit("error", error)

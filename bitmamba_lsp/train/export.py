@@ -92,7 +92,7 @@ def export_model(
     os.replace(tmp, out / TOKENIZER)
     meta = {
         "architecture": "bitmamba2",
-        "format": "bitmamba.cpp .bin (FORMATS.md section 1)",
+        "format": "bitmamba.cpp .bin (docs/formats.md section 1)",
         "weights": WEIGHTS,
         "tokenizer": TOKENIZER,
         "eos_token": "<|endoftext|>",

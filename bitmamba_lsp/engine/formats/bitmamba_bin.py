@@ -1,6 +1,6 @@
 """The bitmamba.cpp ``.bin`` checkpoint format (BitMamba-2): reader, validator and writer.
 
-Layout (little-endian, no padding), see ``FORMATS.md`` section 1::
+Layout (little-endian, no padding), see ``docs/formats.md`` section 1::
 
     header   int32 magic 0x42495432, vocab_size, d_model, n_layers, n_heads
     records  embed, per layer (in_proj_norm, in_proj, conv1d_w, conv1d_b, dt_bias, A_log, D,
@@ -26,6 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bitmamba_lsp import _core
+from bitmamba_lsp.engine.errors import ModelFormatError
+from bitmamba_lsp.engine.formats.base import LoadOptions, ModelFormat, resolve_threads
+from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.engine.tokenizer import TextTokenizer, find_tokenizer
+
 MAGIC = 0x42495432
 TYPE_F32 = 0
 TYPE_TERNARY = 2
@@ -35,10 +41,6 @@ MAX_VOCAB = 1 << 22
 MAX_D_MODEL = 1 << 15
 MAX_LAYERS = 1024
 MAX_NDIM = 4
-
-
-class ModelFormatError(ValueError):
-    """A model file is malformed. The message names the file, the tensor and the problem."""
 
 
 @dataclass(frozen=True)
@@ -396,3 +398,93 @@ def release_ternary_pages(bm: BinModel) -> int:
             buf.madvise(mmap.MADV_DONTNEED, a, b - a)
             released += b - a
     return released
+
+
+# ---------------------------------------------------------------------------------------- loading
+# Files that are never a model for us even though they end in ".bin" (PyTorch pickles, tokenizers).
+NOT_OUR_BIN = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_state", "tokenizer.bin")
+
+
+def is_model_bin(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".bin") and not base.startswith(NOT_OUR_BIN)
+
+
+def core_tensors(binmodel: BinModel) -> dict[str, object]:
+    """The loader's tensors in the form _core.build_bitmamba2 takes (zero-copy where possible)."""
+    out: dict[str, object] = {}
+    for name, t in binmodel.tensors.items():
+        if isinstance(t, TernaryTensor):
+            out[name] = ("codes", t.packed, t.cols, t.scale)
+        else:
+            out[name] = t
+    return out
+
+
+def build_from_bin(
+    binmodel: BinModel,
+    *,
+    threads: int | None = None,
+    kernels: str = "simd",
+    tokenizer: TextTokenizer | None = None,
+    name: str | None = None,
+) -> Model:
+    cfg = binmodel.config
+    try:
+        core = _core.build_bitmamba2(
+            core_tensors(binmodel),
+            cfg.vocab_size,
+            cfg.d_model,
+            cfg.n_layers,
+            cfg.n_heads,
+            threads=resolve_threads(threads),
+            level=kernels,
+        )
+    except _core.FormatError as e:
+        raise ModelFormatError(f"{binmodel.path}: {e}") from None
+    release_ternary_pages(binmodel)  # repacked: the file's codes need not stay resident
+    return Model(
+        core=core,
+        config=cfg,
+        tokenizer=tokenizer,
+        name=name or binmodel.path.name,
+        path=binmodel.path,
+        _keep=binmodel,
+    )
+
+
+def load_bin(
+    path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    kernels: str = "simd",
+    tokenizer: TextTokenizer | None = None,
+    name: str | None = None,
+) -> Model:
+    """Load a bitmamba.cpp ``.bin`` file (memory-mapped; ternary weights repacked)."""
+    return build_from_bin(read_bin(path), threads=threads, kernels=kernels, tokenizer=tokenizer, name=name)
+
+
+def find(path: Path) -> Path | None:
+    """A ``.bin`` file itself, or the model file of a folder: ``model.bin``, another ``*.bin``, or
+    ``bitmamba_cpp/*.bin`` (the layout of the BitMamba-2 Hub repositories)."""
+    if path.is_file():
+        return path if path.suffix == ".bin" else None
+    candidates = [path / "model.bin", *sorted(path.glob("*.bin")), *sorted(path.glob("bitmamba_cpp/*.bin"))]
+    return next((p for p in candidates if p.is_file() and is_model_bin(p.name)), None)
+
+
+def hub_files(files: list[str]) -> list[str]:
+    """One ``.bin`` (``bitmamba_cpp/`` preferred: the repositories also hold PyTorch checkpoints)."""
+    bins = [f for f in files if is_model_bin(f)]
+    preferred = [f for f in bins if f.startswith("bitmamba_cpp/")] or bins
+    return [sorted(preferred)[0]] if preferred else []
+
+
+def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
+    model = load_bin(file, threads=opts.threads, kernels=opts.kernels, name=name)
+    model.tokenizer = find_tokenizer([file.parent, folder], model.vocab_size)
+    return model
+
+
+FORMAT = ModelFormat("bitmamba.cpp .bin", find, hub_files, load)

@@ -8,6 +8,7 @@ and bfloat16 tensors are converted to float32 at load.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import mmap
 import os
@@ -18,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bitmamba_lsp.engine.formats.bitmamba_bin import ModelFormatError
+from bitmamba_lsp import _core
+from bitmamba_lsp.engine.errors import ModelFormatError
+from bitmamba_lsp.engine.formats.base import LoadOptions, ModelFormat, resolve_threads
+from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.engine.tokenizer import find_tokenizer
 
 _PREFIXES = ("model.", "backbone.", "bitmamba.", "transformer.")
 _LAYER = re.compile(r"^layers\.(\d+)\.(?:mixer\.)?(.+)$")
@@ -297,3 +302,56 @@ def random_student(cfg: StudentConfig, seed: int = 0) -> dict[str, np.ndarray]:
             }
         )
     return t
+
+
+# ---------------------------------------------------------------------------------------- loading
+HUB_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json")
+
+
+def load_student(
+    folder: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    kernels: str = "simd",
+    quantize: bool = True,
+    lm_head: str = "int8",
+    name: str | None = None,
+) -> Model:
+    """Load a bitmamba-student checkpoint (config.json + safetensors). quantize=False keeps the
+    in/out projections in float (reference checks); lm_head="f32" keeps the output layer in float
+    instead of int8 per row."""
+    folder = Path(folder)
+    cfg, tensors, files = read_student(folder)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    try:
+        core = _core.build_mamba1(
+            arrays,
+            core_config(cfg, quantize=quantize, lm_head=lm_head),
+            threads=resolve_threads(threads),
+            level=kernels,
+        )
+    except _core.FormatError as e:
+        raise ModelFormatError(f"{folder}: {e}") from None
+    return Model(core=core, config=cfg, tokenizer=None, name=name or folder.name, path=folder, _keep=files)
+
+
+def find(path: Path) -> Path | None:
+    """A folder with config.json and safetensors."""
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path
+    return None
+
+
+def hub_files(files: list[str]) -> list[str]:
+    if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
+        return []
+    return [f for f in files if any(fnmatch.fnmatch(f, p) for p in HUB_PATTERNS)]
+
+
+def load(found: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
+    model = load_student(found, threads=opts.threads, kernels=opts.kernels, lm_head=opts.lm_head, name=name)
+    model.tokenizer = find_tokenizer([found], model.vocab_size)
+    return model
+
+
+FORMAT = ModelFormat("bitmamba-student safetensors", find, hub_files, load)

@@ -7,9 +7,12 @@ such a prompt is out of distribution and the model suggests nonsense. Healing dr
 and constrains generation until the dropped bytes are reproduced: while ``r`` bytes remain, the next
 token must either start with ``r`` or be a proper prefix of it (when ``r`` ends with spaces or tabs, a
 token starting with it must go on with something other than more of them: the editor's indentation
-is complete) (so eight spaces of indentation may come back
-as the seven-space token followed by `` self``, as in training). Those bytes are then removed from the
-suggestion.
+is complete), so eight spaces of indentation may come back as the seven-space token followed by
+`` self``, as in training. Those bytes are then removed from the suggestion (the decode loop's
+`skip`).
+
+`TokenHealer` knows the vocabulary (which tokens fit a byte prefix); `HealingConstraint` is the
+logits hook of one decode (engine/decoding.py).
 """
 
 from __future__ import annotations
@@ -96,16 +99,20 @@ class TokenHealer:
         return out
 
 
-class HealedText:
-    """Strips the healed text from the front of a stream of decoded chunks."""
+class HealingConstraint:
+    """The decode loop's logits hook (decoding.LogitsHook) for one healed prompt: while the dropped
+    token's bytes are not reproduced, only tokens that fit them may be sampled."""
 
-    def __init__(self, text: str) -> None:
-        self._left = text
+    def __init__(self, healer: TokenHealer, raw: bytes) -> None:
+        self.healer = healer
+        self.rest = raw
 
-    def feed(self, chunk: str) -> str:
-        if not self._left or not chunk:
-            return chunk
-        n = min(len(self._left), len(chunk))
-        # the first tokens were constrained to reproduce these bytes, so they match
-        self._left = self._left[n:]
-        return chunk[n:]
+    def active(self) -> bool:
+        return bool(self.rest)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        return self.healer.constrain(logits, self.rest)
+
+    def accept(self, token: int) -> None:
+        if self.rest:
+            self.rest = self.healer.advance(self.rest, token)

@@ -8,20 +8,27 @@ safe boundary before it (the start of the line above) until the new tokens reali
 ones, so typing in a 20,000-line file costs a few hundred characters of tokenization. The first
 token that changed is reported so the state cache can drop only the checkpoints after it.
 
-The prompt for a cursor is ``prefix_ids(offset)``: the document's tokens up to the line of the
-cursor, then the tokens of that line's text up to the cursor. It equals ``encode(text[:offset])``
-(the property the tests check), so the state at the cursor is the state of a fresh prefill of the
-text before the cursor.
+An LSP ``didChange`` is applied with ``apply_changes(changes, encoding)``, which returns what
+changed (the first changed token, where the last change ends).
+
+The tokens of the text before a cursor are ``prefix_ids(offset)``: the document's tokens up to a
+safe boundary before the line of the cursor (``shared_before(offset)`` of them), then the tokens of
+the rest up to the cursor. They equal ``encode(text[:offset])`` (the property the tests check), so
+the state at the cursor is the state of a fresh prefill of the text before the cursor. What the
+model reads for a request is built from them in prompt.py.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from bitmamba_lsp.engine.checkpoints import common_prefix
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 ENCODINGS = ("utf-16", "utf-8", "utf-32")
@@ -94,6 +101,28 @@ def chars_to_units(line: str, chars: int, encoding: str) -> int:
     raise PositionError(f"unknown position encoding {encoding!r}")
 
 
+Position = tuple[int, int]  # (line, character) in a position encoding
+
+
+@dataclass(frozen=True)
+class Change:
+    """One content change of an LSP ``didChange``: text[start:end] replaced, or the whole document
+    when the range is None."""
+
+    text: str
+    start: Position | None = None
+    end: Position | None = None
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What a batch of changes did: the first token that changed (None: no change applied) and
+    the offset where the last change's new text ends."""
+
+    first_token: int | None
+    end: int
+
+
 @dataclass(frozen=True)
 class Edit:
     """One applied change: text[start:old_end] was replaced; the new text ends at new_end."""
@@ -116,9 +145,14 @@ class TrackedDocument:
         self.version = version
         self.epoch = 0
         self._tok = tokenizer
-        self._clean = clean
+        self._clean = clean if tokenizer is not None else None
         self.edits: deque[Edit] = deque(maxlen=MAX_EDIT_LOG)
         self._set_text(text)
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer the document's tokens come from (None: the document is not tokenized)."""
+        return self._tok
 
     # ------------------------------------------------------------------ text and positions
     def _set_text(self, text: str) -> None:
@@ -162,10 +196,22 @@ class TrackedDocument:
         return int(np.searchsorted(self.lines, offset, side="right")) - 1
 
     # ------------------------------------------------------------------ edits
+    def apply_changes(self, changes: Iterable[Change], encoding: str = "utf-16", version: int | None = None) -> Changed:
+        """Apply the content changes of one ``didChange`` in order (ranges in `encoding`)."""
+        first: int | None = None
+        end = 0
+        for change in changes:
+            edit = self.apply_change(change.start, change.end, change.text, encoding)
+            first = edit.first_changed_token if first is None else min(first, edit.first_changed_token)
+            end = min(edit.new_end, len(self.text))
+        if version is not None:
+            self.version = version
+        return Changed(first, end)
+
     def replace_all(self, text: str, version: int | None = None) -> Edit:
         old_ids = self.ids
         self._set_text(text)
-        first = _common_prefix(old_ids, self.ids)
+        first = common_prefix(old_ids, self.ids)
         return self._log(0, 10**18, len(text), first, version)
 
     def apply_change(
@@ -245,7 +291,7 @@ class TrackedDocument:
         self.ids = np.concatenate([ids[:s], nid[:i_new], ids[k_old:]])
         self.starts = np.concatenate([starts[:s], nst[:i_new], starts[k_old:] + delta])
         old_seg, new_seg = ids[s:k_old], nid[:i_new]
-        c = _common_prefix(new_seg, old_seg)
+        c = common_prefix(new_seg, old_seg)
         if c == len(new_seg) == len(old_seg):
             return len(self.ids)  # same ids: nothing the model saw has changed
         return s + c
@@ -289,23 +335,25 @@ class TrackedDocument:
         return None, 0
 
     # ------------------------------------------------------------------ prompts
-    def prefix_ids(self, offset: int) -> tuple[np.ndarray, int]:
-        """Token ids of text[:offset], and how many of them are the document's own tokens
-        (the rest is the tokenization of text[origin(shared):offset]).
+    def shared_before(self, offset: int) -> int:
+        """How many of the document's tokens begin the tokens of text[:offset]: those up to a safe
+        boundary at or before the line break that ends the line above the cursor (typing on the
+        cursor's line never changes them)."""
+        offset = max(0, min(offset, len(self.text)))
+        line = self.line_of(offset)
+        if line == 0:
+            return 0
+        return self._safe_boundary(int(np.searchsorted(self.starts, int(self.lines[line]) - 1, side="right")) - 1)
 
-        The document's tokens are used up to a safe boundary at or before the line break that
-        ends the previous line; the rest (that line break onwards) is tokenized on its own."""
+    def prefix_ids(self, offset: int, insert: str = "") -> tuple[np.ndarray, int]:
+        """Token ids of text[:offset] + insert, and how many of them are the document's own tokens
+        (the rest is the tokenization of text[origin(shared):offset] + insert)."""
         tok = self._tok
         if tok is None:
             raise RuntimeError("document has no tokenizer")
         offset = max(0, min(offset, len(self.text)))
-        line = self.line_of(offset)
-        j = 0
-        if line > 0:
-            j = self._safe_boundary(
-                int(np.searchsorted(self.starts, int(self.lines[line]) - 1, side="right")) - 1
-            )
-        tail = tok.encode(self.text[self.origin(j) : offset])
+        j = self.shared_before(offset)
+        tail = tok.encode(self.text[self.origin(j) : offset] + insert)
         return np.concatenate([self.ids[:j], np.asarray(tail, dtype=np.int32)]), j
 
     def origin(self, shared: int) -> int:
@@ -321,25 +369,15 @@ class TrackedDocument:
         return [e for e in self.edits if e.epoch > epoch]
 
 
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    diff = np.nonzero(a[:n] != b[:n])[0]
-    return int(diff[0]) if len(diff) else n
-
-
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the common prefix of two token arrays."""
-    return _common_prefix(a, b)
-
-
 __all__ = [
     "ENCODINGS",
+    "Change",
+    "Changed",
     "Edit",
     "PositionError",
     "TrackedDocument",
     "chars_to_units",
     "clean_start_table",
-    "common_prefix",
     "line_starts",
     "units_to_chars",
 ]

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     logging.getLogger("pygls").setLevel(logging.WARNING if args.log_level != "DEBUG" else logging.DEBUG)
 
-    from bitmamba_lsp.server import create_server
+    from bitmamba_lsp.lsp.server import create_server
 
     server = create_server(model=args.model, threads=args.threads)
     if args.tcp:

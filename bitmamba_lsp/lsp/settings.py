@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -35,8 +35,6 @@ class Settings:
     token_healing: bool = True  # regenerate the prompt's last token under a prefix constraint
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
-    log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def update(self, options: Any) -> list[str]:
         """Apply a settings object; returns warnings (unknown keys, bad values)."""
@@ -47,7 +45,7 @@ class Settings:
             return warnings
         if isinstance(options.get("bitmamba"), dict):
             options = {**{k: v for k, v in options.items() if k != "bitmamba"}, **options["bitmamba"]}
-        fields = {f.name: f for f in dataclasses.fields(self) if f.name != "extra"}
+        fields = {f.name: f for f in dataclasses.fields(self)}
         for key, value in options.items():
             name = _snake(key)
             if name not in fields:

@@ -1,8 +1,10 @@
 """What to complete and when to stop: cursor context, stop rules, post-processing.
 
-Pure text logic (no LSP, no model): the worker feeds generated text through a `StopRules`
-instance chunk by chunk and asks it whether to stop; `finalize` turns the raw text into the
-suggestion shown to the user (or None when there is nothing useful).
+Pure text logic (no LSP, no model). `CursorContext.at(text, offset)` is the one way to read the
+text around a cursor (the server, the benchmarks and the tests all use it). The decode loop feeds
+generated text through a `StopRules` (a `TextStop` of engine/decoding.py) chunk by chunk and asks it
+whether to stop; `finalize` turns the raw text into the suggestion shown to the user (or None when
+there is nothing useful).
 
 Rules, after the mature daemons (tabby's post-processing, llama.vim, Copilot):
 - mid-line (word characters after the cursor): one line, never repeating the text that follows;
@@ -16,11 +18,14 @@ Rules, after the mature daemons (tabby's post-processing, llama.vim, Copilot):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 OPEN = "([{"
 CLOSE = ")]}"
 PAIR = {")": "(", "]": "[", "}": "{"}
 CLOSING_PUNCT = set(")]}'\"`;:,.>")
+CONTEXT_CHARS = 4000  # text on each side of the cursor that the rules look at
+NEXT_LINES = 5  # lines after the cursor's line that the rules look at
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
 
 
@@ -90,6 +95,33 @@ class CursorContext:
     multiline: bool = True  # the user's setting
     max_lines: int = 12
 
+    @classmethod
+    def at(
+        cls,
+        text: str,
+        offset: int,
+        *,
+        insert: str = "",
+        replaced: int = 0,
+        multiline: bool = True,
+        max_lines: int = 12,
+    ) -> CursorContext:
+        """The context of a cursor at `offset` in `text`; with `insert`, as if that text had been
+        typed there first (replacing `replaced` characters after the cursor). Reads at most
+        CONTEXT_CHARS on each side, so it costs the same in any file."""
+        offset = max(0, min(offset, len(text)))
+        before = text[max(0, offset - CONTEXT_CHARS) : offset] + insert
+        after = text[offset + replaced : offset + replaced + CONTEXT_CHARS]
+        line_prefix = before[before.rfind("\n") + 1 :]
+        first, _, rest = after.partition("\n")
+        return cls(
+            line_prefix=line_prefix.rstrip("\r") if line_prefix.endswith("\r") else line_prefix,
+            line_suffix=first.rstrip("\r"),
+            next_lines=[ln.rstrip("\r") for ln in rest.split("\n", NEXT_LINES)[:NEXT_LINES]],
+            multiline=multiline,
+            max_lines=max_lines,
+        )
+
     @property
     def mid_line(self) -> bool:
         """Word characters follow the cursor: complete within the line only."""
@@ -125,15 +157,28 @@ class CursorContext:
         return width
 
 
+class StopRule(StrEnum):
+    """Which rule ended a suggestion."""
+
+    LINE = "line"  # end of a single-line suggestion
+    BRACKET = "bracket"  # a closing bracket with nothing to close
+    MAX_LINES = "max_lines"
+    BLANK_LINES = "blank_lines"  # two blank lines in a row
+    DEDENT = "dedent"  # a line left the block
+    REPEATS_DOCUMENT = "repeats_document"  # a line equal to the document's next line
+    REPETITION = "repetition"  # a line equal to the one before it
+
+
 class StopRules:
-    """Fed generated text; says when to stop. `text` is the kept part so far."""
+    """Fed generated text; says when to stop (a `TextStop` for the decode loop). `text` is the kept
+    part so far; `reason` the rule that fired (None until one does)."""
 
     def __init__(self, ctx: CursorContext) -> None:
         self.ctx = ctx
         self.raw = ""
         self.text = ""
         self.done = False
-        self.reason = ""
+        self.reason: StopRule | None = None
         self._stack = unmatched_open(ctx.line_prefix)
         self._quote = ""
         self._comment = "#" in ctx.line_prefix and not unmatched_quote(ctx.line_prefix)
@@ -155,7 +200,7 @@ class StopRules:
                     continue
                 if self._leading_newline_ok and not self.raw[:i].strip():
                     continue
-                return self._stop(i, "line")
+                return self._stop(i, StopRule.LINE)
             if self._quote:
                 if ch == self._quote and (i == 0 or self.raw[i - 1] != "\\"):
                     self._quote = ""
@@ -172,7 +217,7 @@ class StopRules:
                 if self._stack and self._stack[-1] == PAIR[ch]:
                     self._stack.pop()
                 else:
-                    return self._stop(i, "bracket")
+                    return self._stop(i, StopRule.BRACKET)
         self.text = self.raw
         return bool(self.ctx.block_mode and self._block_should_stop())
 
@@ -186,7 +231,7 @@ class StopRules:
         lines = self.raw.split("\n")
         complete = lines if final else lines[:-1]  # the last line may still grow
         if len(complete) > self.ctx.max_lines:
-            return self._cut_lines(self.ctx.max_lines, "max_lines")
+            return self._cut_lines(self.ctx.max_lines, StopRule.MAX_LINES)
         blank_run = 0
         prev = None
         next_line = next((ln.strip() for ln in self.ctx.next_lines if ln.strip()), None)
@@ -197,29 +242,29 @@ class StopRules:
             if not line.strip():
                 blank_run += 1
                 if blank_run >= 2:
-                    return self._cut_lines(k - 1, "blank_lines")
+                    return self._cut_lines(k - 1, StopRule.BLANK_LINES)
                 continue
             blank_run = 0
             width = indent_width(indent_of(line if k else self.ctx.line_prefix + line))
             if width < self.ctx.block_indent:
-                return self._cut_lines(k, "dedent")
+                return self._cut_lines(k, StopRule.DEDENT)
             if next_line is not None and line.strip() == next_line:
-                return self._cut_lines(k, "repeats_document")
+                return self._cut_lines(k, StopRule.REPEATS_DOCUMENT)
             if prev is not None and line.strip() and line.strip() == prev.strip() and len(line.strip()) > 3:
-                return self._cut_lines(k, "repetition")
+                return self._cut_lines(k, StopRule.REPETITION)
             prev = line
         return False
 
-    def _cut_lines(self, keep: int, reason: str) -> bool:
+    def _cut_lines(self, keep: int, reason: StopRule) -> bool:
         lines = self.raw.split("\n")
         self.text = "\n".join(lines[:keep])
         self.done = True
         self.reason = reason
         return True
 
-    def _stop(self, i: int, reason: str) -> bool:
+    def _stop(self, i: int, reason: StopRule) -> bool:
         self.text = self.raw[:i]
-        if self.ctx.block_mode and reason == "bracket":
+        if self.ctx.block_mode and reason is StopRule.BRACKET:
             # in a block, cut back to the last complete line rather than leaving half a line
             cut = self.text.rfind("\n")
             if cut > 0:

@@ -7,7 +7,8 @@ document checkpoints). Foreground messages always go first; background work runs
 slices only when nothing else is waiting, so a keystroke never waits behind a long prefill.
 
 Completion jobs carry a cancel event (set by `$/cancelRequest` or by a newer request for the
-same document) that generation checks before every token.
+same document) that generation checks before every token. What a completion does is in
+suggest.py; the checkpoints are in statecache.py.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bitmamba_lsp.completion import CursorContext, StopRules, Suggestion, finalize
-from bitmamba_lsp.engine.generation import GenerationConfig, make_sampler
+from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
-from bitmamba_lsp.healing import Healed, HealedText, TokenHealer
-from bitmamba_lsp.settings import Settings
-from bitmamba_lsp.statecache import DocStates, StateStore
+from bitmamba_lsp.lsp.prompt import Prompt
+from bitmamba_lsp.lsp.settings import Settings
+from bitmamba_lsp.lsp.statecache import StateStore
+from bitmamba_lsp.lsp.suggest import CompletionJob, CompletionResult, cancelled_result, suggest
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +37,6 @@ SLICE_SECONDS = 0.008  # background prefill runs in slices about this long
 # model is kept free for the next keystroke (measured: a request arriving right after an edit
 # waited for a running 15 ms slice, first token 16.5 ms median instead of ~3 ms).
 IDLE_SECONDS = 0.05
-
-
-@dataclass
-class CompletionJob:
-    uri: str
-    prompt: np.ndarray  # token ids of the text before the cursor
-    shared: int  # how many of them are the document's own tokens
-    ctx: CursorContext
-    cancel: threading.Event = field(default_factory=threading.Event)
-    max_tokens: int = 64
-    deadline_ms: float = 1500.0
-    submitted: float = field(default_factory=time.perf_counter)
-    speculative: bool = False
-
-
-@dataclass
-class CompletionResult:
-    suggestion: Suggestion | None
-    text: str  # the kept generated text before finalize
-    reason: str  # why generation stopped
-    tokens: int
-    resumed_from: int  # prompt tokens covered by a checkpoint
-    fed: int  # prompt tokens fed through the model for this request
-    queue_ms: float
-    prefill_ms: float
-    first_token_ms: float  # from submission to the first generated token
-    total_ms: float
-    cancelled: bool = False
-    first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
 
 
 class ModelWorker:
@@ -78,7 +49,6 @@ class ModelWorker:
         self._speculative: list[tuple[CompletionJob, cf.Future[Any]]] = []
         self._busy_uri: str | None = None
         self._stop = False
-        self.background_enabled = True
         self.background_tokens = 0
         self._bg_rate = 1000.0  # background prefill tokens/s (measured as it runs)
         self._last_foreground = 0.0  # time.perf_counter() of the last foreground task
@@ -208,12 +178,15 @@ class ModelWorker:
         self._fifo.put(lambda: self._speculative.append((job, fut)))
         return fut
 
-    def state_for(self, uri: str, prompt: np.ndarray) -> State:
+    def state_for(self, uri: str, prompt: Prompt) -> State:
         """The state after `prompt` exactly as a completion would build it (tests, diagnostics)."""
 
         def do() -> State:
-            assert self.model is not None
-            return self._state_at(uri, prompt, keep=True)[0] if len(prompt) else self.model.new_state()
+            assert self.model is not None and self.store is not None
+            if not len(prompt):
+                return self.model.new_state()
+            self._busy_uri = uri
+            return self.store.feed(self.model, uri, prompt, incremental=self.settings.incremental_state).state
 
         return self.submit(do).result()
 
@@ -226,118 +199,11 @@ class ModelWorker:
             time.sleep(0.005)
         return False
 
-    def _state_at(
-        self, uri: str, prompt: np.ndarray, keep: bool, speculative: bool = False
-    ) -> tuple[State, np.ndarray, tuple[int, int]]:
-        """Restore the deepest checkpoint for `prompt` (leaving at least its last token to feed,
-        for the logits), feed the rest, and keep new checkpoints. Returns a private state (the
-        cache is never modified by generation), the logits after the prompt, (resumed_from, fed)."""
-        model, store = self.model, self.store
-        assert model is not None and store is not None and len(prompt) > 0
-        d = store.get(uri)
-        d.touch()
-        self._busy_uri = uri
-        n, base = d.resume(prompt, len(prompt) - 1) if self.settings.incremental_state else (0, None)
-        state = base.copy() if base is not None else model.new_state()
-        rest = prompt[n:]
-        if not keep or not self.settings.incremental_state:
-            return state, model.prefill(state, rest), (n, len(rest))
-        shared = d.doc.lcp(prompt)
-        positions = store.checkpoint_positions(n, len(prompt), shared)
-        logits, snaps = model.prefill_snapshots(state, rest, [p - n for p in positions], logits=True)
-        # Speculative prompts (after accepting the current suggestion) get their own track so they
-        # never push out the checkpoints of the prompt the user is actually at.
-        track = d.spec if speculative else d.cursor
-        track.truncate(track.lcp(prompt), prompt)
-        for p, snap in zip(positions, snaps, strict=True):
-            if p <= shared and p % store.spacing == 0:
-                d.doc.put(p, snap)
-            if p > len(prompt) - store.dense:
-                track.put(p, snap)
-        track.drop([p for p in track.positions if p <= len(prompt) - 2 * store.dense])
-        store.enforce_budget(uri)
-        assert logits is not None
-        return state, logits, (n, len(rest))
-
     def _complete(self, job: CompletionJob) -> CompletionResult:
-        t_start = time.perf_counter()
-        queue_ms = (t_start - job.submitted) * 1000
-        if job.cancel.is_set() or self.model is None:
-            return CompletionResult(None, "", "cancelled", 0, 0, 0, queue_ms, 0, 0, 0, cancelled=True)
-        model = self.model
-        deadline = job.submitted + job.deadline_ms / 1000
-        prompt = job.prompt
-        if len(prompt) == 0:
-            prompt = np.asarray([model.eos_id if model.eos_id is not None else 0], dtype=np.int32)
-        healer = self.healer
-        healed = healer.heal(prompt) if healer is not None and self.settings.token_healing else Healed(
-            prompt, "", b""
-        )
-        prompt = healed.ids
-        state, logits, (resumed, fed) = self._state_at(
-            job.uri, prompt, keep=True, speculative=job.speculative
-        )
-        t_prefill = time.perf_counter()
-        s = self.settings
-        cfg = GenerationConfig(
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repetition_penalty=1.0
-        )
-        sampler = make_sampler(model, cfg)
-        tok = model.tokenizer
-        assert tok is not None
-        decoder = tok.stream_decoder()
-        healed_text = HealedText(healed.text)
-        rules = StopRules(job.ctx)
-        eos = model.eos_id
-        rest = healed.raw
-        token = int(sampler.sample(healer.constrain(logits, rest) if rest else logits))
-        if rest:
-            rest = healer.advance(rest, token)
-        first_token_at = time.perf_counter()
-        first_token_ms = (first_token_at - job.submitted) * 1000
-        n_tokens = 0
-        reason = "length"
-        while True:
-            if job.cancel.is_set():
-                reason = "cancelled"
-                break
-            if token == eos:
-                reason = "eos"
-                break
-            n_tokens += 1
-            if rules.feed(healed_text.feed(decoder.feed(token))):
-                reason = rules.reason
-                break
-            if n_tokens >= job.max_tokens:
-                reason = "length"
-                break
-            if time.perf_counter() > deadline:
-                reason = "time_budget"
-                break
-            if rest:  # still reproducing the healed token's bytes: constrained
-                token = int(sampler.sample(healer.constrain(model.step(state, token), rest)))
-                rest = healer.advance(rest, token)
-            else:
-                token = int(model.core.step_sample(state, token, sampler))
-        if reason in ("length", "time_budget", "eos"):
-            rules.feed(healed_text.feed(decoder.flush()))
-            rules.finish()
-        total_ms = (time.perf_counter() - job.submitted) * 1000
-        text = rules.text
-        return CompletionResult(
-            suggestion=None if reason == "cancelled" else finalize(text, job.ctx),
-            text=text,
-            reason=reason,
-            tokens=n_tokens,
-            resumed_from=resumed,
-            fed=fed,
-            queue_ms=queue_ms,
-            prefill_ms=(t_prefill - t_start) * 1000,
-            first_token_ms=first_token_ms,
-            total_ms=total_ms,
-            cancelled=reason == "cancelled",
-            first_token_at=first_token_at,
-        )
+        if self.model is None or self.store is None:
+            return cancelled_result(job)
+        self._busy_uri = job.uri
+        return suggest(self.model, self.store, self.healer, self.settings, job)
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -365,16 +231,9 @@ class ModelWorker:
     def _has_background(self) -> bool:
         if self._speculative:
             return True
-        if not self.background_enabled or self.store is None:
+        if self.store is None:
             return False
-        return any(self._doc_needs_prefill(d) for d in self.store.docs.values())
-
-    def _doc_needs_prefill(self, d: DocStates) -> bool:
-        target = min(d.target, len(d.doc.seq))
-        if target <= 0 or self.store is None:
-            return False
-        n, _ = d.doc.best(target)
-        return target - n >= self.store.spacing
+        return any(self.store.needs_prefill(d) for d in self.store.docs.values())
 
     def _background_slice(self) -> None:
         if self._speculative:
@@ -392,27 +251,13 @@ class ModelWorker:
             return
         # the most recently used document first
         for d in sorted(store.docs.values(), key=lambda d: -d.last_used):
-            if not self._doc_needs_prefill(d):
+            if not store.needs_prefill(d):
                 continue
-            target = min(d.target, len(d.doc.seq))
-            n, base = d.doc.best(target)
             # a slice takes ~SLICE_SECONDS so a keystroke never waits long behind it
             size = int(min(max(self._bg_rate * SLICE_SECONDS, 8), 1024))
-            end = min(target, n + size)
-            if (end // store.spacing) * store.spacing > n:
-                end = (end // store.spacing) * store.spacing  # end on a checkpoint position
-            positions = sorted({p for p in range(n + 1, end + 1) if p % store.spacing == 0} | {end})
-            state = base.copy() if base is not None else model.new_state()
             t0 = time.perf_counter()
-            _, snaps = model.prefill_snapshots(state, d.doc.seq[n:end], [p - n for p in positions])
+            fed = store.prefill_slice(model, d, size, self._busy_uri)
             dt = time.perf_counter() - t0
-            self._bg_rate = 0.5 * self._bg_rate + 0.5 * (end - n) / max(dt, 1e-6)
-            for p, snap in zip(positions, snaps, strict=True):
-                d.doc.put(p, snap)
-            if n % store.spacing:
-                d.doc.drop([n])  # an intermediate resume point, not a checkpoint position
-            if end >= target and d.target == d.open_target:
-                d.open_target = 0
-            self.background_tokens += end - n
-            store.enforce_budget(self._busy_uri)
+            self._bg_rate = 0.5 * self._bg_rate + 0.5 * fed / max(dt, 1e-6)
+            self.background_tokens += fed
             return

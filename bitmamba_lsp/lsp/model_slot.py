@@ -1,0 +1,92 @@
+"""The daemon's model: loaded on the worker thread (never on the event loop), with the state that
+`bitmamba/status` reports and the message the user sees when a model cannot be loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from bitmamba_lsp import _core
+from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.lsp.documents import clean_start_table
+from bitmamba_lsp.lsp.notify import Notify
+from bitmamba_lsp.lsp.settings import Settings
+from bitmamba_lsp.lsp.worker import ModelWorker
+
+log = logging.getLogger("bitmamba_lsp")
+
+
+class ModelSlot:
+    def __init__(self, worker: ModelWorker, notify: Notify) -> None:
+        self.worker = worker
+        self.notify = notify
+        self.model: Model | None = None
+        self.state = "not loaded"  # loading | ready | failed
+        self.error: str | None = None
+        self.clean: np.ndarray | None = None  # the tokenizer's clean-start table (documents.py)
+        self._ready: asyncio.Future[Model] | None = None
+
+    @property
+    def requested(self) -> bool:
+        """A load was started (after `initialized`)."""
+        return self._ready is not None
+
+    def load(self, settings: Settings, on_ready: Callable[[], None]) -> asyncio.Future[Model]:
+        """Load the model the settings name; `on_ready` runs on the event loop once it has a tokenizer."""
+        loop = asyncio.get_running_loop()
+        self.state = "loading"
+        self.error = None
+        name, threads, revision = settings.model, settings.threads or None, settings.revision
+
+        def loader() -> Model:
+            from bitmamba_lsp.engine import load
+
+            return load(name, threads=threads, revision=revision)
+
+        fut = asyncio.wrap_future(self.worker.load(loader), loop=loop)
+        self._ready = fut
+        fut.add_done_callback(lambda f: self._loaded(f, on_ready))
+        return fut
+
+    def _loaded(self, fut: asyncio.Future[Model], on_ready: Callable[[], None]) -> None:
+        if fut is not self._ready or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.model = None
+            msg = f"bitmamba: the model could not be loaded: {exc}. Completions are off until the model setting is fixed."
+            log.error(msg)
+            self.notify("error", msg, True)
+            return
+        model = fut.result()
+        self.model = model
+        self.state = "ready"
+        if model.tokenizer is None:
+            self.state = "failed"
+            self.error = "the model has no tokenizer"
+            return
+        self.clean = clean_start_table(model.tokenizer)
+        on_ready()
+        self.notify(
+            "info",
+            f"bitmamba: model {model.name} ready ({model.arch}, {model.vocab_size} tokens, SIMD {_core.simd_level()}, "
+            f"{model.threads} threads, loaded in {model.load_seconds * 1000:.0f} ms)",
+            False,
+        )
+
+    async def wait(self, wait_s: float) -> Model | None:
+        """The model, waiting up to `wait_s` for a load in progress; None without one."""
+        if self.model is not None:
+            return self.model
+        fut = self._ready
+        if fut is None or fut.done():
+            return None
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(fut), wait_s)
+        return self.model

@@ -1,0 +1,176 @@
+"""Model states kept per document: the checkpoints that make a completion cost independent of
+the file's size. Used only by the model worker thread.
+
+A `Track` (engine/checkpoints.py) holds states along one token sequence. Each document has three:
+- the document track, along the document's own tokens, with a checkpoint every `spacing` tokens
+  (filled by background prefill, cut back by edits to the first changed token);
+- the cursor track, along the last prompt, with a checkpoint after each of its last tokens, so
+  typing at the cursor resumes one or two tokens back;
+- the speculative track, the same for the prompt that follows accepting the shown suggestion.
+
+`StateStore.feed` restores a prompt (lsp/prompt.py) from the deepest checkpoint of any track that
+lies within its common prefix with that track's sequence, feeds the rest and keeps the checkpoints
+the prompt's plan asks for; `StateStore.prefill_slice` moves background prefill along. Memory is
+bounded: tracks of documents not used recently go first (LRU), then the document track of the
+active document is thinned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bitmamba_lsp.engine.checkpoints import Track
+from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.lsp.prompt import Prompt
+
+
+@dataclass
+class Restored:
+    """A prompt's state after `StateStore.feed` (a private copy: generation may move it on)."""
+
+    state: State
+    logits: np.ndarray  # after the prompt's last token
+    resumed: int  # prompt tokens covered by a checkpoint
+    fed: int  # prompt tokens fed through the model
+
+
+@dataclass
+class DocStates:
+    uri: str
+    doc: Track = field(default_factory=Track)
+    cursor: Track = field(default_factory=Track)
+    spec: Track = field(default_factory=Track)  # along the prompt that follows accepting the suggestion
+    last_used: float = field(default_factory=time.monotonic)
+    target: int = 0  # how far background prefill should bring the document track
+    open_target: int = 0  # while the opened document's first prefill runs: its length
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def resume(self, prompt: np.ndarray, limit: int | None = None) -> tuple[int, State | None]:
+        """Deepest checkpoint usable for `prompt` (at most `limit` tokens in)."""
+        limit = len(prompt) if limit is None else min(limit, len(prompt))
+        best: tuple[int, State | None] = (0, None)
+        for track in (self.doc, self.cursor, self.spec):
+            n, s = track.best(min(limit, track.lcp(prompt)))
+            if n > best[0]:
+                best = (n, s)
+        return best
+
+    def tracks(self) -> tuple[Track, Track, Track]:
+        return self.doc, self.cursor, self.spec
+
+    def count(self) -> int:
+        return len(self.doc) + len(self.cursor) + len(self.spec)
+
+
+class StateStore:
+    """All documents' tracks, under a memory budget."""
+
+    def __init__(self, state_bytes: int, budget_bytes: int, spacing: int, dense: int) -> None:
+        self.state_bytes = state_bytes
+        self.budget = budget_bytes
+        self.spacing = max(1, spacing)
+        self.dense = dense
+        self.docs: dict[str, DocStates] = {}
+        self.evictions = 0
+
+    def get(self, uri: str) -> DocStates:
+        d = self.docs.get(uri)
+        if d is None:
+            d = self.docs[uri] = DocStates(uri)
+        return d
+
+    def drop(self, uri: str) -> None:
+        self.docs.pop(uri, None)
+
+    def nbytes(self) -> int:
+        return sum(d.count() for d in self.docs.values()) * self.state_bytes
+
+    def feed(
+        self, model: Model, uri: str, prompt: Prompt, *, speculative: bool = False, incremental: bool = True
+    ) -> Restored:
+        """Restore the deepest checkpoint for `prompt` (leaving at least its last token to feed, for
+        the logits), feed the rest, and keep the new checkpoints of the prompt's plan.
+        incremental=False: no checkpoint is used or kept (a full re-prefill, for benchmarks)."""
+        ids = prompt.ids
+        assert len(ids) > 0
+        d = self.get(uri)
+        d.touch()
+        n, base = d.resume(ids, len(ids) - 1) if incremental else (0, None)
+        state = base.copy() if base is not None else model.new_state()
+        rest = ids[n:]
+        if not incremental:
+            return Restored(state, model.prefill(state, rest), n, len(rest))
+        plan = prompt.plan(n, self.spacing, self.dense, d.doc.lcp(ids))
+        positions = plan.positions
+        logits, snaps = model.prefill_snapshots(state, rest, [p - n for p in positions], logits=True)
+        # Speculative prompts (after accepting the current suggestion) get their own track so they
+        # never push out the checkpoints of the prompt the user is actually at.
+        track = d.spec if speculative else d.cursor
+        track.truncate(track.lcp(ids), ids)
+        document, cursor = set(plan.document), set(plan.cursor)
+        for p, snap in zip(positions, snaps, strict=True):
+            if p in document:
+                d.doc.put(p, snap)
+            if p in cursor:
+                track.put(p, snap)
+        track.drop([p for p in track.positions if p <= len(ids) - 2 * self.dense])
+        self.enforce_budget(uri)
+        assert logits is not None
+        return Restored(state, logits, n, len(rest))
+
+    def needs_prefill(self, d: DocStates) -> bool:
+        """Background prefill has work on this document: its target lies a spacing or more past the
+        deepest document checkpoint."""
+        target = min(d.target, len(d.doc.seq))
+        if target <= 0:
+            return False
+        n, _ = d.doc.best(target)
+        return target - n >= self.spacing
+
+    def prefill_slice(self, model: Model, d: DocStates, size: int, active: str | None) -> int:
+        """Feed up to `size` tokens of the document track from its deepest checkpoint, ending on a
+        checkpoint position when one is in reach. Returns the tokens fed."""
+        target = min(d.target, len(d.doc.seq))
+        n, base = d.doc.best(target)
+        end = min(target, n + size)
+        if (end // self.spacing) * self.spacing > n:
+            end = (end // self.spacing) * self.spacing  # end on a checkpoint position
+        positions = sorted({p for p in range(n + 1, end + 1) if p % self.spacing == 0} | {end})
+        state = base.copy() if base is not None else model.new_state()
+        _, snaps = model.prefill_snapshots(state, d.doc.seq[n:end], [p - n for p in positions])
+        for p, snap in zip(positions, snaps, strict=True):
+            d.doc.put(p, snap)
+        if n % self.spacing:
+            d.doc.drop([n])  # an intermediate resume point, not a checkpoint position
+        if end >= target and d.target == d.open_target:
+            d.open_target = 0
+        self.enforce_budget(active)
+        return end - n
+
+    def enforce_budget(self, active: str | None) -> None:
+        """Evict least recently used documents' states, then thin the active document's."""
+        if self.nbytes() <= self.budget:
+            return
+        for d in sorted(self.docs.values(), key=lambda d: d.last_used):
+            if d.uri == active:
+                continue
+            for t in d.tracks():
+                t.clear()
+            self.evictions += 1
+            if self.nbytes() <= self.budget:
+                return
+        d = self.docs.get(active) if active else None
+        if d is None:
+            return
+        # Keep the cursor track (what typing needs) and every other document checkpoint,
+        # doubling the spacing until the budget holds.
+        d.spec.clear()
+        while self.nbytes() > self.budget and len(d.doc) > 1:
+            d.doc.drop(d.doc.positions[1::2])
+        while self.nbytes() > self.budget and len(d.cursor) > 2:
+            d.cursor.drop(d.cursor.positions[:1])
