@@ -1,5 +1,5 @@
 """Export a trained :class:`~bitmamba_lsp.train.model.BitMamba2` to the engine's model directory:
-``model.bin`` (``FORMATS.md`` section 1), ``tokenizer.json`` and ``model.json`` (metadata), and load
+``model.bin`` (``docs/formats.md`` section 1), ``tokenizer.json`` and ``model.json`` (metadata), and load
 such a directory back into PyTorch (``--init`` fine-tuning, tests).
 
 Ternary matrices are written as :class:`TernaryTensor` built from

@@ -1,6 +1,6 @@
 """PyTorch BitMamba-2 with quantization-aware training (QAT), matching the C++ engine's math.
 
-The math is ``FORMATS.md`` section 1 (the C++ engine implements the same thing token by token):
+The math is ``docs/formats.md`` section 1 (the C++ engine implements the same thing token by token):
 
 * ``rms_norm(x, w) = x * w / sqrt(mean(x^2) + 1e-6)``
 * ``bitlinear(x, W, norm_w)``: ``xn = rms_norm(x, norm_w)``; per token ``sx = 127 / (max|xn| + 1e-5)``,
