@@ -60,7 +60,19 @@ class CompletionResult:
 
 def cancelled_result(job: CompletionJob) -> CompletionResult:
     queue_ms = (time.perf_counter() - job.submitted) * 1000
-    return CompletionResult(None, "", StopReason.CANCELLED, None, 0, 0, 0, queue_ms, 0, 0, 0)
+    return CompletionResult(
+        suggestion=None,
+        text="",
+        reason=StopReason.CANCELLED,
+        rule=None,
+        tokens=0,
+        resumed_from=0,
+        fed=0,
+        queue_ms=queue_ms,
+        prefill_ms=0.0,
+        first_token_ms=0.0,
+        total_ms=0.0,
+    )
 
 
 def suggest(

@@ -1,0 +1,139 @@
+"""The daemon's Session driven directly, without an LSP client: documents, the pending
+suggestion, request ordering and status, against an independent computation of the suggestion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from lsp_client import expected_suggestion
+
+from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
+from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
+from bitmamba_lsp.lsp.documents import Change
+from bitmamba_lsp.lsp.session import RequestError, Session
+
+MAX_TOKENS = 6
+URI = "file:///s.py"
+
+
+@pytest.fixture(scope="module")
+def model_path(model_factory):
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=5)  # GPT-2 vocabulary: the bundled tokenizer applies
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_path):
+    m = load_bin(model_path, threads=1)
+    m.tokenizer = bundled_text_tokenizer()
+    return m
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def ready_session(model_path, **options) -> tuple[Session, list[tuple[str, str, bool]]]:
+    told: list[tuple[str, str, bool]] = []
+    session = Session(lambda level, msg, popup: told.append((level, msg, popup)))
+    session.configure(
+        {"model": str(model_path), "threads": 1, "maxTokens": MAX_TOKENS, "debounceMs": 0, "speculative": False, **options}
+    )
+    await session.start_model_load()
+    return session, told
+
+
+def test_session_completes_like_a_fresh_prefill(model_path, engine) -> None:
+    async def go():
+        session, told = await ready_session(model_path)
+        text = "def add(a, b):\n    return a"
+        session.open(URI, text, 1)
+        got = await session.complete(URI, (1, 12), "utf-16")
+        want = expected_suggestion(engine, text, len(text), MAX_TOKENS)
+        assert (got.text if got is not None else None) == want
+        assert any(level == "info" and "ready" in msg for level, msg, _ in told)
+        st = session.status("utf-16")
+        assert st["model_state"] == "ready" and st["documents"] == 1
+        assert st["shown"] == (1 if got is not None else 0)
+        # an edit through apply_changes, then the cursor at the new end
+        session.change(URI, 2, [Change(" + b", (1, 12), (1, 12))], "utf-16")
+        text2 = session.docs[URI].text
+        assert text2 == text + " + b"
+        got2 = await session.complete(URI, (1, 16), "utf-16")
+        want2 = expected_suggestion(engine, text2, len(text2), MAX_TOKENS)
+        assert (got2.text if got2 is not None else None) == want2
+        session.close(URI)
+        assert URI not in session.docs
+        session.shutdown()
+
+    run(go())
+
+
+def test_typing_through_the_pending_suggestion_needs_no_model_call(model_path) -> None:
+    async def go():
+        session, _ = await ready_session(model_path)
+        text = "import os\nimport sys\n\n\ndef main():\n    "
+        session.open(URI, text, 1)
+        first = await session.complete(URI, (5, 4), "utf-16")
+        if first is None or len(first.text) < 2:
+            pytest.skip("this random model suggests nothing here")
+        calls = len(session.stats.total_ms)
+        ch = first.text[0]
+        session.change(URI, 2, [Change(ch, (5, 4), (5, 4))], "utf-16")
+        again = await session.complete(URI, (5, 5), "utf-16")
+        assert again is not None and again.text and first.text.startswith(ch + again.text)
+        assert len(session.stats.total_ms) == calls  # served from the pending suggestion
+        assert session.stats.from_cache == 1
+        # typing something else drops it: the next request runs the model
+        session.change(URI, 3, [Change("#", (5, 5), (5, 5))], "utf-16")
+        await session.complete(URI, (5, 6), "utf-16")
+        assert len(session.stats.total_ms) == calls + 1
+        session.shutdown()
+
+    run(go())
+
+
+def test_bad_requests_are_request_errors(model_path) -> None:
+    async def go():
+        session, _ = await ready_session(model_path)
+        with pytest.raises(RequestError, match="not open"):
+            await session.complete("file:///nope.py", (0, 0), "utf-16")
+        session.open(URI, "x = 1\n", 1)
+        with pytest.raises(RequestError, match="negative"):
+            await session.complete(URI, (-1, 0), "utf-16")
+        session.change("file:///nope.py", 1, [Change("y")], "utf-16")  # logged, not fatal
+        session.shutdown()
+
+    run(go())
+
+
+def test_a_newer_request_wins(model_path) -> None:
+    async def go():
+        session, _ = await ready_session(model_path, debounceMs=50)
+        session.open(URI, "def f(x):\n    return x", 1)
+        older = asyncio.ensure_future(session.complete(URI, (1, 12), "utf-16"))
+        await asyncio.sleep(0)
+        newer = await session.complete(URI, (1, 12), "utf-16")
+        assert await older is None  # superseded while it waited
+        assert newer is None or newer.text
+        session.shutdown()
+
+    run(go())
+
+
+def test_a_model_that_fails_to_load_is_told_and_completions_are_off(tmp_path) -> None:
+    async def go():
+        bad = tmp_path / "bad.bin"
+        bad.write_bytes(b"not a model")
+        told: list[tuple[str, str, bool]] = []
+        session = Session(lambda level, msg, popup: told.append((level, msg, popup)))
+        session.configure({"model": str(bad), "debounceMs": 0})
+        await asyncio.gather(session.start_model_load(), return_exceptions=True)
+        assert session.status("utf-8")["model_state"] == "failed"
+        assert any(level == "error" and popup for level, _, popup in told)
+        session.open(URI, "x = ", 1)
+        assert await session.complete(URI, (0, 4), "utf-8") is None
+        session.shutdown()
+
+    run(go())
