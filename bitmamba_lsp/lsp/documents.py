@@ -345,6 +345,15 @@ class TrackedDocument:
             return 0
         return self._safe_boundary(int(np.searchsorted(self.starts, int(self.lines[line]) - 1, side="right")) - 1)
 
+    def line_tokens(self, offset: int) -> tuple[int, int]:
+        """Token indices [a, b) covering the line of `offset`: from shared_before(offset) to the
+        first token that starts on a later line."""
+        line = self.line_of(max(0, min(offset, len(self.text))))
+        a = self.shared_before(offset)
+        end = int(self.lines[line + 1]) if line + 1 < len(self.lines) else len(self.text) + 1
+        b = int(np.searchsorted(self.starts, end, side="left"))
+        return a, max(a, b)
+
     def prefix_ids(self, offset: int, insert: str = "") -> tuple[np.ndarray, int]:
         """Token ids of text[:offset] + insert, and how many of them are the document's own tokens
         (the rest is the tokenization of text[origin(shared):offset] + insert)."""

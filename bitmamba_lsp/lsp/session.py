@@ -195,6 +195,7 @@ class Session:
             uri=uri,
             prompt=prompt_at(doc, offset),
             ctx=self.cursor_context(doc, offset),
+            line_tokens=doc.line_tokens(offset),
             max_tokens=self.settings.max_tokens,
             deadline_ms=self.settings.time_budget_ms,
         )

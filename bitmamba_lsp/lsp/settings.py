@@ -33,6 +33,10 @@ class Settings:
     prefill_on_open: bool = True  # prefill whole documents in the background when opened
     speculative: bool = True  # precompute the suggestion that follows accepting the current one
     token_healing: bool = True  # regenerate the prompt's last token under a prefix constraint
+    cache_model: bool = True  # mix n-gram caches of the document (and workspace) into the model's distribution
+    cache_order: int = 6  # longest context the caches count
+    cache_alpha: float = 2.0  # a cache context seen n times gets weight n / (n + alpha)
+    cache_min_order: int = 2  # shorter contexts are not used
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -75,6 +79,9 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "dense_checkpoints": (1, 4096),
     "memory_budget_mb": (16, 1 << 20),
     "max_document_chars": (1000, 1 << 31),
+    "cache_order": (1, 16),
+    "cache_alpha": (0.001, 1000),
+    "cache_min_order": (1, 16),
 }
 
 

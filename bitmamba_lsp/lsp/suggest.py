@@ -12,9 +12,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, StopReason, decode, make_sampler
+from bitmamba_lsp.engine.decoding import (
+    Decoder,
+    GenerationConfig,
+    LogitsHook,
+    StopReason,
+    decode,
+    make_sampler,
+)
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.lsp.cache_model import CacheMixture, DocumentCache, Level, NGramIndex
 from bitmamba_lsp.lsp.completion import CursorContext, StopRule, StopRules, Suggestion, finalize
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
@@ -26,6 +34,7 @@ class CompletionJob:
     uri: str
     prompt: Prompt  # what the model reads
     ctx: CursorContext  # the text around the cursor, for the stop rules
+    line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
     cancel: threading.Event = field(default_factory=threading.Event)
     max_tokens: int = 64
     deadline_ms: float = 1500.0
@@ -75,21 +84,38 @@ def cancelled_result(job: CompletionJob) -> CompletionResult:
     )
 
 
+def mixture_for(cache: DocumentCache, job: CompletionJob, prompt: Prompt, settings: Settings) -> CacheMixture:
+    """The cache mixture of one request: this document's cache without its cursor line."""
+    a, b = job.line_tokens
+    exclude = NGramIndex(cache.index.order, cache.index.base - 1)
+    if b > a:
+        exclude.update(cache.ids.tolist(), a, b + cache.index.order, +1, touching=(a, b))
+    levels = [Level("file", cache.index, exclude)]
+    return CacheMixture(levels, prompt.ids.tolist(), alpha=settings.cache_alpha, min_order=settings.cache_min_order)
+
+
 def suggest(
-    model: Model, store: StateStore, healer: TokenHealer | None, settings: Settings, job: CompletionJob
+    model: Model,
+    store: StateStore,
+    healer: TokenHealer | None,
+    settings: Settings,
+    job: CompletionJob,
+    cache: DocumentCache | None = None,
 ) -> CompletionResult:
     t_start = time.perf_counter()
     if job.cancel.is_set():
         return cancelled_result(job)
     tok = model.require_tokenizer()
     prompt = job.prompt.or_start(model.eos_id if model.eos_id is not None else 0)
-    hooks: list[HealingConstraint] = []
+    hooks: list[LogitsHook] = []
     skip = ""
     if healer is not None and settings.token_healing:
         prompt, healed = prompt.heal(healer)
         if healed.raw:
             hooks.append(HealingConstraint(healer, healed.raw))
             skip = healed.text
+    if cache is not None and settings.cache_model:
+        hooks.append(mixture_for(cache, job, prompt, settings))
     restored = store.feed(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.lsp.cache_model import DocumentCache
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
@@ -49,6 +50,7 @@ class ModelWorker:
         self._speculative: list[tuple[CompletionJob, cf.Future[Any]]] = []
         self._busy_uri: str | None = None
         self._stop = False
+        self.caches: dict[str, DocumentCache] = {}  # per document: its n-gram cache (cache_model.py)
         self.background_tokens = 0
         self._bg_rate = 1000.0  # background prefill tokens/s (measured as it runs)
         self._last_foreground = 0.0  # time.perf_counter() of the last foreground task
@@ -144,6 +146,9 @@ class ModelWorker:
             d.spec.clear()
             d.target = d.open_target = len(ids) if self.settings.prefill_on_open else 0
             d.touch()
+            if self.settings.cache_model and self.model is not None:
+                cache = self.caches[uri] = DocumentCache(self.settings.cache_order, self.model.vocab_size)
+                cache.reset(ids)
 
         self.post(do)
 
@@ -157,6 +162,9 @@ class ModelWorker:
                 d.open_target = len(ids)
             d.target = max(target, d.open_target)
             d.touch()
+            cache = self.caches.get(uri)
+            if cache is not None:
+                cache.edit(first_changed, ids)
 
         self.post(do)
 
@@ -164,6 +172,7 @@ class ModelWorker:
         def do() -> None:
             if self.store is not None:
                 self.store.drop(uri)
+            self.caches.pop(uri, None)
 
         self.post(do)
 
@@ -203,7 +212,7 @@ class ModelWorker:
         if self.model is None or self.store is None:
             return cancelled_result(job)
         self._busy_uri = job.uri
-        return suggest(self.model, self.store, self.healer, self.settings, job)
+        return suggest(self.model, self.store, self.healer, self.settings, job, self.caches.get(job.uri))
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:

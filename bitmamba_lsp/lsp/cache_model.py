@@ -1,0 +1,220 @@
+"""Workspace memory: n-gram caches over the tokens the user works with, mixed into the model's
+next-token distribution.
+
+Code is local: identifiers, argument lists and whole lines repeat within a file and a repository
+far more than any model of code in general knows (Tu et al., FSE 2014, "On the localness of
+software"; Hellendoorn & Devanbu, FSE 2017: a nested cache beats larger neural models, the
+file-level cache having the final say). A small model cannot know this repository's names; a
+cache can.
+
+- `NGramIndex`: counts of the next token after every context of 1..order tokens over a set of
+  token sequences; windows are added and removed incrementally, so an edit costs work in
+  proportion to the edit (never a re-scan).
+- `CacheLevels`: the nested caches one request sees (workspace, other open documents, this
+  document), innermost last; this document's cursor line is excluded (its n-grams would only
+  repeat what is being typed).
+- `CacheMixture`: the decode loop's logits hook. At each step, for each level from the outermost
+  in, the distribution of the longest matching context (at least `min_order` tokens) is mixed in
+  with a confidence weight `n / (n + alpha)` (n: how often that context was seen), so the
+  innermost level has the final say. It also records the mixture's probability of each chosen
+  token, which the confidence cut uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+TOTAL = -1  # the key of a context's total count in its next-token dict
+
+
+class NGramIndex:
+    """Next-token counts after contexts of 1..order tokens. Keys are exact (a polynomial in base
+    vocab + 1 of the context read backwards from the next token), so there are no collisions."""
+
+    def __init__(self, order: int, vocab: int) -> None:
+        self.order = order
+        self.base = vocab + 1
+        self.tables: list[dict[int, dict[int, int]]] = [{} for _ in range(order + 1)]
+        self.tokens = 0  # next-token positions counted
+
+    def update(self, ids: Sequence[int], lo: int, hi: int, sign: int, touching: tuple[int, int] | None = None) -> None:
+        """Add (sign +1) or remove (-1) the n-grams whose next token is ids[i], lo <= i < hi (of
+        every order whose context fits in ids). touching=(a, b): only the n-grams that include a
+        token of ids[a:b]."""
+        order, base, tables = self.order, self.base, self.tables
+        hi = min(hi, len(ids))
+        for i in range(max(lo, 1), hi):
+            nxt = int(ids[i])
+            key = 0
+            for k in range(1, min(order, i) + 1):
+                key = key * base + int(ids[i - k]) + 1
+                if touching is not None and not (i - k < touching[1] and i >= touching[0]):
+                    continue
+                table = tables[k]
+                d = table.get(key)
+                if d is None:
+                    if sign < 0:
+                        continue
+                    table[key] = {TOTAL: 1, nxt: 1}
+                    continue
+                d[TOTAL] += sign
+                c = d.get(nxt, 0) + sign
+                if c > 0:
+                    d[nxt] = c
+                else:
+                    d.pop(nxt, None)
+                if d[TOTAL] <= 0:
+                    del table[key]
+            if touching is None:
+                self.tokens += sign
+
+    def add(self, ids: Sequence[int], lo: int = 0, hi: int | None = None) -> None:
+        self.update(ids, lo, len(ids) if hi is None else hi, +1)
+
+    def remove(self, ids: Sequence[int], lo: int = 0, hi: int | None = None) -> None:
+        self.update(ids, lo, len(ids) if hi is None else hi, -1)
+
+    def lookup(
+        self, context: Sequence[int], min_order: int, exclude: NGramIndex | None = None
+    ) -> tuple[int, dict[int, int]] | None:
+        """The longest context (at least min_order tokens) ending `context` that was seen: (order,
+        its next-token counts with TOTAL), or None. `exclude`: counts to subtract first."""
+        best = None
+        key = 0
+        n = len(context)
+        for k in range(1, min(self.order, n) + 1):
+            key = key * self.base + int(context[n - k]) + 1
+            d = self.tables[k].get(key)
+            if d is None:
+                break
+            if exclude is not None and k < len(exclude.tables):
+                ex = exclude.tables[k].get(key)
+                if ex is not None:
+                    d = {t: c - ex.get(t, 0) for t, c in d.items()}
+                    d = {t: c for t, c in d.items() if c > 0}
+                    if TOTAL not in d:
+                        break  # seen only on the excluded tokens: so is every longer context
+            if k >= min_order:
+                best = (k, d)
+        return best
+
+    def entries(self) -> int:
+        return sum(len(t) for t in self.tables)
+
+
+def replaced_span(old: np.ndarray, new: np.ndarray, first: int) -> tuple[int, int]:
+    """Ends (exclusive) of the replaced token windows old[first:e_old] -> new[first:e_new]: the
+    arrays agree before `first` and after the windows."""
+    n = min(len(old), len(new)) - first
+    if n <= 0:
+        return len(old), len(new)
+    a, b = old[len(old) - n :], new[len(new) - n :]
+    diff = np.flatnonzero(a[::-1] != b[::-1])
+    same = int(diff[0]) if len(diff) else n
+    return len(old) - same, len(new) - same
+
+
+class DocumentCache:
+    """The n-gram cache of one document's tokens, kept in step with its edits."""
+
+    def __init__(self, order: int, vocab: int) -> None:
+        self.index = NGramIndex(order, vocab)
+        self.ids: np.ndarray = np.zeros(0, dtype=np.int32)
+
+    def reset(self, ids: np.ndarray) -> None:
+        self.index = NGramIndex(self.index.order, self.index.base - 1)
+        self.ids = ids
+        self.index.add(ids.tolist())
+
+    def edit(self, first: int, ids: np.ndarray) -> None:
+        """The document's tokens became `ids`; the first changed token is `first`."""
+        old = self.ids
+        e_old, e_new = replaced_span(old, ids, min(first, len(old), len(ids)))
+        k = self.index.order
+        lo = max(0, first)
+        # every n-gram whose window touches the replaced tokens: next token in [first, end + order)
+        self.index.remove(old[max(0, lo - k) : e_old + k].tolist(), min(lo, k), None)
+        self.index.add(ids[max(0, lo - k) : e_new + k].tolist(), min(lo, k), None)
+        self.ids = ids
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    index: NGramIndex
+    exclude: NGramIndex | None = None  # counts to subtract (this document's cursor line)
+
+
+class CacheMixture:
+    """A LogitsHook mixing the cache levels into the model's distribution (see the module doc)."""
+
+    def __init__(
+        self, levels: Sequence[Level], history: Sequence[int], *, alpha: float = 2.0, min_order: int = 2
+    ) -> None:
+        self.levels = tuple(levels)
+        self.history = list(history)
+        self.alpha = alpha
+        self.min_order = min_order
+        self.order = max((lv.index.order for lv in self.levels), default=1)
+        self.probs: dict[int, float] = {}  # the last mixture's probability of the cache's tokens
+        self.rest_scale = 1.0  # and the factor on every other token's model probability
+        self.chosen: list[float] = []  # the mixture's probability of each accepted token
+        self._logz = 0.0
+        self._logits: np.ndarray | None = None
+
+    def active(self) -> bool:
+        return True  # it also measures the confidence of every token
+
+    def _distributions(self) -> list[tuple[float, dict[int, int]]]:
+        ctx = self.history[-self.order :]
+        out = []
+        for lv in self.levels:
+            hit = lv.index.lookup(ctx, self.min_order, lv.exclude)
+            if hit is not None:
+                n = hit[1][TOTAL]
+                out.append((n / (n + self.alpha), hit[1]))
+        return out
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        m = float(np.max(logits))
+        self._logz = m + float(np.log(np.sum(np.exp(logits - m))))
+        self._logits = logits
+        dists = self._distributions()
+        self.probs = {}
+        self.rest_scale = 1.0
+        if not dists:
+            return logits
+        probs: dict[int, float] = {}
+        scale = 1.0  # the model's share after each mixing step
+        for lam, counts in dists:  # outermost first: the innermost level has the final say
+            total = counts[TOTAL]
+            for t in probs:
+                probs[t] *= 1.0 - lam
+            scale *= 1.0 - lam
+            for t, c in counts.items():
+                if t == TOTAL:
+                    continue
+                if t not in probs:
+                    probs[t] = scale * float(np.exp(logits[t] - self._logz))
+                probs[t] += lam * c / total
+        self.probs, self.rest_scale = probs, scale
+        out = logits.copy()
+        for t, p in probs.items():
+            # logits are only ever compared: give every token its mixture probability, in log space
+            out[t] = np.log(max(p, 1e-30)) - np.log(max(scale, 1e-30)) + self._logz
+        return out
+
+    def prob(self, token: int) -> float:
+        """The mixture's probability of `token` at the last step."""
+        if token in self.probs:
+            return self.probs[token]
+        if self._logits is None:
+            return 1.0
+        return self.rest_scale * float(np.exp(self._logits[token] - self._logz))
+
+    def accept(self, token: int) -> None:
+        self.chosen.append(self.prob(token))
+        self.history.append(token)
