@@ -40,6 +40,7 @@ class StopReason(StrEnum):
     STOP = "stop"  # a stop sequence, a stop id, or the TextStop said so
     CANCELLED = "cancelled"  # the cancel check (a newer request, a disconnected client)
     DEADLINE = "time_budget"  # the wall-clock budget ran out
+    CONFIDENCE = "confidence"  # the cut said the token is not likely enough (it is not kept)
     ERROR = "error"  # the driver failed (HTTP worker)
 
 
@@ -252,6 +253,7 @@ class Decoder:
         should_stop: StopCheck | None = None,
         deadline: float | None = None,  # time.perf_counter() value
         penalize: bool = False,  # feed accepted tokens to the sampler's repetition window
+        cut: Callable[[int], bool] | None = None,  # True: end before this token (after the hooks saw it)
     ) -> None:
         self.sampler = sampler
         self.max_tokens = max_tokens
@@ -265,6 +267,7 @@ class Decoder:
         self.should_stop = should_stop
         self.deadline = deadline
         self.penalize = penalize
+        self.cut = cut
         self.tokens: list[int] = []
         self.reason: StopReason | None = None
         self._skip = SkipPrefix(skip)
@@ -300,6 +303,9 @@ class Decoder:
             return False
         if self.eos is not None and token == self.eos:
             self.finish(StopReason.EOS)
+            return False
+        if self.cut is not None and self.cut(token):
+            self.finish(StopReason.CONFIDENCE)
             return False
         self.tokens.append(token)
         if token in self.stop_ids:

@@ -22,6 +22,7 @@ from typing import Any
 
 from bitmamba_lsp import __version__, _core
 from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.lsp.candidates import line_candidates
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
 from bitmamba_lsp.lsp.model_slot import ModelSlot
@@ -196,6 +197,7 @@ class Session:
             prompt=prompt_at(doc, offset),
             ctx=self.cursor_context(doc, offset),
             line_tokens=doc.line_tokens(offset),
+            candidates=line_candidates(doc.text, offset) if self.settings.line_candidates else [],
             max_tokens=self.settings.max_tokens,
             deadline_ms=self.settings.time_budget_ms,
         )

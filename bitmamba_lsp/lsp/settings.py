@@ -37,6 +37,9 @@ class Settings:
     cache_order: int = 6  # longest context the caches count
     cache_alpha: float = 2.0  # a cache context seen n times gets weight n / (n + alpha)
     cache_min_order: int = 2  # shorter contexts are not used
+    line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
+    min_confidence: float = 0.0  # end a suggestion at a token less likely than this (0: never)
+    min_line_confidence: float = 0.0  # ... or when the product of its tokens' probabilities falls below this
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -82,6 +85,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "cache_order": (1, 16),
     "cache_alpha": (0.001, 1000),
     "cache_min_order": (1, 16),
+    "min_confidence": (0, 1),
+    "min_line_confidence": (0, 1),
 }
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from bitmamba_lsp.engine.decoding import (
     Decoder,
@@ -35,6 +39,7 @@ class CompletionJob:
     prompt: Prompt  # what the model reads
     ctx: CursorContext  # the text around the cursor, for the stop rules
     line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
+    candidates: list[str] = field(default_factory=list)  # whole-line candidates (candidates.py)
     cancel: threading.Event = field(default_factory=threading.Event)
     max_tokens: int = 64
     deadline_ms: float = 1500.0
@@ -67,6 +72,70 @@ class CompletionResult:
         return str(self.rule or self.reason)
 
 
+def line_probability(probs: list[float], tokens: list[int], tok: Any, skip: str) -> float:
+    """The mixture's probability of the first line of a generated text: the product over its
+    tokens up to the first line break after the healed text."""
+    p = 1.0
+    stream = tok.stream_decoder()
+    text = ""
+    for prob, t in zip(probs, tokens, strict=False):
+        p *= prob
+        text += stream.feed(t)
+        if "\n" in text[len(skip) :]:
+            break
+    return p
+
+
+def candidate_probability(
+    model: Model, state: Any, logits: np.ndarray, hooks: Hooks, ids: list[int]
+) -> float:
+    """The probability of the token sequence `ids` after the prompt, through a fresh set of the
+    request's hooks (so on the same scale as the greedy line)."""
+    active = hooks.fresh()
+    mixture = hooks.mixture
+    assert mixture is not None
+    rows = [logits]
+    if len(ids) > 1:
+        rows.extend(model.prefill(state.copy(), ids[:-1], all_logits=True))
+    p = 1.0
+    for row, t in zip(rows, ids, strict=True):
+        for h in active:
+            if h.active():
+                row = h.apply(row)
+        if not np.isfinite(row[t]):
+            return 0.0  # the healing constraint forbids it
+        for h in active:
+            h.accept(t)
+        p *= mixture.chosen[-1]
+    return p
+
+
+def best_line(
+    model: Model,
+    state: Any,
+    logits: np.ndarray,
+    hooks: Hooks,
+    skip: str,
+    candidates: list[str],
+    greedy: str,
+    greedy_p: float,
+) -> str:
+    """The generated text or a candidate line, whichever has the larger expected gain (its
+    probability times its length); a candidate must also reach `min_line_confidence`."""
+    tok = model.require_tokenizer()
+    first = greedy.split("\n", 1)[0]
+    best, best_gain = greedy, greedy_p * len(first)
+    floor = hooks.settings.min_line_confidence
+    for cand in candidates:
+        ids = tok.encode(skip + cand)
+        if not ids:
+            continue
+        p = candidate_probability(model, state, logits, hooks, ids)
+        if p >= floor and p * len(cand) > best_gain:
+            best, best_gain = cand, p * len(cand)
+    return best
+
+
 def cancelled_result(job: CompletionJob) -> CompletionResult:
     queue_ms = (time.perf_counter() - job.submitted) * 1000
     return CompletionResult(
@@ -84,14 +153,54 @@ def cancelled_result(job: CompletionJob) -> CompletionResult:
     )
 
 
-def mixture_for(cache: DocumentCache, job: CompletionJob, prompt: Prompt, settings: Settings) -> CacheMixture:
-    """The cache mixture of one request: this document's cache without its cursor line."""
+@dataclass
+class Hooks:
+    """How one request changes the model's distribution: token healing's constraint and the cache
+    mixture. `fresh()` builds a new set with the same starting point (each candidate line is scored
+    through its own, on the same scale as the greedy line)."""
+
+    healer: TokenHealer | None
+    healed_raw: bytes
+    levels: list[Level]
+    history: list[int]
+    settings: Settings
+    mixture: CacheMixture | None = None
+
+    def fresh(self) -> list[LogitsHook]:
+        hooks: list[LogitsHook] = []
+        if self.healer is not None and self.healed_raw:
+            hooks.append(HealingConstraint(self.healer, self.healed_raw))
+        s = self.settings
+        self.mixture = None
+        if self.levels or s.min_confidence or s.min_line_confidence or s.line_candidates:
+            self.mixture = CacheMixture(self.levels, self.history, alpha=s.cache_alpha, min_order=s.cache_min_order)
+            hooks.append(self.mixture)
+        return hooks
+
+
+def cache_levels(cache: DocumentCache | None, job: CompletionJob, settings: Settings) -> list[Level]:
+    """The caches one request reads: this document's, without its cursor line."""
+    if cache is None or not settings.cache_model:
+        return []
     a, b = job.line_tokens
     exclude = NGramIndex(cache.index.order, cache.index.base - 1)
     if b > a:
         exclude.update(cache.ids.tolist(), a, b + cache.index.order, +1, touching=(a, b))
-    levels = [Level("file", cache.index, exclude)]
-    return CacheMixture(levels, prompt.ids.tolist(), alpha=settings.cache_alpha, min_order=settings.cache_min_order)
+    return [Level("file", cache.index, exclude)]
+
+
+def confidence_cut(mixture: CacheMixture, settings: Settings) -> Callable[[int], bool]:
+    """End the suggestion before a token the mixture finds unlikely, or once the whole line so far
+    is unlikely (the product of its tokens' probabilities)."""
+    tok_min, line_min = settings.min_confidence, settings.min_line_confidence
+    running = [1.0]
+
+    def cut(token: int) -> bool:
+        p = mixture.chosen[-1] if mixture.chosen else 1.0
+        running[0] *= p
+        return p < tok_min or running[0] < line_min
+
+    return cut
 
 
 def suggest(
@@ -107,19 +216,16 @@ def suggest(
         return cancelled_result(job)
     tok = model.require_tokenizer()
     prompt = job.prompt.or_start(model.eos_id if model.eos_id is not None else 0)
-    hooks: list[LogitsHook] = []
-    skip = ""
+    skip, raw = "", b""
     if healer is not None and settings.token_healing:
         prompt, healed = prompt.heal(healer)
-        if healed.raw:
-            hooks.append(HealingConstraint(healer, healed.raw))
-            skip = healed.text
-    if cache is not None and settings.cache_model:
-        hooks.append(mixture_for(cache, job, prompt, settings))
+        skip, raw = healed.text, healed.raw
+    hooks = Hooks(healer, raw, cache_levels(cache, job, settings), prompt.ids.tolist(), settings)
     restored = store.feed(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
     )
     t_prefill = time.perf_counter()
+    start_state = restored.state.copy() if job.candidates else None
     cfg = GenerationConfig(
         temperature=settings.temperature,
         top_k=settings.top_k,
@@ -128,6 +234,8 @@ def suggest(
         repetition_penalty=1.0,
     )
     rules = StopRules(job.ctx)
+    active = hooks.fresh()
+    mixture = hooks.mixture
     decoder = Decoder(
         make_sampler(model, cfg),
         max_tokens=job.max_tokens,
@@ -135,22 +243,26 @@ def suggest(
         stream=tok.stream_decoder(),
         text_stop=rules,
         skip=skip,
-        hooks=hooks,
+        hooks=active,
         should_stop=job.cancel.is_set,
         deadline=job.submitted + job.deadline_ms / 1000,
+        cut=confidence_cut(mixture, settings) if mixture is not None else None,
     )
     first_token_at = 0.0
     for _ in decode(model, restored.state, decoder, restored.logits):
         if not first_token_at:
             first_token_at = time.perf_counter()
-    end = time.perf_counter()
-    first_token_at = first_token_at or end
+    first_token_at = first_token_at or time.perf_counter()
     reason = decoder.reason or StopReason.LENGTH
+    text = rules.text
+    if start_state is not None and mixture is not None and reason is not StopReason.CANCELLED:
+        greedy_p = line_probability(mixture.chosen, decoder.tokens, tok, skip)
+        text = best_line(model, start_state, restored.logits, hooks, skip, job.candidates, text, greedy_p)
+    end = time.perf_counter()
     return CompletionResult(
-        suggestion=None if reason is StopReason.CANCELLED else finalize(rules.text, job.ctx),
-        text=rules.text,
-        reason=reason,
-        rule=rules.reason,
+        suggestion=None if reason is StopReason.CANCELLED else finalize(text, job.ctx),
+        text=text,
+        reason=reason,        rule=rules.reason,
         tokens=len(decoder.tokens),
         resumed_from=restored.resumed,
         fed=restored.fed,
