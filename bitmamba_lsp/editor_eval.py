@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,12 +179,16 @@ class SourceFile:
     text: str
 
 
-async def _score_file(session: Any, f: SourceFile, cases: list[Case], repo_lines: list[str], tallies: Tallies) -> None:
+async def _score_file(
+    session: Any, f: SourceFile, cases: list[Case], repo_lines: list[str], tallies: Tallies, uri: str
+) -> None:
     from bitmamba_lsp.lsp.documents import Change
 
-    uri = f"file:///{f.package}/{f.name}"
     lines = f.text.split("\n")
     session.open(uri, f.text, 1)
+    # the user opened the file a while ago: the workspace is read, background work is done
+    await asyncio.to_thread(session.scanned.wait, 600)
+    await asyncio.to_thread(session.worker.wait_idle, 600)
     version = 1
     for c in cases:
         prev_line = lines[c.line - 1] if c.line > 0 else ""
@@ -208,31 +213,44 @@ async def _score_file(session: Any, f: SourceFile, cases: list[Case], repo_lines
 
 
 async def score_files(
-    files: Sequence[SourceFile], options: dict[str, Any], *, lines_per_file: int, seed: int
+    files: Sequence[SourceFile], options: dict[str, Any], *, lines_per_file: int, seed: int, workspace: bool = True
 ) -> dict[str, Any]:
-    """Open every file in a fresh daemon session (settings `options`) and score its cases."""
+    """Score every file's cases in a daemon session (settings `options`), one session per package
+    whose workspace folder holds that package's files (workspace=False: no workspace folder)."""
+    import tempfile
+
     from bitmamba_lsp.lsp.session import Session
 
-    session = Session(lambda level, msg, popup: None)
-    session.configure({"debounceMs": 0, "speculative": False, **options})
-    await session.start_model_load()
-    if session.slot.model is None:
-        raise RuntimeError(f"the model did not load: {session.slot.error}")
     by_package: dict[str, list[SourceFile]] = {}
     for f in files:
         by_package.setdefault(f.package, []).append(f)
     tallies = Tallies()
     n_cases = 0
-    try:
-        for package, pfiles in by_package.items():
+    model_name = ""
+    for package, pfiles in by_package.items():
+        with tempfile.TemporaryDirectory(prefix="bitmamba-eval-") as tmp:
+            root = Path(tmp) / package
             for f in pfiles:
-                others = [ln for g in pfiles if g is not f for ln in g.text.split("\n")]
-                cases = pick_cases(f.text, lines_per_file, seed, f"{package}/{f.name}")
-                n_cases += len(cases)
-                await _score_file(session, f, cases, others, tallies)
-    finally:
-        session.shutdown()
-    return {"cases": n_cases, "results": tallies.report(), "model": session.slot.model.name}
+                dest = root / f.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(f.text, "utf-8")
+            session = Session(lambda level, msg, popup: None)
+            session.configure({"debounceMs": 0, "speculative": False, **options})
+            await session.start_model_load()
+            if session.slot.model is None:
+                raise RuntimeError(f"the model did not load: {session.slot.error}")
+            model_name = session.slot.model.name
+            if workspace:
+                session.set_workspace([root])
+            try:
+                for f in pfiles:
+                    others = [ln for g in pfiles if g is not f for ln in g.text.split("\n")]
+                    cases = pick_cases(f.text, lines_per_file, seed, f"{package}/{f.name}")
+                    n_cases += len(cases)
+                    await _score_file(session, f, cases, others, tallies, uri=(root / f.name).as_uri())
+            finally:
+                session.shutdown()
+    return {"cases": n_cases, "results": tallies.report(), "model": model_name}
 
 
 def run_scoring(files: Iterable[SourceFile], options: dict[str, Any], *, lines_per_file: int, seed: int) -> dict:

@@ -26,9 +26,14 @@ def test_mid_line_is_single_line_and_trims_the_suffix() -> None:
     ctx = CursorContext(line_prefix="total = compute(", line_suffix="values)")
     assert ctx.mid_line and not ctx.block_mode
     assert suggest(ctx, "x, values)\nprint(total)\n") == ("x, ", 0)
-    assert suggest(ctx, "x\nmore") == ("x", 0)
+    # inside a finished line, text that does not lead back to the rest of the line is not offered
+    assert suggest(ctx, "x\nmore") is None
+    assert suggest(ctx, "x + y") is None
     # nothing but what already follows: nothing to show
     assert suggest(ctx, "values)") is None
+    # what it inserts must be balanced by itself
+    assert suggest(ctx, "f(a, values)") is None  # "f(a, " would leave f( open
+    assert suggest(ctx, "f(a), values)") == ("f(a), ", 0)
 
 
 def test_only_closing_punctuation_after_the_cursor_is_replaced() -> None:
@@ -37,6 +42,30 @@ def test_only_closing_punctuation_after_the_cursor_is_replaced() -> None:
     assert suggest(ctx, '"hello")\nx = 1') == ('"hello")', 1)
     # a suggestion without the closer is inserted, not replacing it
     assert suggest(ctx, '"hello"\n') == ('"hello"', 0)
+
+
+def test_closing_punctuation_is_replaced_only_when_the_suggestion_closes_it() -> None:
+    ctx = CursorContext(line_prefix="getattr(", line_suffix=")")
+    # the suggestion's ")" closes its own get(: replacing the line's ")" would unbalance the line
+    got = suggest(ctx, 'self.root, self.text.get("name")')
+    assert got is not None and got[1] == 0
+    line = "getattr(" + got[0] + ")"
+    assert unmatched_open(line) == []
+    assert suggest(ctx, "self.root)") == ("self.root)", 1)
+    # an item that would change nothing is not shown
+    ctx = CursorContext(line_prefix="x = [1, 2", line_suffix="]")
+    assert suggest(ctx, "]") is None
+
+
+def test_loops_are_cut_and_repeating_the_line_below_is_dropped() -> None:
+    ctx = CursorContext(line_prefix="xs = [1, 2", line_suffix="")
+    text, reason = run(ctx, ", 3, 3, 3, 3, 3, 3, 3]")
+    assert reason == "loop" and text == ""  # stopped where the loop starts
+    ctx = CursorContext(line_prefix="name = ", line_suffix="")
+    assert suggest(ctx, "get_in_in_in_in_in_in") == ("get", 0)
+    ctx = CursorContext(line_prefix="    ", line_suffix="", next_lines=["    return x"], multiline=False)
+    assert suggest(ctx, "return x") is None
+    assert suggest(ctx, "return y") == ("return y", 0)
 
 
 def test_end_of_line_single_line() -> None:

@@ -118,27 +118,63 @@ def replaced_span(old: np.ndarray, new: np.ndarray, first: int) -> tuple[int, in
 
 
 class DocumentCache:
-    """The n-gram cache of one document's tokens, kept in step with its edits."""
+    """The n-gram counts of one document's tokens, kept in step with its edits, into its own index
+    and any shared ones (the union of the open documents). Built in background slices
+    (`build`); an edit updates the part already built, in proportion to the edit."""
 
-    def __init__(self, order: int, vocab: int) -> None:
-        self.index = NGramIndex(order, vocab)
+    def __init__(self, index: NGramIndex, shared: tuple[NGramIndex, ...] = ()) -> None:
+        self.index = index
+        self.indexes = (index, *shared)
         self.ids: np.ndarray = np.zeros(0, dtype=np.int32)
+        self.built = 0  # n-grams whose next token is at ids[:built] are counted
+
+    @property
+    def complete(self) -> bool:
+        return self.built >= len(self.ids)
+
+    def _update(self, ids: np.ndarray, lo: int, hi: int, sign: int) -> None:
+        k = self.index.order
+        a = max(0, lo - k)
+        window = ids[a:hi].tolist()
+        for ix in self.indexes:
+            ix.update(window, lo - a, hi - a, sign)
 
     def reset(self, ids: np.ndarray) -> None:
-        self.index = NGramIndex(self.index.order, self.index.base - 1)
-        self.ids = ids
-        self.index.add(ids.tolist())
+        """A new text (opened): forget the old counts; `build` counts the new ones."""
+        if self.built:
+            self._update(self.ids, 0, self.built, -1)
+        self.ids, self.built = ids, 0
+
+    def build(self, n: int) -> int:
+        """Count the next `n` positions; returns how many were counted."""
+        hi = min(len(self.ids), self.built + n)
+        done = hi - self.built
+        if done > 0:
+            self._update(self.ids, self.built, hi, +1)
+            self.built = hi
+        return done
 
     def edit(self, first: int, ids: np.ndarray) -> None:
         """The document's tokens became `ids`; the first changed token is `first`."""
         old = self.ids
-        e_old, e_new = replaced_span(old, ids, min(first, len(old), len(ids)))
+        first = min(first, len(old), len(ids))
+        e_old, e_new = replaced_span(old, ids, first)
         k = self.index.order
-        lo = max(0, first)
-        # every n-gram whose window touches the replaced tokens: next token in [first, end + order)
-        self.index.remove(old[max(0, lo - k) : e_old + k].tolist(), min(lo, k), None)
-        self.index.add(ids[max(0, lo - k) : e_new + k].tolist(), min(lo, k), None)
+        if self.built <= first:
+            pass  # nothing counted there yet
+        elif self.built < e_old + k:
+            self._update(old, first, self.built, -1)  # the frontier was in the edit: recount from it
+            self.built = first
+        else:
+            # every n-gram whose window touches the replaced tokens: next token in [first, end + order)
+            self._update(old, first, e_old + k, -1)
+            self._update(ids, first, e_new + k, +1)
+            self.built += e_new - e_old
         self.ids = ids
+
+    def drop(self) -> None:
+        """The document closed: take its counts out of the shared indexes."""
+        self.reset(np.zeros(0, dtype=np.int32))
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,14 @@ whether to stop; `finalize` turns the raw text into the suggestion shown to the 
 there is nothing useful).
 
 Rules, after the mature daemons (tabby's post-processing, llama.vim, Copilot):
-- mid-line (word characters after the cursor): one line, never repeating the text that follows;
-- only closing punctuation after the cursor (e.g. ``)``): the item replaces it instead of duplicating it;
+- mid-line (word characters after the cursor): one line, and only text the model wrote up to
+  what follows the cursor (it reproduced the rest of the line): a suggestion inside a finished
+  line that does not lead back to its rest is not shown;
+- only closing punctuation after the cursor (e.g. ``)``): the item replaces it only when its own
+  brackets close it (an accepted suggestion never unbalances a line that was balanced), and an
+  item that would change nothing is not shown;
+- degenerate loops (a short unit repeated four or more times) end the suggestion before the loop;
+  a suggestion that repeats the line below the cursor is not shown;
 - at an empty line or after a block opener, multi-line mode continues while the indentation stays
   inside the current block, and stops at a dedent or at two blank lines in a row;
 - a closing bracket with nothing to close ends the suggestion; so do lines that repeat the line
@@ -17,6 +23,7 @@ Rules, after the mature daemons (tabby's post-processing, llama.vim, Copilot):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -161,6 +168,7 @@ class StopRule(StrEnum):
     """Which rule ended a suggestion."""
 
     LINE = "line"  # end of a single-line suggestion
+    LOOP = "loop"  # a short unit repeated four or more times
     BRACKET = "bracket"  # a closing bracket with nothing to close
     MAX_LINES = "max_lines"
     BLANK_LINES = "blank_lines"  # two blank lines in a row
@@ -219,6 +227,9 @@ class StopRules:
                 else:
                     return self._stop(i, StopRule.BRACKET)
         self.text = self.raw
+        loop = find_loop(self.raw, max(0, start - 64))
+        if loop is not None:
+            return self._stop(loop, StopRule.LOOP)
         return bool(self.ctx.block_mode and self._block_should_stop())
 
     def finish(self) -> None:
@@ -274,6 +285,66 @@ class StopRules:
         return True
 
 
+_LOOP = re.compile(r"(\S.{0,15}?)\1{3,}|(?:\\n){3,}")
+
+
+def find_loop(text: str, start: int = 0) -> int | None:
+    """Where a degenerate loop (a unit of 1-16 characters, not all spaces, repeated 4+ times in a
+    row, or a run of escaped line breaks) starts in text[start:], or None."""
+    m = _LOOP.search(text, start)
+    return m.start() if m else None
+
+
+def balanced(text: str) -> bool:
+    """Does `text` close every bracket it opens, and close none it did not open?"""
+    depth: list[str] = []
+    for ch in _code_chars(text):
+        if ch in OPEN:
+            depth.append(ch)
+        elif ch in CLOSE:
+            if not depth or depth[-1] != PAIR[ch]:
+                return False
+            depth.pop()
+    return not depth
+
+
+def _code_chars(text: str) -> str:
+    """`text` with string literals blanked (a rough scan, one line)."""
+    out, quote = [], ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and text[i - 1] != "\\":
+                quote = ""
+            out.append(" ")
+        elif ch in "\"'":
+            quote = ch
+            out.append(" ")
+        elif ch == "#":
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def balanced_prefix(text: str) -> str:
+    """The longest prefix of a one-line text that is balanced (cut where the brackets it opened are
+    all closed again), trailing whitespace removed."""
+    if balanced(text):
+        return text
+    code = _code_chars(text)
+    depth, best = 0, 0
+    for i, ch in enumerate(code):
+        if ch in OPEN:
+            depth += 1
+        elif ch in CLOSE:
+            depth -= 1
+            if depth < 0:
+                break
+        if depth == 0 and ch not in OPEN:
+            best = i + 1
+    return text[:best].rstrip()
+
+
 @dataclass
 class Suggestion:
     insert_text: str
@@ -291,23 +362,51 @@ def finalize(text: str, ctx: CursorContext) -> Suggestion | None:
         lead = len(text) - len(text.lstrip("\n")) if not ctx.line_suffix.strip() else 0
         text = text[:lead] + text[lead:].split("\n", 1)[0]
         text = text.rstrip()
+    loop = find_loop(text)
+    if loop is not None:
+        text = text[:loop].rstrip()
     if not ctx.line_prefix.strip() and not text.strip():
         return None
     replace = 0
     if ctx.mid_line:
-        text = _trim_suffix_overlap(text, ctx.line_suffix)
+        reached = _up_to_suffix(text, ctx.line_suffix)
+        if reached is None or not balanced(reached):
+            return None  # it does not lead back to the rest of the line, or leaves a bracket open
+        text = reached
     elif ctx.closing_suffix:
         closing = ctx.closing_suffix
         first, sep, rest = text.partition("\n")
-        if first.endswith(closing) and not sep:
-            replace = len(ctx.line_suffix.rstrip())
+        if first.endswith(closing) and not sep and balanced(first[: len(first) - len(closing)]):
+            replace = len(ctx.line_suffix.rstrip())  # its own brackets close what the suffix closed
+            if first == ctx.line_suffix[:replace]:
+                return None  # it would change nothing
         else:
-            text = _trim_suffix_overlap(first, closing) + sep + rest
+            text = balanced_prefix(_trim_suffix_overlap(first, closing)) + sep + rest
     if not text.strip():
         return None
     if not ctx.line_prefix.strip() and text.strip() in CLOSE:
         return None
+    first_line = (ctx.line_prefix + text.split("\n", 1)[0]).strip()
+    below = next((ln.strip() for ln in ctx.next_lines if ln.strip()), None)
+    if below is not None and first_line == below and not ctx.line_suffix.strip():
+        return None  # it repeats the line below the cursor
     return Suggestion(insert_text=text, replace_chars=replace)
+
+
+def _up_to_suffix(text: str, suffix: str) -> str | None:
+    """The part of `text` before the point where it reproduces the start of `suffix` (the rest of
+    the line after the cursor), or None when it never does."""
+    head = suffix.strip()[:8]
+    if not head:
+        return text
+    i = text.find(head)
+    if i < 0:
+        return None
+    out = text[:i]
+    lead = suffix[: len(suffix) - len(suffix.lstrip())]
+    if lead and out.endswith(lead):
+        out = out[: len(out) - len(lead)]
+    return out
 
 
 def _trim_suffix_overlap(text: str, suffix: str) -> str:

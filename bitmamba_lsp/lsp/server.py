@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
@@ -15,6 +16,7 @@ from pygls.lsp.server import LanguageServer
 
 from bitmamba_lsp import __version__
 from bitmamba_lsp.lsp.documents import Change
+from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.notify import Level
 from bitmamba_lsp.lsp.protocol import BitmambaProtocol
 from bitmamba_lsp.lsp.session import Completion, RequestError, Session
@@ -67,6 +69,14 @@ class BitmambaServer(LanguageServer):
             )
         except RequestError as e:
             raise JsonRpcInvalidParams(str(e)) from None
+
+
+def workspace_folders(params: types.InitializeParams) -> list[Path]:
+    uris = [f.uri for f in params.workspace_folders or []] or ([params.root_uri] if params.root_uri else [])
+    paths = [uri_path(u) for u in uris]
+    if not paths and params.root_path:
+        paths = [Path(params.root_path)]
+    return [p for p in paths if p is not None]
 
 
 def to_change(change: types.TextDocumentContentChangeEvent) -> Change:
@@ -132,6 +142,7 @@ def create_server(model: str | None = None, threads: int | None = None) -> Bitma
     @server.feature(types.INITIALIZE)
     def initialize(ls: BitmambaServer, params: types.InitializeParams) -> None:
         ls.session.configure(params.initialization_options)
+        ls.session.set_workspace(workspace_folders(params))
         if ls.session.settings.completion_fallback:
             ls.feature(
                 types.TEXT_DOCUMENT_COMPLETION,

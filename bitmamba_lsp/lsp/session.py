@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bitmamba_lsp import __version__, _core
@@ -25,6 +27,7 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.candidates import line_candidates
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
+from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.model_slot import ModelSlot
 from bitmamba_lsp.lsp.notify import Notify
 from bitmamba_lsp.lsp.pending import Pending, PendingSuggestions
@@ -33,6 +36,7 @@ from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.stats import Stats
 from bitmamba_lsp.lsp.suggest import CompletionJob, CompletionResult
 from bitmamba_lsp.lsp.worker import ModelWorker
+from bitmamba_lsp.lsp.workspace import ScanLimits, scan
 
 log = logging.getLogger("bitmamba_lsp")
 
@@ -70,6 +74,9 @@ class Session:
         self.jobs: dict[str, CompletionJob] = {}
         self.request_seq: dict[str, int] = {}
         self.pending = PendingSuggestions()
+        self.workspace_folders: list[Path] = []
+        self._scan_generation = 0
+        self.scanned = threading.Event()  # set when the last workspace scan has read everything
         self.stats = Stats()
         self.started = time.time()
 
@@ -96,9 +103,42 @@ class Session:
         return self.slot.load(self.settings, self._retrack)
 
     def _retrack(self) -> None:
-        """The model (and so the tokenizer) changed: track every open document anew."""
+        """The model (and so the tokenizer) changed: track every open document anew, read the
+        workspace again."""
         for uri, doc in list(self.docs.items()):
             self._track(uri, doc.text, doc.version)
+        self._scan_workspace()
+
+    def set_workspace(self, folders: list[Path]) -> None:
+        """The workspace folders (from initialize): read in the background for the workspace cache."""
+        self.workspace_folders = [f for f in folders if f.is_dir()]
+        if self.slot.model is not None:
+            self._scan_workspace()
+
+    def _scan_workspace(self) -> None:
+        model = self.slot.model
+        if not self.workspace_folders or model is None or model.tokenizer is None or not self.settings.cache_model:
+            self.scanned.set()  # nothing to read
+            return
+        tok, worker, folders = model.tokenizer, self.worker, list(self.workspace_folders)
+        s = self.settings
+        limits = ScanLimits(max_files=s.workspace_max_files, max_tokens=s.workspace_max_tokens)
+        open_paths = {p for p in (uri_path(u) for u in self.docs) if p is not None}
+        generation = self._scan_generation = self._scan_generation + 1
+        done = self.scanned = threading.Event()
+
+        def run() -> None:
+            worker.set_workspace_roots(folders)
+            try:
+                for path, ids in scan(folders, tok.encode, limits, skip=open_paths.__contains__,
+                                      stop=lambda: generation != self._scan_generation or worker.stopped):
+                    worker.workspace_file(path, ids)
+            except Exception:  # never fatal: the workspace level is a bonus
+                log.exception("workspace scan failed")
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="bitmamba-workspace", daemon=True).start()
 
     # ------------------------------------------------------------------ documents
     def _track(self, uri: str, text: str, version: int) -> TrackedDocument:

@@ -37,6 +37,8 @@ class Settings:
     cache_order: int = 6  # longest context the caches count
     cache_alpha: float = 2.0  # a cache context seen n times gets weight n / (n + alpha)
     cache_min_order: int = 2  # shorter contexts are not used
+    workspace_max_files: int = 20_000  # workspace files looked at for the workspace cache
+    workspace_max_tokens: int = 1_000_000  # tokens of workspace files kept in it
     line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
     min_confidence: float = 0.0  # end a suggestion at a token less likely than this (0: never)
     min_line_confidence: float = 0.0  # ... or when the product of its tokens' probabilities falls below this
@@ -86,6 +88,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "cache_alpha": (0.001, 1000),
     "cache_min_order": (1, 16),
     "min_confidence": (0, 1),
+    "workspace_max_files": (0, 10_000_000),
+    "workspace_max_tokens": (0, 100_000_000),
     "min_line_confidence": (0, 1),
 }
 

@@ -26,7 +26,7 @@ from bitmamba_lsp.engine.decoding import (
 )
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model
-from bitmamba_lsp.lsp.cache_model import CacheMixture, DocumentCache, Level, NGramIndex
+from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
 from bitmamba_lsp.lsp.completion import CursorContext, StopRule, StopRules, Suggestion, finalize
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
@@ -178,17 +178,6 @@ class Hooks:
         return hooks
 
 
-def cache_levels(cache: DocumentCache | None, job: CompletionJob, settings: Settings) -> list[Level]:
-    """The caches one request reads: this document's, without its cursor line."""
-    if cache is None or not settings.cache_model:
-        return []
-    a, b = job.line_tokens
-    exclude = NGramIndex(cache.index.order, cache.index.base - 1)
-    if b > a:
-        exclude.update(cache.ids.tolist(), a, b + cache.index.order, +1, touching=(a, b))
-    return [Level("file", cache.index, exclude)]
-
-
 def confidence_cut(mixture: CacheMixture, settings: Settings) -> Callable[[int], bool]:
     """End the suggestion before a token the mixture finds unlikely, or once the whole line so far
     is unlikely (the product of its tokens' probabilities)."""
@@ -209,7 +198,7 @@ def suggest(
     healer: TokenHealer | None,
     settings: Settings,
     job: CompletionJob,
-    cache: DocumentCache | None = None,
+    levels: list[Level] | None = None,
 ) -> CompletionResult:
     t_start = time.perf_counter()
     if job.cancel.is_set():
@@ -220,7 +209,7 @@ def suggest(
     if healer is not None and settings.token_healing:
         prompt, healed = prompt.heal(healer)
         skip, raw = healed.text, healed.raw
-    hooks = Hooks(healer, raw, cache_levels(cache, job, settings), prompt.ids.tolist(), settings)
+    hooks = Hooks(healer, raw, list(levels or []) if settings.cache_model else [], prompt.ids.tolist(), settings)
     restored = store.feed(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
     )

@@ -19,13 +19,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
-from bitmamba_lsp.lsp.cache_model import DocumentCache
+from bitmamba_lsp.lsp.memory import Memory
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
@@ -50,7 +51,7 @@ class ModelWorker:
         self._speculative: list[tuple[CompletionJob, cf.Future[Any]]] = []
         self._busy_uri: str | None = None
         self._stop = False
-        self.caches: dict[str, DocumentCache] = {}  # per document: its n-gram cache (cache_model.py)
+        self.memory: Memory | None = None  # the cache levels (memory.py), with the model
         self.background_tokens = 0
         self._bg_rate = 1000.0  # background prefill tokens/s (measured as it runs)
         self._last_foreground = 0.0  # time.perf_counter() of the last foreground task
@@ -86,6 +87,10 @@ class ModelWorker:
 
         self._fifo.put(task)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
     def shutdown(self, wait: bool = True) -> None:
         self._stop = True
         self._fifo.put(None)
@@ -108,6 +113,8 @@ class ModelWorker:
             else None
         )
         self.model = model
+        s = self.settings
+        self.memory = Memory(s.cache_order, model.vocab_size) if s.cache_model else None
         self.store = StateStore(
             state_bytes=model.state_bytes,
             budget_bytes=self.settings.memory_budget_mb << 20,
@@ -146,9 +153,8 @@ class ModelWorker:
             d.spec.clear()
             d.target = d.open_target = len(ids) if self.settings.prefill_on_open else 0
             d.touch()
-            if self.settings.cache_model and self.model is not None:
-                cache = self.caches[uri] = DocumentCache(self.settings.cache_order, self.model.vocab_size)
-                cache.reset(ids)
+            if self.memory is not None:
+                self.memory.opened(uri, ids)
 
         self.post(do)
 
@@ -162,9 +168,8 @@ class ModelWorker:
                 d.open_target = len(ids)
             d.target = max(target, d.open_target)
             d.touch()
-            cache = self.caches.get(uri)
-            if cache is not None:
-                cache.edit(first_changed, ids)
+            if self.memory is not None:
+                self.memory.edited(uri, first_changed, ids)
 
         self.post(do)
 
@@ -172,7 +177,24 @@ class ModelWorker:
         def do() -> None:
             if self.store is not None:
                 self.store.drop(uri)
-            self.caches.pop(uri, None)
+            if self.memory is not None:
+                self.memory.closed(uri)
+
+        self.post(do)
+
+    def workspace_file(self, path: Path, ids: list[int]) -> None:
+        """A workspace file read by the scanner (any thread): counted in background slices."""
+
+        def do() -> None:
+            if self.memory is not None:
+                self.memory.add_workspace_file(path, np.asarray(ids, dtype=np.int32))
+
+        self.submit(do, foreground=False)
+
+    def set_workspace_roots(self, roots: list[Path]) -> None:
+        def do() -> None:
+            if self.memory is not None:
+                self.memory.roots = list(roots)
 
         self.post(do)
 
@@ -212,7 +234,8 @@ class ModelWorker:
         if self.model is None or self.store is None:
             return cancelled_result(job)
         self._busy_uri = job.uri
-        return suggest(self.model, self.store, self.healer, self.settings, job, self.caches.get(job.uri))
+        levels = self.memory.levels(job.uri, job.line_tokens) if self.memory is not None else []
+        return suggest(self.model, self.store, self.healer, self.settings, job, levels)
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -238,7 +261,7 @@ class ModelWorker:
             fut.cancel()
 
     def _has_background(self) -> bool:
-        if self._speculative:
+        if self._speculative or (self.memory is not None and self.memory.background_work()):
             return True
         if self.store is None:
             return False
@@ -254,6 +277,9 @@ class ModelWorker:
                 fut.set_result(self._complete(job))
             except Exception as e:
                 fut.set_exception(e)
+            return
+        if self.memory is not None and self.memory.background_work():
+            self.memory.background_slice()
             return
         store, model = self.store, self.model
         if store is None or model is None:
