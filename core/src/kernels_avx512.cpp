@@ -363,6 +363,8 @@ void exp_avx512(float* x, int n) {
 
 }  // namespace
 
+// The avx512 level (avx512-vnni with -mavx512vnni) builds on the avx2 set (itself built from
+// scalar): it keeps AVX2's argmax, fgemv and i8gemv and overrides the rest.
 const KernelSet& avx512_kernels() {
     static const KernelSet k = [] {
         KernelSet s = avx2_kernels();
