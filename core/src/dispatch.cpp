@@ -18,6 +18,6 @@ const KernelSet& best_kernels() {
 
 const char* simd_level() { return best_kernels().name; }
 
-// simd_supported_by_cpu() is in cpu_features.cpp, compiled for the baseline ISA.
+// simd_supported_by_cpu() is in core/src/arch/<family>/cpu_<family>.cpp, compiled for the baseline ISA.
 
 }  // namespace bm

@@ -57,8 +57,8 @@ void packed_to_int8(const PackedMatrix& m, int8_t* out);
 //     KernelSet k = scalar_kernels();
 //     k.name = "neon";
 //     k.gemv = gemv_neon;
-// A new slot is declared here, implemented in kernels_scalar.cpp and set in scalar_kernels(); every
-// level then runs the reference for it until it overrides it.
+// A new slot is declared here, implemented in arch/scalar/kernels_scalar.cpp and set in
+// scalar_kernels(); every level then runs the reference for it until it overrides it.
 struct KernelSet {
     const char* name = nullptr;  // the level's name in core/simd_levels.txt (what simd_level() reports)
     // y[r] for rows of row groups [g0, g1). x has cols_pad int8 (zero padded); sum_x = sum of x.

@@ -1,13 +1,8 @@
-// Whether the running CPU can execute the level this library was built for. Compiled for the
+// Whether the running CPU can execute the x86 level this library was built for. Compiled for the
 // baseline ISA (no level flags, see CMakeLists.txt), and it touches no kernel set: on a CPU without
 // the level, everything else in the library may contain instructions that fault (the compiler is free
 // to use them anywhere in the level-compiled files, e.g. to copy a KernelSet).
 #include "bitmamba/kernels.h"
-
-#if defined(BITMAMBA_LEVEL_NEON) && defined(BITMAMBA_NEON_DOTPROD_ENABLED) && defined(__linux__)
-#include <asm/hwcap.h>
-#include <sys/auxv.h>
-#endif
 
 namespace bm {
 
@@ -28,9 +23,6 @@ bool simd_supported_by_cpu() {
            && __builtin_cpu_supports("avxvnni")
 #endif
         ;
-#elif defined(BITMAMBA_LEVEL_NEON) && defined(BITMAMBA_NEON_DOTPROD_ENABLED) && defined(__linux__)
-    // The Armv8.2 dot product (sdot/udot) is optional before Armv8.4.
-    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #else
     return true;
 #endif
