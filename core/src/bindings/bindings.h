@@ -22,7 +22,8 @@ template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 // The `level` argument of the kernel functions and models: "scalar", "simd"/"best" or the built
-// level's name, or a level the build carries besides (avx512: "avx2"). Else invalid_argument.
+// level's name, or a level the build carries (core/simd_levels.txt; avx512: "avx2"). Else
+// invalid_argument.
 const KernelSet& kernels_by_name(const std::string& level);
 
 // In module order: a type is bound before the functions whose signatures name it.

@@ -13,11 +13,9 @@
 namespace bm::bindings {
 
 const KernelSet& kernels_by_name(const std::string& level) {
-    if (level == "scalar") return scalar_kernels();
-    if (level == "simd" || level == "best" || level == simd_level()) return best_kernels();
-#if defined(BITMAMBA_LEVEL_AVX512)
-    if (level == "avx2") return avx2_kernels();  // compiled in: the avx512 level reuses its float helpers
-#endif
+    if (level == "simd" || level == "best") return best_kernels();
+    // "scalar", the built level, or one it carries (core/simd_levels.txt: an avx512 build has avx2)
+    if (const KernelSet* k = kernels_named(level)) return *k;
     throw std::invalid_argument("unknown kernel level '" + level + "' (use 'scalar' or 'simd')");
 }
 

@@ -7,12 +7,28 @@
 #include <vector>
 
 #include "bitmamba/common.h"
+#include "bitmamba/simd_levels.h"
 #include "bitmamba/threadpool.h"
 
 namespace bm::bindings {
 
+namespace {
+
+// "SIMD level the extension was built for: scalar, avx2, ... (core/simd_levels.txt)"
+const char* simd_level_doc() {
+    static const std::string doc = [] {
+        std::string d = "SIMD level the extension was built for: ";
+        const auto& table = simd_level_table();
+        for (std::size_t i = 1; i < table.size(); ++i) d += (i > 1 ? ", " : "") + table[i][0];
+        return d + " (core/simd_levels.txt)";
+    }();
+    return doc.c_str();
+}
+
+}  // namespace
+
 void bind_system(py::module_& m) {
-    m.def("simd_level", &simd_level, "SIMD level the extension was built for: avx512[-vnni], avx2[-vnni], neon[-dotprod], scalar");
+    m.def("simd_level", &simd_level, simd_level_doc());
     m.def("simd_supported_by_cpu", &simd_supported_by_cpu);
     m.def("default_threads", &ThreadPool::default_threads);
     m.def(

@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "bitmamba/kernels.h"
-#include "bitmamba/simd_levels.h"
+#include "bitmamba_build_level.h"  // declares this build's <simd>_kernels()
 
 namespace bm {
 namespace {

@@ -1,4 +1,4 @@
-// The scalar level runs on any CPU.
+// The scalar level runs on any CPU (its row of core/simd_levels.txt checks nothing).
 #include "bitmamba/kernels.h"
 
 namespace bm {
