@@ -1,4 +1,4 @@
-// BitMamba-2 forward pass (FORMATS.md section 1), one token at a time or batched over T tokens.
+// BitMamba-2 forward pass (docs/formats.md, BitMamba-2), one token at a time or batched over T tokens.
 //
 // Per layer (residual): p = bitlinear(h, in_proj) = [z | x | B | C | dt]; causal depthwise conv
 // (width 4) on x, silu; per head dt = softplus(dt + dt_bias), decay = exp(-exp(A_log) * dt);

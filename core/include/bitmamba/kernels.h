@@ -1,7 +1,7 @@
 // One interface for every instruction-set level: ternary GEMV/GEMM on the packed layout,
 // activation quantization, and the float vector helpers of the forward pass.
 //
-// Packed ternary layout (PERF-NOTES): codes c = w + 1 in {0,1,2}, 2 bits each. A block holds
+// Packed ternary layout (docs/kernels.md): codes c = w + 1 in {0,1,2}, 2 bits each. A block holds
 // 128 weights of one row in 32 bytes; byte j holds weights j, j+32, j+64, j+96 in bits 0-1,
 // 2-3, 4-5, 6-7. Rows are interleaved in groups of 4:
 //     data[((group * kblocks) + kb) * 128 + r * 32 + j]
@@ -67,7 +67,7 @@ struct KernelSet {
     // scratch: at least 4 * cols_pad bytes, 64-byte aligned, private to the caller thread.
     void (*gemm)(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int T, int32_t* Y, int ldy,
                  int g0, int g1, uint8_t* scratch) = nullptr;
-    // Absmax int8 quantization (FORMATS.md): sx = 127 / (max|x| + 1e-5); q = clamp(round(x*sx), -128, 127)
+    // Absmax int8 quantization (docs/formats.md): sx = 127 / (max|x| + 1e-5); q = clamp(round(x*sx), -128, 127)
     // with round half away from zero. Writes n values, returns sx and the sum of q.
     float (*quantize)(const float* x, int n, int8_t* q, int32_t* sum_q) = nullptr;
     // y = x * w / sqrt(mean(x^2) + eps)   (w may be null: weight 1). y may alias x.
