@@ -31,8 +31,8 @@ HOST_ARCH=$(uname -m)
 # ---------------------------------------------------------------- the level table
 TABLE=core/simd_levels.txt
 COLUMNS="name family simd option carries auto qemu refuse cflags check cpuinfo"
-ALL_PARTS=()
-declare -A L_family L_simd L_option L_qemu L_refuse L_cpuinfo
+ALL_PARTS=()  # the level names, in table order
+ROWS=()       # their rows, single-spaced
 read_table() {
   local line header="" name family simd option carries auto qemu refuse cflags check cpuinfo rest
   while IFS= read -r line || [ -n "$line" ]; do
@@ -47,12 +47,21 @@ read_table() {
     read -r name family simd option carries auto qemu refuse cflags check cpuinfo rest <<<"$line"
     [ -n "$cpuinfo" ] && [ -z "$rest" ] || { echo "$TABLE: malformed row '$line'" >&2; exit 2; }
     ALL_PARTS+=("$name")
-    L_family[$name]=$family L_simd[$name]=$simd L_option[$name]=$option
-    L_qemu[$name]=$qemu L_refuse[$name]=$refuse L_cpuinfo[$name]=$cpuinfo
+    ROWS+=("$name $family $simd $option $carries $auto $qemu $refuse $cflags $check $cpuinfo")
   done <"$TABLE"
   [ ${#ALL_PARTS[@]} -gt 0 ] || { echo "$TABLE: no levels" >&2; exit 2; }
 }
 read_table
+cell() {  # part column: the cell as written ("-": empty); status 1 for an unknown part
+  local i c cols row
+  read -r -a cols <<<"$COLUMNS"
+  for i in "${!ALL_PARTS[@]}"; do
+    [ "${ALL_PARTS[$i]}" = "$1" ] || continue
+    read -r -a row <<<"${ROWS[$i]}"
+    for c in "${!cols[@]}"; do [ "${cols[$c]}" = "$2" ] && { echo "${row[$c]}"; return 0; }; done
+  done
+  return 1
+}
 dash() { [ "$1" = - ] && echo "" || echo "$1"; }   # "-" is an empty cell
 commas() { local v; v=$(dash "$1"); echo "${v//,/ }"; }  # a list cell, space-separated
 
@@ -64,7 +73,7 @@ for a in "$@"; do
     -h|--help) sed -n '2,/^set -uo/p' "$0" | grep '^#'; echo "# parts: ${ALL_PARTS[*]}"; exit 0 ;;
     all) parts+=("${ALL_PARTS[@]}") ;;
     *)
-      if [ -n "${L_family[$a]+x}" ]; then parts+=("$a")
+      if cell "$a" name >/dev/null; then parts+=("$a")
       else echo "unknown part '$a' (parts: ${ALL_PARTS[*]})" >&2; exit 2; fi ;;
   esac
 done
@@ -109,7 +118,7 @@ if [ $install_only = 1 ]; then
 fi
 
 needs_neon_tools=0
-for p in "${parts[@]}"; do [ "${L_family[$p]}" = arm ] && needs_neon_tools=1; done
+for p in "${parts[@]}"; do [ "$(cell "$p" family)" = arm ] && needs_neon_tools=1; done
 if [ $needs_neon_tools = 1 ] && [ "$HOST_ARCH" != aarch64 ]; then install_tools; fi
 
 # ---------------------------------------------------------------- one part
@@ -167,12 +176,14 @@ check_listed() {  # part runner...
 
 run_part() {
   local part=$1 dir="build/selftest-$1" t0 t1 t2
-  local family=${L_family[$1]} qemu refuse cpuflags
-  local args=(-DBITMAMBA_SIMD="${L_simd[$1]}") cross=0 qemu_bin=""
-  qemu=$(dash "${L_qemu[$1]}")
-  refuse=$(dash "${L_refuse[$1]}")
-  read -r -a cpuflags <<<"$(commas "${L_cpuinfo[$1]}")"
-  [ "${L_option[$1]}" != - ] && args+=(-D"${L_option[$1]}")
+  local family qemu refuse option cpuflags args cross=0 qemu_bin=""
+  family=$(cell "$part" family)
+  qemu=$(dash "$(cell "$part" qemu)")
+  refuse=$(dash "$(cell "$part" refuse)")
+  option=$(dash "$(cell "$part" option)")
+  read -r -a cpuflags <<<"$(commas "$(cell "$part" cpuinfo)")"
+  args=(-DBITMAMBA_SIMD="$(cell "$part" simd)")
+  [ -n "$option" ] && args+=(-D"$option")
   echo "=== $part"
   case "$family" in
     x86)

@@ -92,7 +92,7 @@ struct KernelSet {
 const KernelSet& scalar_kernels();
 // The level chosen when the package was built (BITMAMBA_SIMD). Equals scalar_kernels() for scalar builds.
 const KernelSet& best_kernels();
-// Name of the compiled SIMD level: "avx512[-vnni]", "avx2[-vnni]", "neon[-dotprod]" or "scalar".
+// Name of the compiled SIMD level: best_kernels().name, a row of core/simd_levels.txt.
 const char* simd_level();
 // Whether the running CPU supports the compiled level (checked at import).
 bool simd_supported_by_cpu();
