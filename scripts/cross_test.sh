@@ -36,8 +36,8 @@ ROWS=()       # their rows, single-spaced
 read_table() {
   local line header="" name family simd option carries auto qemu refuse cflags check cpuinfo rest
   while IFS= read -r line || [ -n "$line" ]; do
+    line="${line#"${line%%[![:space:]]*}"}"  # leading blanks
     case "$line" in ''|'#'*) continue ;; esac
-    [ -n "${line//[[:space:]]/}" ] || continue
     if [ -z "$header" ]; then
       read -r -a rest <<<"$line"
       header="${rest[*]}"  # the column names, single-spaced
