@@ -2,15 +2,18 @@
 # Build the standalone self-test (core/tests/selftest.cpp) for every SIMD level and run it where it
 # can run: the level's kernels and two random models against the scalar reference.
 #
-#   scalar, avx2        native build and run (x86-64 host; avx2 with AVX-VNNI off)
-#   avx2-vnni, avx512, avx512-vnni
-#                       native build (-DBITMAMBA_SIMD=avx2 with AVX-VNNI on; -DBITMAMBA_SIMD=avx512,
-#                       VNNI off / on); run on the host when /proc/cpuinfo has the extensions, else
-#                       under `qemu-x86_64 -cpu max` when that emulates them (Debian 12's QEMU 7.2
-#                       does not emulate AVX-512), else skip the run (built only)
-#   neon, neon-dotprod  cross-compiled with g++-aarch64-linux-gnu (static, cmake/aarch64-linux-gnu.cmake),
-#                       run under qemu-aarch64: neon on -cpu cortex-a72 (Armv8.0: proves it needs no
-#                       extension), neon-dotprod on -cpu max (and it must refuse cleanly on cortex-a72)
+# The parts are the rows of core/simd_levels.txt (the SIMD level table; its header says what each
+# column means), each built with -DBITMAMBA_SIMD=<simd> and its option (-DBITMAMBA_AVX2_VNNI=ON...):
+#   scalar family       native build and run
+#   x86 family          native build (x86-64 host); run on the host when its /proc/cpuinfo has the
+#                       row's cpuinfo flags (or the row names no qemu CPU), else under
+#                       `qemu-x86_64 -cpu <qemu>` when that emulates them (Debian 12's QEMU 7.2
+#                       emulates neither AVX-512 nor AVX-VNNI), else the run is skipped (built only)
+#   arm family          cross-compiled with g++-aarch64-linux-gnu (static, cmake/aarch64-linux-gnu.cmake),
+#                       run under `qemu-aarch64 -cpu <qemu>` (neon on cortex-a72: proves it needs no
+#                       extension); where the row names a `refuse` CPU the self-test must first exit
+#                       77 there (neon-dotprod on cortex-a72: the import check refuses cleanly)
+# Each build's `bitmamba_selftest --list-levels` must name the part as the row it was built as.
 #
 # Usage: scripts/cross_test.sh [--install-only] [part...]   (default: every part)
 # Build dirs: build/selftest-<part> (reused; incremental). JOBS (default 2) parallel compile jobs.
@@ -22,19 +25,56 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_PARTS=(scalar avx2 avx2-vnni avx512 avx512-vnni neon neon-dotprod)
 JOBS=${JOBS:-2}
 HOST_ARCH=$(uname -m)
+
+# ---------------------------------------------------------------- the level table
+TABLE=core/simd_levels.txt
+COLUMNS="name family simd option carries auto qemu refuse cflags check cpuinfo"
+ALL_PARTS=()  # the level names, in table order
+ROWS=()       # their rows, single-spaced
+read_table() {
+  local line header="" name family simd option carries auto qemu refuse cflags check cpuinfo rest
+  while IFS= read -r line || [ -n "$line" ]; do
+    line="${line#"${line%%[![:space:]]*}"}"  # leading blanks
+    case "$line" in ''|'#'*) continue ;; esac
+    if [ -z "$header" ]; then
+      read -r -a rest <<<"$line"
+      header="${rest[*]}"  # the column names, single-spaced
+      [ "$header" = "$COLUMNS" ] || { echo "$TABLE: columns '$header', $0 reads '$COLUMNS'" >&2; exit 2; }
+      continue
+    fi
+    read -r name family simd option carries auto qemu refuse cflags check cpuinfo rest <<<"$line"
+    [ -n "$cpuinfo" ] && [ -z "$rest" ] || { echo "$TABLE: malformed row '$line'" >&2; exit 2; }
+    ALL_PARTS+=("$name")
+    ROWS+=("$name $family $simd $option $carries $auto $qemu $refuse $cflags $check $cpuinfo")
+  done <"$TABLE"
+  [ ${#ALL_PARTS[@]} -gt 0 ] || { echo "$TABLE: no levels" >&2; exit 2; }
+}
+read_table
+cell() {  # part column: the cell as written ("-": empty); status 1 for an unknown part
+  local i c cols row
+  read -r -a cols <<<"$COLUMNS"
+  for i in "${!ALL_PARTS[@]}"; do
+    [ "${ALL_PARTS[$i]}" = "$1" ] || continue
+    read -r -a row <<<"${ROWS[$i]}"
+    for c in "${!cols[@]}"; do [ "${cols[$c]}" = "$2" ] && { echo "${row[$c]}"; return 0; }; done
+  done
+  return 1
+}
+dash() { [ "$1" = - ] && echo "" || echo "$1"; }   # "-" is an empty cell
+commas() { local v; v=$(dash "$1"); echo "${v//,/ }"; }  # a list cell, space-separated
 
 install_only=0
 parts=()
 for a in "$@"; do
   case "$a" in
     --install-only) install_only=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | grep '^#'; echo "# parts: ${ALL_PARTS[*]}"; exit 0 ;;
     all) parts+=("${ALL_PARTS[@]}") ;;
-    scalar|avx2|avx2-vnni|avx512|avx512-vnni|neon|neon-dotprod) parts+=("$a") ;;
-    *) echo "unknown part '$a' (parts: ${ALL_PARTS[*]})" >&2; exit 2 ;;
+    *)
+      if cell "$a" name >/dev/null; then parts+=("$a")
+      else echo "unknown part '$a' (parts: ${ALL_PARTS[*]})" >&2; exit 2; fi ;;
   esac
 done
 [ ${#parts[@]} -gt 0 ] || parts=("${ALL_PARTS[@]}")
@@ -78,7 +118,7 @@ if [ $install_only = 1 ]; then
 fi
 
 needs_neon_tools=0
-for p in "${parts[@]}"; do case "$p" in neon*) needs_neon_tools=1 ;; esac; done
+for p in "${parts[@]}"; do [ "$(cell "$p" family)" = arm ] && needs_neon_tools=1; done
 if [ $needs_neon_tools = 1 ] && [ "$HOST_ARCH" != aarch64 ]; then install_tools; fi
 
 # ---------------------------------------------------------------- one part
@@ -124,23 +164,33 @@ run_selftest() {
   return $rc
 }
 
+# The build must be the row it was built as (baseline code: runs on any CPU of the family).
+check_listed() {  # part runner...
+  local part=$1 out
+  shift
+  out=$("$@" --list-levels 2>&1)
+  grep -qx "built: $part (.*)" <<<"$out" && return 0
+  echo "--list-levels of the $part build: $(grep '^built:' <<<"$out" || echo "$out" | tail -3)"
+  return 1
+}
+
 run_part() {
   local part=$1 dir="build/selftest-$1" t0 t1 t2
-  local args=() cross=0 runner=() cpu_ok=1 cpu_reason=""
+  local family qemu refuse option cpuflags args cross=0 qemu_bin=""
+  family=$(cell "$part" family)
+  qemu=$(dash "$(cell "$part" qemu)")
+  refuse=$(dash "$(cell "$part" refuse)")
+  option=$(dash "$(cell "$part" option)")
+  read -r -a cpuflags <<<"$(commas "$(cell "$part" cpuinfo)")"
+  args=(-DBITMAMBA_SIMD="$(cell "$part" simd)")
+  [ -n "$option" ] && args+=(-D"$option")
   echo "=== $part"
-  case "$part" in
-    scalar) args=(-DBITMAMBA_SIMD=scalar) ;;
-    avx2) args=(-DBITMAMBA_SIMD=avx2 -DBITMAMBA_AVX2_VNNI=OFF) ;;
-    avx2-vnni) args=(-DBITMAMBA_SIMD=avx2 -DBITMAMBA_AVX2_VNNI=ON) ;;
-    avx512) args=(-DBITMAMBA_SIMD=avx512 -DBITMAMBA_AVX512_VNNI=OFF) ;;
-    avx512-vnni) args=(-DBITMAMBA_SIMD=avx512 -DBITMAMBA_AVX512_VNNI=ON) ;;
-    neon) args=(-DBITMAMBA_SIMD=neon -DBITMAMBA_NEON_DOTPROD=OFF) ;;
-    neon-dotprod) args=(-DBITMAMBA_SIMD=neon -DBITMAMBA_NEON_DOTPROD=ON) ;;
-  esac
-  case "$part" in
-    avx*)
-      if [ "$HOST_ARCH" != x86_64 ]; then result "$part" SKIP "host is $HOST_ARCH, not x86-64"; return; fi ;;
-    neon*)
+  case "$family" in
+    x86)
+      if [ "$HOST_ARCH" != x86_64 ]; then result "$part" SKIP "host is $HOST_ARCH, not x86-64"; return; fi
+      qemu_bin=qemu-x86_64 ;;
+    arm)
+      qemu_bin=qemu-aarch64
       if [ "$HOST_ARCH" != aarch64 ]; then
         if ! have aarch64-linux-gnu-g++ || ! have qemu-aarch64; then
           result "$part" SKIP "$(neon_tools_reason)"
@@ -159,44 +209,39 @@ run_part() {
   t1=$(now)
   local exe="$dir/bitmamba_selftest" btime
   btime=$(secs "$t0" "$t1")
+  local lister=("$exe")
+  [ $cross = 1 ] && lister=(qemu-aarch64 -cpu "${qemu:-max}" "$exe")
+  if ! check_listed "$part" "${lister[@]}"; then
+    result "$part" FAIL "the build is not the $part row of $TABLE (BITMAMBA_SIMD / option wiring)"
+    return
+  fi
 
-  case "$part" in
-    scalar|avx2)
-      run_selftest "$part" native "$exe" ;;
-    avx2-vnni|avx512|avx512-vnni)
-      local flags=(avx512f avx512bw avx512vl avx512dq)
-      [ "$part" = avx512-vnni ] && flags+=(avx512_vnni)
-      [ "$part" = avx2-vnni ] && flags=(avx2 fma avx_vnni)
-      if cpu_has "${flags[@]}"; then
-        run_selftest "$part" "native (CPU has ${flags[*]})" "$exe"
-      elif have qemu-x86_64; then
-        local qv
-        qv=$(qemu-x86_64 --version | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -1)
-        run_selftest "$part" "emulated" qemu-x86_64 -cpu max "$exe"
-        if [ "$LAST_RC" = 77 ] || [ "$LAST_RC" = 132 ]; then
-          result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${flags[*]} and qemu-x86_64 $qv -cpu max does not emulate them"
-          return
-        fi
-      else
-        result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${flags[*]} and qemu-x86_64 (Debian qemu-user) is not installed"
+  if [ $cross = 1 ]; then
+    if [ -n "$refuse" ]; then
+      # Without the level's extension the build must refuse (exit 77), not die on SIGILL.
+      run_selftest "$part" "$qemu_bin -cpu $refuse, a CPU without the level (must refuse)" "$qemu_bin" -cpu "$refuse" "$exe"
+      if [ "$LAST_RC" != 77 ]; then
+        result "$part" FAIL "on $refuse (no ${cpuflags[*]}) the self-test exited $LAST_RC instead of 77 (simd_supported_by_cpu)"
         return
-      fi ;;
-    neon)
-      if [ $cross = 1 ]; then run_selftest "$part" "qemu-aarch64, Armv8.0 CPU" qemu-aarch64 -cpu cortex-a72 "$exe"
-      else run_selftest "$part" native "$exe"; fi ;;
-    neon-dotprod)
-      if [ $cross = 1 ]; then
-        # Without the dot-product extension the build must refuse (exit 77), not die on SIGILL.
-        run_selftest "$part" "qemu-aarch64 without dotprod (must refuse)" qemu-aarch64 -cpu cortex-a72 "$exe"
-        if [ "$LAST_RC" != 77 ]; then
-          result "$part" FAIL "on a CPU without dotprod the self-test exited $LAST_RC instead of 77 (simd_supported_by_cpu)"
-          return
-        fi
-        run_selftest "$part" "qemu-aarch64 -cpu max" qemu-aarch64 -cpu max "$exe"
-      else
-        run_selftest "$part" native "$exe"
-      fi ;;
-  esac
+      fi
+    fi
+    run_selftest "$part" "$qemu_bin -cpu ${qemu:-max}" "$qemu_bin" -cpu "${qemu:-max}" "$exe"
+  elif [ -z "$qemu" ] || [ ${#cpuflags[@]} -eq 0 ]; then
+    run_selftest "$part" native "$exe"
+  elif cpu_has "${cpuflags[@]}"; then
+    run_selftest "$part" "native (CPU has ${cpuflags[*]})" "$exe"
+  elif have "$qemu_bin"; then
+    local qv
+    qv=$("$qemu_bin" --version | head -1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -1)
+    run_selftest "$part" "emulated" "$qemu_bin" -cpu "$qemu" "$exe"
+    if [ "$LAST_RC" = 77 ] || [ "$LAST_RC" = 132 ]; then
+      result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${cpuflags[*]} and $qemu_bin $qv -cpu $qemu does not emulate them"
+      return
+    fi
+  else
+    result "$part" SKIP "built in ${btime}s; not run: this CPU lacks ${cpuflags[*]} and $qemu_bin (Debian qemu-user) is not installed"
+    return
+  fi
   local rc=$LAST_RC
   t2=$(now)
   case $rc in

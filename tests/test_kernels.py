@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import simd_levels
 
 from bitmamba_lsp import _core
 from bitmamba_lsp.engine.formats.bitmamba_bin import pack_ternary, unpack_ternary
@@ -164,23 +165,34 @@ def test_int8_and_float_gemv(rng: np.random.Generator, rows: int, cols: int) -> 
         assert np.abs(_core.fgemv(W, x, level) - ref).max() <= tol
 
 
-@pytest.mark.skipif(
-    not _core.simd_level().startswith("avx512"),
-    reason="only an avx512 build carries both the avx512 and the avx2 float helpers",
-)
+# core/simd_levels.txt: the levels this build's level carries (an avx512 build also has the avx2 set)
+CARRIED = list(simd_levels.level(_core.simd_level())["carries"])
+
+
+@pytest.mark.skipif(not CARRIED, reason=f"the {_core.simd_level()} level carries no other kernel set")
+@pytest.mark.parametrize("carried", CARRIED)
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1024, 2048, 4099])
-def test_avx512_float_helpers_equal_avx2_bitwise(rng: np.random.Generator, n: int) -> None:
-    """An avx512 build gives the same floats as an avx2 build of the same model."""
+def test_float_helpers_equal_the_carried_levels_bitwise(rng: np.random.Generator, carried: str, n: int) -> None:
+    """A build gives the same floats as a build of a level it carries (avx512: avx2) of the same model."""
     x = (rng.standard_normal(n) * 3).astype(np.float32)
     w = rng.uniform(0.5, 1.5, n).astype(np.float32)
     for weight in (w, None):
-        a = _core.rmsnorm(x, weight, 1e-6, "avx2")
+        a = _core.rmsnorm(x, weight, 1e-6, carried)
         b = _core.rmsnorm(x, weight, 1e-6, "simd")
         assert a.tobytes() == b.tobytes()
-    qa, sa, suma = _core.quantize(a, "avx2")
+    qa, sa, suma = _core.quantize(a, carried)
     qb, sb, sumb = _core.quantize(a, "simd")
     assert np.array_equal(qa, qb) and sa == sb and suma == sumb
     x[0] = 100.0
     x[-1] = -100.0
     for fn in (_core.silu, _core.exp):
-        assert fn(x, "avx2").tobytes() == fn(x, "simd").tobytes()
+        assert fn(x, carried).tobytes() == fn(x, "simd").tobytes()
+
+
+def test_simd_level_is_a_row_of_the_level_table() -> None:
+    assert _core.simd_level() in simd_levels.names()
+    for carried in CARRIED:  # selectable by name, and nothing else is
+        assert _core.argmax(np.arange(3, dtype=np.float32), carried) == 2
+    for other in set(simd_levels.names()) - {_core.simd_level(), "scalar", *CARRIED}:
+        with pytest.raises(ValueError, match="unknown kernel level"):
+            _core.argmax(np.arange(3, dtype=np.float32), other)

@@ -1,13 +1,13 @@
-// BitMamba-2 forward pass (FORMATS.md section 1), one token at a time or batched over T tokens.
+// BitMamba-2 forward pass (docs/formats.md, BitMamba-2), one token at a time or batched over T tokens.
 //
 // Per layer (residual): p = bitlinear(h, in_proj) = [z | x | B | C | dt]; causal depthwise conv
 // (width 4) on x, silu; per head dt = softplus(dt + dt_bias), decay = exp(-exp(A_log) * dt);
 // s = s * decay + xa * B * dt; y = (s * C + xa * D) * silu(z); h += bitlinear(y, out_proj).
 // logits = bitlinear(rmsnorm(h, norm_f), lm_head).
 //
-// The batched path (prefill, step_batch) computes exactly the same float operations per token as
-// step(): the integer products are exact and every float expression is shared, so a prefill of T
-// tokens leaves a state bit-identical to T calls of step().
+// The batched path (Model::prefill / step_batch around layers_batch here) computes exactly the same
+// float operations per token as step(): the integer products are exact and every float expression
+// is shared, so a prefill of T tokens leaves a state bit-identical to T calls of step().
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -21,8 +21,6 @@ namespace bm {
 namespace {
 
 constexpr float kNormEps = 1e-6f;
-constexpr int kChunk = 64;  // tokens per batched pass
-
 
 class BitMamba2 final : public Model {
 public:
@@ -30,9 +28,6 @@ public:
               const KernelSet* kernels);
 
     void step(State& st, int32_t token, float* logits) override;
-    void prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
-                 const std::vector<std::pair<int, State*>>& snapshots) override;
-    void step_batch(State* const* states, const int32_t* tokens, int n, float* logits) override;
 
 private:
     struct Layer {
@@ -46,25 +41,19 @@ private:
     void prefetch_mix(const Layer& ly, const float* st, int c0, int c1, bool constants) const;
     // The conv + selective-scan part for channels [c0, c1) of one token.
     void mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const;
-    // n tokens (embeddings in Hb_) through every layer; `states[t]` is token t's state (all the same
-    // state for a prefill), `snaps` (local token index, state) are filled after their token.
-    void layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps);
+    void layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) override;
 
     int d_, di_, H_, hd_, dproj_, V_;
-    const float* embed_ = nullptr;
     std::vector<Layer> layers_;
-    AlignedBuffer<float> norm_f_;
-    Linear lm_head_;
-    LinearRunner run_;
     // single-token scratch
-    AlignedBuffer<float> h_, fn_, p_, y_, z_;
+    AlignedBuffer<float> p_, y_, z_;
     // batched scratch (kChunk tokens)
-    AlignedBuffer<float> Hb_, Pb_, Yb_, Zb_, Fb_;
+    AlignedBuffer<float> Pb_, Yb_, Zb_;
 };
 
 BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, int n_heads, int n_threads,
                      const KernelSet* kernels)
-    : Model(n_threads, kernels), run_(pool_, kernels_) {
+    : Model(n_threads, kernels) {
     if (vocab <= 0 || d_model <= 0 || n_layers <= 0 || n_heads <= 0)
         throw FormatError("config: every dimension must be positive");
     d_ = d_model;
@@ -99,6 +88,7 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
         weight_bytes_ += ly.in_proj.bytes() + ly.out_proj.bytes() + sizeof(float) * (6 * di_ + 2 * H_);
     }
     copy_f32(t, "norm_f", d_, norm_f_);
+    norm_f_eps_ = kNormEps;
     copy_f32(t, "lm_head_norm", d_, lm_head_.norm);
     lm_head_.norm_eps = kNormEps;
     load_ternary(t, "lm_head", V_, d_, lm_head_);
@@ -116,16 +106,13 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
                               std::to_string(n_layers) + ":" + std::to_string(H_));
 
     run_.reserve(std::max(d_, di_), std::max({dproj_, d_, V_}), kChunk, std::max(dproj_, d_));
-    h_.reset(d_);
-    fn_.reset(d_);
+    init_shared_scratch();
     p_.reset(dproj_);
     y_.reset(di_);
     z_.reset(di_);
-    Hb_.reset(static_cast<std::size_t>(kChunk) * d_);
     Pb_.reset(static_cast<std::size_t>(kChunk) * dproj_);
     Yb_.reset(static_cast<std::size_t>(kChunk) * di_);
     Zb_.reset(static_cast<std::size_t>(kChunk) * di_);
-    Fb_.reset(static_cast<std::size_t>(kChunk) * d_);
 }
 
 // The two elementwise loops of mix() as functions with restrict-qualified parameters: with a
@@ -205,7 +192,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     StageClock* ck = profiling_ ? &clock_ : nullptr;
     const int64_t ts = ck ? StageClock::now() : 0;
     run_.set_clock(ck);
-    std::memcpy(h_.data(), embed_ + static_cast<std::size_t>(token) * d_, sizeof(float) * d_);
+    embed(&token, 1, h_.data());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const Layer& ly = layers_[l];
         float* sl = st.layer(static_cast<int>(l));
@@ -223,10 +210,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
         for (int c = 0; c < d_; c += 16) __builtin_prefetch(next_norm + c, 0, 3);
         run_.apply(ly.out_proj, y_.data(), h_.data(), true);
     }
-    if (logits) {
-        kernels_->rmsnorm(h_.data(), norm_f_.data(), d_, kNormEps, fn_.data());
-        run_.apply(lm_head_, fn_.data(), logits, false, kStageHead);
-    }
+    if (logits) head(h_.data(), logits);
     if (ck) {
         ck->add(kStageStep, ts, StageClock::now());
         ck->steps += 1;
@@ -235,7 +219,9 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     st.n_tokens += 1;
 }
 
-void BitMamba2::layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps) {
+// The chunk's tokens through every layer (Model::prefill / step_batch): the projections batched
+// over the chunk, the mixer per token in order (each token reads the state its predecessor left).
+void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) {
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const Layer& ly = layers_[l];
         run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
@@ -254,72 +240,6 @@ void BitMamba2::layers_batch(State* const* states, int n, const std::vector<std:
         });
         run_.apply_rows(ly.out_proj, Yb_.data(), di_, n, Hb_.data(), d_, true);
     }
-}
-
-void BitMamba2::prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
-                        const std::vector<std::pair<int, State*>>& snapshots) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    check_state(st);
-    if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
-    check_tokens(tokens, T);
-    int prev = 0;
-    for (const auto& sp : snapshots) {
-        if (sp.first <= prev || sp.first > T)
-            throw std::invalid_argument("snapshot positions must be increasing and within 1..T");
-        if (!sp.second) throw std::invalid_argument("null snapshot state");
-        check_state(*sp.second);
-        prev = sp.first;
-    }
-    const int64_t base_tokens = st.n_tokens;
-    std::size_t snap_i = 0;
-    std::vector<std::pair<int, State*>> chunk_snaps;
-    chunk_snaps.reserve(snapshots.size());
-    std::vector<State*> same(kChunk, &st);
-
-    for (int t0 = 0; t0 < T; t0 += kChunk) {
-        const int n = std::min(kChunk, T - t0);
-        for (int t = 0; t < n; ++t)
-            std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_,
-                        embed_ + static_cast<std::size_t>(tokens[t0 + t]) * d_, sizeof(float) * d_);
-        chunk_snaps.clear();
-        for (; snap_i < snapshots.size() && snapshots[snap_i].first <= t0 + n; ++snap_i)
-            chunk_snaps.emplace_back(snapshots[snap_i].first - t0 - 1, snapshots[snap_i].second);
-        layers_batch(same.data(), n, chunk_snaps);
-        for (auto& cs : chunk_snaps) cs.second->n_tokens = base_tokens + t0 + cs.first + 1;
-        if (logits && (all_logits || t0 + n == T)) {
-            const int first = all_logits ? 0 : n - 1;
-            for (int t = first; t < n; ++t)
-                kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, kNormEps,
-                                  Fb_.data() + static_cast<std::size_t>(t) * d_);
-            float* out = all_logits ? logits + static_cast<std::size_t>(t0) * V_ : logits;
-            run_.apply_rows(lm_head_, Fb_.data() + static_cast<std::size_t>(first) * d_, d_, n - first, out, V_);
-        }
-    }
-    st.n_tokens = base_tokens + T;
-}
-
-void BitMamba2::step_batch(State* const* states, const int32_t* tokens, int n, float* logits) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    if (n <= 0) return;
-    if (n > kChunk) throw std::invalid_argument("step_batch: at most " + std::to_string(kChunk) + " sequences");
-    for (int i = 0; i < n; ++i) {
-        if (!states[i]) throw std::invalid_argument("step_batch: null state");
-        check_state(*states[i]);
-        for (int j = 0; j < i; ++j)
-            if (states[j] == states[i]) throw std::invalid_argument("step_batch: the same state appears twice");
-    }
-    check_tokens(tokens, n);
-    for (int t = 0; t < n; ++t)
-        std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_, embed_ + static_cast<std::size_t>(tokens[t]) * d_,
-                    sizeof(float) * d_);
-    layers_batch(states, n, {});
-    if (logits) {
-        for (int t = 0; t < n; ++t)
-            kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, kNormEps,
-                              Fb_.data() + static_cast<std::size_t>(t) * d_);
-        run_.apply_rows(lm_head_, Fb_.data(), d_, n, logits, V_);
-    }
-    for (int t = 0; t < n; ++t) states[t]->n_tokens += 1;
 }
 
 }  // namespace

@@ -24,7 +24,6 @@
 namespace bm {
 namespace {
 
-constexpr int kChunk = 64;
 constexpr int kMaxState = 256;
 
 class Mamba1 final : public Model {
@@ -32,9 +31,6 @@ public:
     Mamba1(const TensorMap& t, const Mamba1Config& cfg, int n_threads, const KernelSet* kernels);
 
     void step(State& st, int32_t token, float* logits) override;
-    void prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
-                 const std::vector<std::pair<int, State*>>& snapshots) override;
-    void step_batch(State* const* states, const int32_t* tokens, int n, float* logits) override;
 
 private:
     struct Layer {
@@ -46,22 +42,18 @@ private:
     void dt_of(const Layer& ly, const float* xa, float* xdbl, float* dt);
     void scan(const Layer& ly, float* st, const float* xa, const float* xdbl, const float* dt, const float* z,
               float* zt, float* y, int c0, int c1) const;
-    void layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps);
+    void layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) override;
     void snapshot_part(const State& st, int layer, State& dst, int c0, int c1, bool conv_part) const;
 
     Mamba1Config cfg_;
     int d_, di_, S_, R_, V_;
-    const float* embed_ = nullptr;
     std::vector<Layer> layers_;
-    AlignedBuffer<float> norm_f_;
-    Linear lm_head_;
-    LinearRunner run_;
-    AlignedBuffer<float> h_, fn_;
-    AlignedBuffer<float> Hb_, Pb_, XAb_, XDb_, DTb_, Zb_, Yb_, Fb_;
+    // batched scratch (kChunk tokens; step() uses the first row)
+    AlignedBuffer<float> Pb_, XAb_, XDb_, DTb_, Zb_, Yb_;
 };
 
 Mamba1::Mamba1(const TensorMap& t, const Mamba1Config& cfg, int n_threads, const KernelSet* kernels)
-    : Model(n_threads, kernels), cfg_(cfg), run_(pool_, kernels_) {
+    : Model(n_threads, kernels), cfg_(cfg) {
     d_ = cfg.d_model;
     di_ = cfg.d_inner;
     S_ = cfg.d_state;
@@ -110,6 +102,7 @@ Mamba1::Mamba1(const TensorMap& t, const Mamba1Config& cfg, int n_threads, const
                          sizeof(float) * (static_cast<std::size_t>(di_) * (7 + S_));
     }
     copy_f32(t, "norm_f", d_, norm_f_);
+    norm_f_eps_ = cfg.norm_eps;
     const std::string head = has_tensor(t, "lm_head") ? "lm_head" : "embed";  // tied embeddings
     const float* Wh = f32_tensor(t, head, static_cast<int64_t>(V_) * d_);
     if (cfg.lm_head == "int8") lm_head_.set_int8_from_float_rows(Wh, V_, d_, head.c_str());
@@ -130,16 +123,13 @@ Mamba1::Mamba1(const TensorMap& t, const Mamba1Config& cfg, int n_threads, const
                               std::to_string(cfg.n_layers) + ":" + std::to_string(di_) + ":" + std::to_string(S_));
 
     run_.reserve(std::max(d_, di_), std::max({2 * di_, d_, V_, R_ + 2 * S_}), kChunk, std::max(2 * di_, d_));
-    h_.reset(d_);
-    fn_.reset(d_);
-    Hb_.reset(static_cast<std::size_t>(kChunk) * d_);
+    init_shared_scratch();
     Pb_.reset(static_cast<std::size_t>(kChunk) * 2 * di_);
     XAb_.reset(static_cast<std::size_t>(kChunk) * di_);
     XDb_.reset(static_cast<std::size_t>(kChunk) * (R_ + 2 * S_));
     DTb_.reset(static_cast<std::size_t>(kChunk) * di_);
     Zb_.reset(static_cast<std::size_t>(kChunk) * di_);
     Yb_.reset(static_cast<std::size_t>(kChunk) * di_);
-    Fb_.reset(static_cast<std::size_t>(kChunk) * d_);
 }
 
 void Mamba1::conv(const Layer& ly, float* st, const float* x, float* xa, int c0, int c1) const {
@@ -209,7 +199,7 @@ void Mamba1::step(State& st, int32_t token, float* logits) {
     std::lock_guard<std::mutex> lk(mutex_);
     check_state(st);
     check_tokens(&token, 1);
-    std::memcpy(h_.data(), embed_ + static_cast<std::size_t>(token) * d_, sizeof(float) * d_);
+    embed(&token, 1, h_.data());
     float* p = Pb_.data();
     float* xa = XAb_.data();
     float* xd = XDb_.data();
@@ -225,14 +215,14 @@ void Mamba1::step(State& st, int32_t token, float* logits) {
         for_channels(*pool_, di_, [&](int c0, int c1, int) { scan(ly, sl, xa, xd, dt, p + di_, zt, y, c0, c1); });
         run_.apply(ly.out_proj, y, h_.data(), true);
     }
-    if (logits) {
-        kernels_->rmsnorm(h_.data(), norm_f_.data(), d_, cfg_.norm_eps, fn_.data());
-        run_.apply(lm_head_, fn_.data(), logits);
-    }
+    if (logits) head(h_.data(), logits);
     st.n_tokens += 1;
 }
 
-void Mamba1::layers_batch(State* const* states, int n, const std::vector<std::pair<int, State*>>& snaps) {
+// The chunk's tokens through every layer (Model::prefill / step_batch): the projections batched over
+// the chunk; the conv, then dt, then the scan of every token in order (each token reads the state its
+// predecessor left), the conv and scan split over the channels on the pool.
+void Mamba1::layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) {
     const int P = 2 * di_, XD = R_ + 2 * S_;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const Layer& ly = layers_[l];
@@ -263,70 +253,6 @@ void Mamba1::layers_batch(State* const* states, int n, const std::vector<std::pa
         });
         run_.apply_rows(ly.out_proj, Yb_.data(), di_, n, Hb_.data(), d_, true);
     }
-}
-
-void Mamba1::prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
-                     const std::vector<std::pair<int, State*>>& snapshots) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    check_state(st);
-    if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
-    check_tokens(tokens, T);
-    int prev = 0;
-    for (const auto& sp : snapshots) {
-        if (sp.first <= prev || sp.first > T)
-            throw std::invalid_argument("snapshot positions must be increasing and within 1..T");
-        if (!sp.second) throw std::invalid_argument("null snapshot state");
-        check_state(*sp.second);
-        prev = sp.first;
-    }
-    const int64_t base = st.n_tokens;
-    std::size_t snap_i = 0;
-    std::vector<std::pair<int, State*>> chunk_snaps;
-    std::vector<State*> same(kChunk, &st);
-    for (int t0 = 0; t0 < T; t0 += kChunk) {
-        const int n = std::min(kChunk, T - t0);
-        for (int t = 0; t < n; ++t)
-            std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_,
-                        embed_ + static_cast<std::size_t>(tokens[t0 + t]) * d_, sizeof(float) * d_);
-        chunk_snaps.clear();
-        for (; snap_i < snapshots.size() && snapshots[snap_i].first <= t0 + n; ++snap_i)
-            chunk_snaps.emplace_back(snapshots[snap_i].first - t0 - 1, snapshots[snap_i].second);
-        layers_batch(same.data(), n, chunk_snaps);
-        for (auto& cs : chunk_snaps) cs.second->n_tokens = base + t0 + cs.first + 1;
-        if (logits && (all_logits || t0 + n == T)) {
-            const int first = all_logits ? 0 : n - 1;
-            for (int t = first; t < n; ++t)
-                kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, cfg_.norm_eps,
-                                  Fb_.data() + static_cast<std::size_t>(t) * d_);
-            float* out = all_logits ? logits + static_cast<std::size_t>(t0) * V_ : logits;
-            run_.apply_rows(lm_head_, Fb_.data() + static_cast<std::size_t>(first) * d_, d_, n - first, out, V_);
-        }
-    }
-    st.n_tokens = base + T;
-}
-
-void Mamba1::step_batch(State* const* states, const int32_t* tokens, int n, float* logits) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    if (n <= 0) return;
-    if (n > kChunk) throw std::invalid_argument("step_batch: at most " + std::to_string(kChunk) + " sequences");
-    for (int i = 0; i < n; ++i) {
-        if (!states[i]) throw std::invalid_argument("step_batch: null state");
-        check_state(*states[i]);
-        for (int j = 0; j < i; ++j)
-            if (states[j] == states[i]) throw std::invalid_argument("step_batch: the same state appears twice");
-    }
-    check_tokens(tokens, n);
-    for (int t = 0; t < n; ++t)
-        std::memcpy(Hb_.data() + static_cast<std::size_t>(t) * d_, embed_ + static_cast<std::size_t>(tokens[t]) * d_,
-                    sizeof(float) * d_);
-    layers_batch(states, n, {});
-    if (logits) {
-        for (int t = 0; t < n; ++t)
-            kernels_->rmsnorm(Hb_.data() + static_cast<std::size_t>(t) * d_, norm_f_.data(), d_, cfg_.norm_eps,
-                              Fb_.data() + static_cast<std::size_t>(t) * d_);
-        run_.apply_rows(lm_head_, Fb_.data(), d_, n, logits, V_);
-    }
-    for (int t = 0; t < n; ++t) states[t]->n_tokens += 1;
 }
 
 }  // namespace

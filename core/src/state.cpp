@@ -1,4 +1,4 @@
-// Recurrent state and the parts of Model shared by every architecture.
+// Recurrent state: copy, compare, serialise.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -68,44 +68,6 @@ void State::load_bytes(const char* p, std::size_t n) {
     if (h.n_tokens < 0) throw FormatError("state bytes: negative token count");
     std::memcpy(data_.data(), p + sizeof(h), n_bytes());
     n_tokens = h.n_tokens;
-}
-
-Model::Model(int n_threads, const KernelSet* kernels)
-    : pool_(std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : ThreadPool::default_threads())),
-      kernels_(kernels ? kernels : &best_kernels()) {}
-
-void Model::set_threads(int n) {
-    if (n <= 0) n = ThreadPool::default_threads();
-    std::unique_ptr<ThreadPool> old;
-    {
-        std::lock_guard<std::mutex> lk(mutex_);  // no forward pass is running
-        if (n == pool_->size()) return;
-        old = std::move(pool_);
-        pool_ = std::make_unique<ThreadPool>(n);
-    }
-}
-
-void Model::check_state(const State& st) const {
-    if (!(st.layout() == layout_)) throw std::invalid_argument("state belongs to a different model");
-}
-
-void Model::check_tokens(const int32_t* tokens, int n) const {
-    for (int i = 0; i < n; ++i)
-        if (tokens[i] < 0 || tokens[i] >= info_.vocab_size)
-            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
-                                    std::to_string(info_.vocab_size - 1) + ")");
-}
-
-void Model::snapshot_layer(const State& st, int layer, State& dst, int c0, int c1) const {
-    // Per layer: conv [3][C] (C = conv_floats / 3 channels), then ssm [C][ssm_floats / C].
-    const int C = layout_.conv_floats / 3;
-    const int per = layout_.ssm_floats / C;
-    const float* src = st.layer(layer);
-    float* out = dst.layer(layer);
-    for (int k = 0; k < 3; ++k)
-        std::memcpy(out + k * C + c0, src + k * C + c0, sizeof(float) * (c1 - c0));
-    std::memcpy(out + 3 * C + static_cast<std::size_t>(c0) * per, src + 3 * C + static_cast<std::size_t>(c0) * per,
-                sizeof(float) * (c1 - c0) * per);
 }
 
 }  // namespace bm

@@ -11,8 +11,10 @@
 //   * random BitMamba-2 and Mamba-1 (BitLinear) models built through the same C++ model code:
 //     SIMD logits vs a scalar-kernel model within tolerance, and for each kernel set prefill ==
 //     step-by-step, step_batch == step, 1 thread == 2 threads, bit for bit.
+//   * the build is the row of core/simd_levels.txt CMake chose, with the kernel sets that row carries,
+//     whose float helpers it reproduces bit for bit.
 // Prints one line per check; exit status 0 = all passed, 1 = a mismatch, 77 = the CPU cannot run the
-// compiled level (nothing was tested).
+// compiled level (nothing was tested). `--list-levels` prints the level table it was built with.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -324,12 +326,69 @@ void test_i8gemv(const KernelSet& k, const char* label, int threads, uint64_t se
     }
 }
 
-// ------------------------------------------------------------------ avx512 floats == avx2 floats
-// The avx512 level's own float helpers do AVX2's operations lane for lane (rmsnorm keeps its
-// association), so both x86 builds of a model give the same floats and, with exact integer
-// products, the same logits.
-[[maybe_unused]] void test_avx512_floats_equal_avx2(const KernelSet& A, const KernelSet& V, uint64_t seed) {
-    Check ch(std::string("rmsnorm/quantize/silu/exp[") + V.name + "] bit-identical to avx2");
+// ------------------------------------------------------------------ the level table
+// The build is the row of core/simd_levels.txt CMake chose: the kernel set reports that row's name,
+// and the sets compiled in besides are the ones the row carries, in order.
+void test_level_table(const KernelSet& V) {
+    Check ch(std::string("level table: ") + V.name + " is its row, carries its sets");
+    const auto& table = simd_level_table();
+    const std::vector<std::string>& header = table.at(0);
+    const auto col = [&](const char* name) {
+        return static_cast<std::size_t>(std::find(header.begin(), header.end(), name) - header.begin());
+    };
+    const std::size_t c_name = col("name"), c_carries = col("carries");
+    ch.expect(c_name < header.size() && c_carries < header.size(), "the table has no name or carries column");
+    if (c_name >= header.size() || c_carries >= header.size()) return;
+    ch.expect(std::string(V.name) == simd_build_level(),
+              std::string("kernel set '") + V.name + "' built as row '" + simd_build_level() + "'");
+    const std::vector<std::string>* row = nullptr;
+    for (std::size_t i = 1; i < table.size(); ++i) {
+        ch.expect(table[i].size() == header.size(), "row " + std::to_string(i) + " has a wrong cell count");
+        if (table[i].size() == header.size() && table[i][c_name] == V.name) row = &table[i];
+    }
+    ch.expect(row != nullptr, std::string("no row '") + V.name + "'");
+    if (!row) return;
+    std::vector<std::string> carried;
+    const std::string& cell = (*row)[c_carries];
+    for (std::size_t b = 0; cell != "-" && b <= cell.size();) {
+        const std::size_t e = std::min(cell.find(',', b), cell.size());
+        carried.push_back(cell.substr(b, e - b));
+        b = e + 1;
+    }
+    const auto& sets = carried_kernels();
+    ch.expect(sets.size() == carried.size(), "carries " + std::to_string(carried.size()) + " levels, " +
+                                                 std::to_string(sets.size()) + " sets compiled in");
+    for (std::size_t i = 0; i < std::min(sets.size(), carried.size()); ++i) {
+        ch.expect(carried[i] == sets[i]->name, "carried set '" + std::string(sets[i]->name) + "' != " + carried[i]);
+        ch.expect(kernels_named(carried[i]) == sets[i], "kernels_named(\"" + carried[i] + "\")");
+    }
+    ch.expect(kernels_named("scalar") == &scalar_kernels() && kernels_named(V.name) == &V, "kernels_named");
+}
+
+// Print the table this self-test was built with (--list-levels): aligned columns, then "built: <row>".
+void list_levels() {
+    const auto& table = simd_level_table();
+    std::vector<std::size_t> width;
+    for (const auto& row : table)
+        for (std::size_t c = 0; c < row.size(); ++c) {
+            if (width.size() <= c) width.push_back(0);
+            width[c] = std::max(width[c], row[c].size());
+        }
+    for (const auto& row : table) {
+        std::string line;
+        for (std::size_t c = 0; c < row.size(); ++c)
+            line += row[c] + (c + 1 < row.size() ? std::string(width[c] - row[c].size() + 2, ' ') : "");
+        std::printf("%s\n", line.c_str());
+    }
+    std::printf("built: %s (%s)\n", simd_build_level(), simd_build_options());
+}
+
+// ------------------------------------------------------------------ carried floats == the level's floats
+// A level that carries another reproduces its float helpers bit for bit: the avx512 levels' own
+// helpers do AVX2's operations lane for lane (rmsnorm keeps its association), so both x86 builds of
+// a model give the same floats and, with exact integer products, the same logits.
+void test_floats_equal_carried(const KernelSet& A, const KernelSet& V, uint64_t seed) {
+    Check ch(std::string("rmsnorm/quantize/silu/exp[") + V.name + "] bit-identical to " + A.name);
     Rng rng(seed);
     for (int n : {1, 7, 15, 16, 17, 31, 33, 100, 1000, 1024, 2048, 4099}) {
         std::vector<float> x(n), w(n), a(n), b(n);
@@ -857,6 +916,14 @@ void test_model_vs_scalar(const ModelSpec& spec, const KernelSet& S, const Kerne
 
 int main(int argc, char** argv) {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep the lines printed before a crash
+    if (argc > 1 && std::strcmp(argv[1], "--list-levels") == 0) {  // baseline code only: runs on any CPU
+        list_levels();
+        return 0;
+    }
+    if (argc > 1 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0)) {
+        std::printf("usage: %s [seed] | --list-levels\n", argv[0]);
+        return 0;
+    }
     const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
     // Before anything touches the level's code: on a CPU without it, that code may fault.
     if (!simd_supported_by_cpu()) {
@@ -876,12 +943,11 @@ int main(int argc, char** argv) {
         test_ternary(S, "scalar", 1, cases, seed * 1000 + 3);
         test_i8gemv(S, "scalar", 1, seed * 1000 + 4);
     }
+    test_level_table(V);
     test_quantize(S, V);
     test_float_helpers(S, V);
     test_argmax(S, V);
-#if defined(BITMAMBA_LEVEL_AVX512)
-    test_avx512_floats_equal_avx2(avx2_kernels(), V, seed * 1000 + 8);
-#endif
+    for (const KernelSet* A : carried_kernels()) test_floats_equal_carried(*A, V, seed * 1000 + 8);
 
     std::vector<int32_t> ids;
     Rng rng(seed * 1000 + 5);

@@ -1,7 +1,7 @@
 // One interface for every instruction-set level: ternary GEMV/GEMM on the packed layout,
 // activation quantization, and the float vector helpers of the forward pass.
 //
-// Packed ternary layout (PERF-NOTES): codes c = w + 1 in {0,1,2}, 2 bits each. A block holds
+// Packed ternary layout (docs/kernels.md): codes c = w + 1 in {0,1,2}, 2 bits each. A block holds
 // 128 weights of one row in 32 bytes; byte j holds weights j, j+32, j+64, j+96 in bits 0-1,
 // 2-3, 4-5, 6-7. Rows are interleaved in groups of 4:
 //     data[((group * kblocks) + kb) * 128 + r * 32 + j]
@@ -51,30 +51,38 @@ void packed_from_int8(PackedMatrix& m, const int8_t* q, int rows, int cols, cons
 // Unpack to int8 values (rows x cols) for tests.
 void packed_to_int8(const PackedMatrix& m, int8_t* out);
 
+// One instruction-set level's kernels. Sets are built by name, never by position: scalar_kernels()
+// assigns every slot, and a level starts from the scalar set (or from the set of the level it
+// builds on, itself built from scalar) and overrides the slots it implements:
+//     KernelSet k = scalar_kernels();
+//     k.name = "neon";
+//     k.gemv = gemv_neon;
+// A new slot is declared here, implemented in arch/scalar/kernels_scalar.cpp and set in
+// scalar_kernels(); every level then runs the reference for it until it overrides it.
 struct KernelSet {
-    const char* name;
+    const char* name = nullptr;  // the level's name in core/simd_levels.txt (what simd_level() reports)
     // y[r] for rows of row groups [g0, g1). x has cols_pad int8 (zero padded); sum_x = sum of x.
-    void (*gemv)(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1);
+    void (*gemv)(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y, int g0, int g1) = nullptr;
     // Y[t * ldy + r] for t < T (T % 4 == 0) and rows of groups [g0, g1). X rows are cols_pad apart.
     // scratch: at least 4 * cols_pad bytes, 64-byte aligned, private to the caller thread.
     void (*gemm)(const PackedMatrix& w, const int8_t* X, const int32_t* sum_x, int T, int32_t* Y, int ldy,
-                 int g0, int g1, uint8_t* scratch);
-    // Absmax int8 quantization (FORMATS.md): sx = 127 / (max|x| + 1e-5); q = clamp(round(x*sx), -128, 127)
+                 int g0, int g1, uint8_t* scratch) = nullptr;
+    // Absmax int8 quantization (docs/formats.md): sx = 127 / (max|x| + 1e-5); q = clamp(round(x*sx), -128, 127)
     // with round half away from zero. Writes n values, returns sx and the sum of q.
-    float (*quantize)(const float* x, int n, int8_t* q, int32_t* sum_q);
+    float (*quantize)(const float* x, int n, int8_t* q, int32_t* sum_q) = nullptr;
     // y = x * w / sqrt(mean(x^2) + eps)   (w may be null: weight 1). y may alias x.
-    void (*rmsnorm)(const float* x, const float* w, int n, float eps, float* y);
+    void (*rmsnorm)(const float* x, const float* w, int n, float eps, float* y) = nullptr;
     // x[i] = x[i] / (1 + exp(-x[i]))
-    void (*silu)(float* x, int n);
+    void (*silu)(float* x, int n) = nullptr;
     // x[i] = exp(x[i])
-    void (*exp)(float* x, int n);
+    void (*exp)(float* x, int n) = nullptr;
     // index of the largest value (first on ties)
-    int (*argmax)(const float* x, int n);
+    int (*argmax)(const float* x, int n) = nullptr;
     // y[r] = sum_c W[r * ld + c] * x[c] for r in [r0, r1): float weights (x_proj, dt_proj, float layers).
-    void (*fgemv)(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1);
+    void (*fgemv)(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) = nullptr;
     // y[r] = sum_c W[r * ld + c] * x[c], exact int32, for int8 weights (per-row quantized float
     // layers such as a large lm_head). ld and cols are multiples of 32; W and x are zero padded.
-    void (*i8gemv)(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1);
+    void (*i8gemv)(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) = nullptr;
     // Fewest tokens for which a batched product takes gemm (padded to a multiple of 4) rather than
     // one gemv per token: where the GEMM tile costs about one GEMV per token (AVX2), a padded tile
     // is a loss below 4 tokens; where it costs about half (AVX-512 VNNI), 2 tokens already gain.
@@ -84,7 +92,7 @@ struct KernelSet {
 const KernelSet& scalar_kernels();
 // The level chosen when the package was built (BITMAMBA_SIMD). Equals scalar_kernels() for scalar builds.
 const KernelSet& best_kernels();
-// Name of the compiled SIMD level: "avx512[-vnni]", "avx2[-vnni]", "neon[-dotprod]" or "scalar".
+// Name of the compiled SIMD level: best_kernels().name, a row of core/simd_levels.txt.
 const char* simd_level();
 // Whether the running CPU supports the compiled level (checked at import).
 bool simd_supported_by_cpu();

@@ -13,6 +13,7 @@
 
 #include "bitmamba/common.h"
 #include "bitmamba/kernels.h"
+#include "bitmamba/layers.h"
 #include "bitmamba/profile.h"
 #include "bitmamba/threadpool.h"
 
@@ -78,6 +79,11 @@ struct ModelInfo {
     std::unordered_map<std::string, int64_t> dims;  // everything else worth reporting
 };
 
+// The base of every architecture. It owns what they share: the thread pool and kernel set, the
+// token embedding, the final RMSNorm and the lm_head, the per-layer state layout, and the batched
+// forward pass (prefill, step_batch: check the arguments, embed a chunk of tokens, run it through
+// the architecture's layers, final norm + lm_head). An architecture loads its weights, sizes its
+// scratch and supplies step() and layers_batch(): what one token or one chunk does in its layers.
 class Model {
 public:
     Model(int n_threads, const KernelSet* kernels);
@@ -92,10 +98,10 @@ public:
     // Consume T tokens with batched matrix products. logits: vocab_size floats for the last token,
     // or T*vocab_size when all_logits, or null. snapshots: (position p in 1..T, state) pairs sorted
     // by p: the state after the first p tokens is copied into each.
-    virtual void prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
-                         const std::vector<std::pair<int, State*>>& snapshots) = 0;
+    void prefill(State& st, const int32_t* tokens, int T, float* logits, bool all_logits,
+                 const std::vector<std::pair<int, State*>>& snapshots);
     // Several independent sequences, one token each, in one batched step. logits: n*vocab.
-    virtual void step_batch(State* const* states, const int32_t* tokens, int n, float* logits) = 0;
+    void step_batch(State* const* states, const int32_t* tokens, int n, float* logits);
 
     int threads() const { return pool_->size(); }
     void set_threads(int n);
@@ -110,6 +116,23 @@ public:
     StageClock& clock() { return clock_; }
 
 protected:
+    static constexpr int kChunk = 64;  // tokens per batched pass (prefill chunk, step_batch maximum)
+    // (token index inside the chunk, state to fill after that token), sorted by index
+    using ChunkSnapshots = std::vector<std::pair<int, State*>>;
+
+    // n <= kChunk tokens, their embeddings in Hb_ (rows d_model apart), through every layer: Hb_
+    // holds the residual stream after the last one. states[t] is token t's state (the same state for
+    // every token of a prefill); each snaps entry is filled with its token's state, layer by layer.
+    virtual void layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) = 0;
+
+    // After the architecture has set info_ (vocab_size, d_model), norm_f_, norm_f_eps_ and lm_head_:
+    // size the shared scratch.
+    void init_shared_scratch();
+    // Copy the embeddings of n tokens into dst (rows d_model apart).
+    void embed(const int32_t* tokens, int n, float* dst) const;
+    // logits = lm_head(rmsnorm(h, norm_f)) for one token (timed as kStageHead with a clock).
+    void head(const float* h, float* logits);
+
     void check_state(const State& st) const;
     void check_tokens(const int32_t* tokens, int n) const;
     void snapshot_layer(const State& st, int layer, State& dst, int c0, int c1) const;
@@ -122,6 +145,22 @@ protected:
     std::mutex mutex_;
     bool profiling_ = false;
     StageClock clock_;
+
+    // Shared by every architecture (set by its constructor)
+    const float* embed_ = nullptr;  // [vocab_size][d_model], a view of the loader's tensor
+    AlignedBuffer<float> norm_f_;   // final RMSNorm weight [d_model]
+    float norm_f_eps_ = 1e-6f;
+    Linear lm_head_;
+    LinearRunner run_;
+    // scratch: h_ / fn_ one token's residual stream / final norm; Hb_ / Fb_ the same for a chunk
+    AlignedBuffer<float> h_, fn_, Hb_, Fb_;
+
+private:
+    // Final norm + lm_head for tokens [first, n) of the chunk in Hb_; logits rows vocab_size apart.
+    void head_rows(int first, int n, float* logits);
+    // prefill's per-call lists, sized once (no allocation per call)
+    std::vector<State*> same_state_;
+    ChunkSnapshots chunk_snaps_;
 };
 
 struct Mamba1Config {

@@ -92,8 +92,23 @@ void i8gemv_scalar(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* 
 
 }  // namespace
 
+// The reference every level starts from: every slot of KernelSet is set here.
 const KernelSet& scalar_kernels() {
-    static const KernelSet k{"scalar",        gemv_scalar, gemm_scalar, quantize_scalar, rmsnorm_scalar, silu_scalar, exp_scalar, argmax_scalar, fgemv_scalar, i8gemv_scalar};
+    static const KernelSet k = [] {
+        KernelSet s;
+        s.name = "scalar";
+        s.gemv = gemv_scalar;
+        s.gemm = gemm_scalar;
+        s.quantize = quantize_scalar;
+        s.rmsnorm = rmsnorm_scalar;
+        s.silu = silu_scalar;
+        s.exp = exp_scalar;
+        s.argmax = argmax_scalar;
+        s.fgemv = fgemv_scalar;
+        s.i8gemv = i8gemv_scalar;
+        s.gemm_min_tokens = kGemmTokens;
+        return s;
+    }();
     return k;
 }
 

@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "bitmamba/kernels.h"
-#include "bitmamba/simd_levels.h"
+#include "bitmamba_build_level.h"  // declares this build's <simd>_kernels()
 
 namespace bm {
 namespace {
@@ -192,8 +192,6 @@ void exp_neon(float* x, int n) {
     for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
-int argmax_neon(const float* x, int n) { return scalar_kernels().argmax(x, n); }
-
 void fgemv_neon(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) {
     const int c4 = cols / 4 * 4;
     for (int r = r0; r < r1; ++r) {
@@ -225,14 +223,25 @@ void i8gemv_neon(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y,
 
 }  // namespace
 
+// The neon level (neon-dotprod where built with the dot product): argmax stays the scalar one.
 const KernelSet& neon_kernels() {
-    static const KernelSet k{
+    static const KernelSet k = [] {
+        KernelSet s = scalar_kernels();
 #if defined(__ARM_FEATURE_DOTPROD)
-        "neon-dotprod",
+        s.name = "neon-dotprod";
 #else
-        "neon",
+        s.name = "neon";
 #endif
-        gemv_neon,   gemm_neon,         quantize_neon, rmsnorm_neon, silu_neon, exp_neon,  argmax_neon, fgemv_neon, i8gemv_neon};
+        s.gemv = gemv_neon;
+        s.gemm = gemm_neon;
+        s.quantize = quantize_neon;
+        s.rmsnorm = rmsnorm_neon;
+        s.silu = silu_neon;
+        s.exp = exp_neon;
+        s.fgemv = fgemv_neon;
+        s.i8gemv = i8gemv_neon;
+        return s;
+    }();
     return k;
 }
 

@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "bitmamba/kernels.h"
-#include "bitmamba/simd_levels.h"
+#include "bitmamba_build_level.h"  // declares this build's <simd>_kernels()
 
 namespace bm {
 namespace {
@@ -480,20 +480,31 @@ void i8gemv_avx2(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y,
 
 }  // namespace
 
+// The avx2 level, or avx2-vnni where built with -mavxvnni: every slot overridden.
 const KernelSet& avx2_kernels() {
-#if defined(__AVXVNNI__)
     static const KernelSet k = [] {
-        KernelSet s{"avx2-vnni", gemv_avx2_vnni, gemm_avx2_vnni, quantize_avx2, rmsnorm_avx2, silu_avx2, exp_avx2,
-                    argmax_avx2, fgemv_avx2, i8gemv_avx2};
+        KernelSet s = scalar_kernels();
+        s.name = "avx2";
+        s.gemv = gemv_avx2;
+        s.gemm = gemm_avx2;
+        s.quantize = quantize_avx2;
+        s.rmsnorm = rmsnorm_avx2;
+        s.silu = silu_avx2;
+        s.exp = exp_avx2;
+        s.argmax = argmax_avx2;
+        s.fgemv = fgemv_avx2;
+        s.i8gemv = i8gemv_avx2;
+#if defined(__AVXVNNI__)
+        s.name = "avx2-vnni";
+        s.gemv = gemv_avx2_vnni;
+        s.gemm = gemm_avx2_vnni;
         // The 4-token tile costs about 3.7 GEMVs of compute, so it only pays where the GEMV waits for
         // memory and from 3 tokens on (255M, 2 threads: prefill T=2 890 tok/s through the tile against
         // 1207 per token; T=3 1259 through the tile).
         s.gemm_min_tokens = 3;
+#endif
         return s;
     }();
-#else
-    static const KernelSet k{"avx2",       gemv_avx2,         gemm_avx2, quantize_avx2, rmsnorm_avx2, silu_avx2, exp_avx2,      argmax_avx2, fgemv_avx2, i8gemv_avx2};
-#endif
     return k;
 }
 

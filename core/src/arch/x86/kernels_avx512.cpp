@@ -16,7 +16,7 @@
 #include <cmath>
 
 #include "bitmamba/kernels.h"
-#include "bitmamba/simd_levels.h"
+#include "bitmamba_build_level.h"  // declares this build's <simd>_kernels()
 
 namespace bm {
 namespace {
@@ -363,9 +363,11 @@ void exp_avx512(float* x, int n) {
 
 }  // namespace
 
+// The avx512 level (avx512-vnni with -mavx512vnni) builds on the avx2 set (itself built from
+// scalar): it keeps AVX2's argmax, fgemv and i8gemv and overrides the rest.
 const KernelSet& avx512_kernels() {
     static const KernelSet k = [] {
-        KernelSet s = avx2_kernels();
+        KernelSet s = avx2_kernels();  // x86/kernels_avx2.cpp: the avx512 rows carry avx2
 #if defined(__AVX512VNNI__)
         s.name = "avx512-vnni";
         s.gemm_min_tokens = 2;
