@@ -70,7 +70,9 @@ def summarize(xs: list[float]) -> dict[str, float]:
     return {"min": min(xs), "median": statistics.median(xs), "p90": pct(xs, 90), "n": len(xs)}
 
 
-def run_size(model, tok, clean, n_tokens: int, repeats: int, incremental: bool, max_tokens: int, spacing: int) -> dict:
+def run_size(
+    model, tok, clean, n_tokens: int, repeats: int, incremental: bool, max_tokens: int, spacing: int, extra: dict
+) -> dict:
     settings = Settings(
         max_tokens=max_tokens,
         debounce_ms=0,
@@ -78,6 +80,7 @@ def run_size(model, tok, clean, n_tokens: int, repeats: int, incremental: bool, 
         incremental_state=incremental,
         checkpoint_spacing=spacing,
         speculative=False,
+        **extra,
     )
     worker = ModelWorker(settings)
     worker.load(lambda: model).result()
@@ -148,8 +151,11 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--spacing", type=int, default=0, help="checkpoint spacing (0: the daemon's default)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a daemon setting (snake_case)")
+    ap.add_argument("--tag", default="", help="suffix for the result file names")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
+    extra = {k: json.loads(v) for k, _, v in (kv.partition("=") for kv in args.set)}
 
     tok = bundled_text_tokenizer()
     clean = clean_start_table(tok)
@@ -167,7 +173,7 @@ def main() -> int:
             if not incremental and args.no_baseline:
                 continue
             reps = args.repeats if incremental else args.baseline_repeats
-            r = run_size(model, tok, clean, n, reps, incremental, args.max_tokens, args.spacing)
+            r = run_size(model, tok, clean, n, reps, incremental, args.max_tokens, args.spacing, extra)
             results.append(r)
             ft, fu = r["first_token_ms"], r["full_ms"]
             jump = r["jump_first_token_ms"]
@@ -180,13 +186,14 @@ def main() -> int:
             )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"latency-{args.shape}" + (f"-s{args.spacing}" if args.spacing else "")
+    stem = f"latency-{args.shape}" + (f"-s{args.spacing}" if args.spacing else "") + args.tag
     payload = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": info,
         "model": str(path),
         "threads": model.threads,
         "max_tokens": args.max_tokens,
+        "settings": extra,
         "rss_mb": rss_mb(),
         "results": results,
     }

@@ -310,7 +310,8 @@ co = coroutine.create(function()
     cmd = server_cmd,
     debounce_ms = 20,
     builtin = false,
-    settings = { debounceMs = 0, maxTokens = 48 },
+    -- cacheOpenFiles off: the test's reference daemon sees one document at a time
+    settings = { debounceMs = 0, maxTokens = 48, cacheOpenFiles = false },
   })
   results.uses_builtin = bitmamba.uses_builtin()
   results.nvim = tostring(vim.version())

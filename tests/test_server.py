@@ -150,7 +150,8 @@ async def test_typing_keeps_state_in_sync(client, engine) -> None:
 async def test_cancel_request_stops_generation(model_factory) -> None:
     # a wider model than the module's, so that the long generation takes a measurable time
     path, _, _ = model_factory(50257, 256, 4, 8, seed=7)  # greedy runs ~4000 tokens from "x = 1\n"
-    lc, _ = await start_server(path, options={"maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000})
+    opts = {"maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000, "suffixSafety": False}
+    lc, _ = await start_server(path, options=opts)  # the plain model: no loop rule (a random model loops)
     uri = "file:///cancel.py"
     open_doc(lc, uri, "x = 1\n")
     t0 = time.perf_counter()

@@ -101,6 +101,7 @@ class CursorContext:
     next_lines: list[str] = field(default_factory=list)  # a few lines after the cursor's line
     multiline: bool = True  # the user's setting
     max_lines: int = 12
+    safety: bool = True  # the suffix-safety and loop rules (the suffixSafety setting)
 
     @classmethod
     def at(
@@ -112,6 +113,7 @@ class CursorContext:
         replaced: int = 0,
         multiline: bool = True,
         max_lines: int = 12,
+        safety: bool = True,
     ) -> CursorContext:
         """The context of a cursor at `offset` in `text`; with `insert`, as if that text had been
         typed there first (replacing `replaced` characters after the cursor). Reads at most
@@ -127,6 +129,7 @@ class CursorContext:
             next_lines=[ln.rstrip("\r") for ln in rest.split("\n", NEXT_LINES)[:NEXT_LINES]],
             multiline=multiline,
             max_lines=max_lines,
+            safety=safety,
         )
 
     @property
@@ -227,7 +230,7 @@ class StopRules:
                 else:
                     return self._stop(i, StopRule.BRACKET)
         self.text = self.raw
-        loop = find_loop(self.raw, max(0, start - 64))
+        loop = find_loop(self.raw, max(0, start - 64)) if self.ctx.safety else None
         if loop is not None:
             return self._stop(loop, StopRule.LOOP)
         return bool(self.ctx.block_mode and self._block_should_stop())
@@ -362,6 +365,8 @@ def finalize(text: str, ctx: CursorContext) -> Suggestion | None:
         lead = len(text) - len(text.lstrip("\n")) if not ctx.line_suffix.strip() else 0
         text = text[:lead] + text[lead:].split("\n", 1)[0]
         text = text.rstrip()
+    if not ctx.safety:
+        return _finalize_unsafe(text, ctx)
     loop = find_loop(text)
     if loop is not None:
         text = text[:loop].rstrip()
@@ -390,6 +395,25 @@ def finalize(text: str, ctx: CursorContext) -> Suggestion | None:
     below = next((ln.strip() for ln in ctx.next_lines if ln.strip()), None)
     if below is not None and first_line == below and not ctx.line_suffix.strip():
         return None  # it repeats the line below the cursor
+    return Suggestion(insert_text=text, replace_chars=replace)
+
+
+def _finalize_unsafe(text: str, ctx: CursorContext) -> Suggestion | None:
+    """finalize without the suffix-safety rules (suffixSafety off): the text after the cursor is
+    only trimmed where the suggestion repeats it."""
+    if not ctx.line_prefix.strip() and not text.strip():
+        return None
+    replace = 0
+    if ctx.mid_line:
+        text = _trim_suffix_overlap(text, ctx.line_suffix)
+    elif ctx.closing_suffix:
+        first, sep, rest = text.partition("\n")
+        if first.endswith(ctx.closing_suffix) and not sep:
+            replace = len(ctx.line_suffix.rstrip())
+        else:
+            text = _trim_suffix_overlap(first, ctx.closing_suffix) + sep + rest
+    if not text.strip() or (not ctx.line_prefix.strip() and text.strip() in CLOSE):
+        return None
     return Suggestion(insert_text=text, replace_chars=replace)
 
 

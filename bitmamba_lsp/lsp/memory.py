@@ -98,13 +98,19 @@ class Memory:
         return done
 
     # ------------------------------------------------------------------ a request
-    def levels(self, uri: str, line_tokens: tuple[int, int]) -> list[Level]:
-        """Workspace, the other open documents, this document (without its cursor line)."""
+    def levels(
+        self, uri: str, line_tokens: tuple[int, int], *, open_files: bool = True, workspace: bool = True
+    ) -> list[Level]:
+        """Workspace, the other open documents, this document (without its cursor line). This
+        document's cache is completed first, so a suggestion never depends on how far background
+        work got (the workspace level does: it is read as the files arrive)."""
         out: list[Level] = []
-        if self.workspace.tokens:
-            out.append(Level("workspace", self.workspace))
         doc = self.docs.get(uri)
-        if len(self.docs) > 1 or (doc is None and self.docs):
+        if doc is not None and not doc.complete:
+            doc.build(len(doc.ids))
+        if workspace and self.workspace.tokens:
+            out.append(Level("workspace", self.workspace))
+        if open_files and (len(self.docs) > 1 or (doc is None and self.docs)):
             out.append(Level("open", self.open_union, doc.index if doc is not None else None))
         if doc is not None:
             a, b = line_tokens

@@ -117,11 +117,11 @@ class Session:
 
     def _scan_workspace(self) -> None:
         model = self.slot.model
-        if not self.workspace_folders or model is None or model.tokenizer is None or not self.settings.cache_model:
+        s = self.settings
+        if not self.workspace_folders or model is None or model.tokenizer is None or not (s.cache_model and s.cache_workspace):
             self.scanned.set()  # nothing to read
             return
         tok, worker, folders = model.tokenizer, self.worker, list(self.workspace_folders)
-        s = self.settings
         limits = ScanLimits(max_files=s.workspace_max_files, max_tokens=s.workspace_max_tokens)
         open_paths = {p for p in (uri_path(u) for u in self.docs) if p is not None}
         generation = self._scan_generation = self._scan_generation + 1
@@ -201,7 +201,13 @@ class Session:
     def cursor_context(self, doc: TrackedDocument, offset: int, insert: str = "", replaced: int = 0) -> CursorContext:
         s = self.settings
         return CursorContext.at(
-            doc.text, offset, insert=insert, replaced=replaced, multiline=s.multiline, max_lines=s.max_lines
+            doc.text,
+            offset,
+            insert=insert,
+            replaced=replaced,
+            multiline=s.multiline,
+            max_lines=s.max_lines,
+            safety=s.suffix_safety,
         )
 
     # ------------------------------------------------------------------ completion

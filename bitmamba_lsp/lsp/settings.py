@@ -34,11 +34,14 @@ class Settings:
     speculative: bool = True  # precompute the suggestion that follows accepting the current one
     token_healing: bool = True  # regenerate the prompt's last token under a prefix constraint
     cache_model: bool = True  # mix n-gram caches of the document (and workspace) into the model's distribution
+    cache_open_files: bool = True  # the other open documents as a cache level
+    cache_workspace: bool = True  # the workspace folders' files as a cache level
     cache_order: int = 6  # longest context the caches count
     cache_alpha: float = 2.0  # a cache context seen n times gets weight n / (n + alpha)
     cache_min_order: int = 2  # shorter contexts are not used
     workspace_max_files: int = 20_000  # workspace files looked at for the workspace cache
     workspace_max_tokens: int = 1_000_000  # tokens of workspace files kept in it
+    suffix_safety: bool = True  # inside a finished line only offer what leads back to it; cut loops
     line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
     min_confidence: float = 0.0  # end a suggestion at a token less likely than this (0: never)
     min_line_confidence: float = 0.0  # ... or when the product of its tokens' probabilities falls below this

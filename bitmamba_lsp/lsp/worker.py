@@ -234,7 +234,12 @@ class ModelWorker:
         if self.model is None or self.store is None:
             return cancelled_result(job)
         self._busy_uri = job.uri
-        levels = self.memory.levels(job.uri, job.line_tokens) if self.memory is not None else []
+        s = self.settings
+        levels = (
+            self.memory.levels(job.uri, job.line_tokens, open_files=s.cache_open_files, workspace=s.cache_workspace)
+            if self.memory is not None
+            else []
+        )
         return suggest(self.model, self.store, self.healer, self.settings, job, levels)
 
     # ------------------------------------------------------------------ the thread

@@ -24,6 +24,18 @@ export const SERVER_SETTINGS = [
   'prefillOnOpen',
   'maxDocumentChars',
   'tokenHealing',
+  'cacheModel',
+  'cacheOpenFiles',
+  'cacheWorkspace',
+  'cacheOrder',
+  'cacheAlpha',
+  'cacheMinOrder',
+  'workspaceMaxFiles',
+  'workspaceMaxTokens',
+  'suffixSafety',
+  'lineCandidates',
+  'minConfidence',
+  'minLineConfidence',
 ] as const;
 
 export type ServerSettingName = (typeof SERVER_SETTINGS)[number];

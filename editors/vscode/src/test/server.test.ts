@@ -13,6 +13,7 @@ import {
   createProtocolConnection,
   DidChangeConfigurationNotification,
   DidChangeTextDocumentNotification,
+  DidCloseTextDocumentNotification,
   DidOpenTextDocumentNotification,
   ExecuteCommandRequest,
   ExitNotification,
@@ -236,7 +237,9 @@ describe('bitmamba-lsp through vscode-languageserver-protocol', () => {
       start: { line: 1, character: utf16(line) },
       end: { line: 1, character: utf16(line) },
     });
-    // the same as for the text typed in one piece: the edit landed between "n" and "me"
+    // the same as for the text typed in one piece: the edit landed between "n" and "me" (closed
+    // first: the daemon reads the other open documents, and this one would be one of them)
+    await conn.sendNotification(DidCloseTextDocumentNotification.type, { textDocument: { uri } });
     const fresh = 'file:///tmp/bitmamba-vscode/emoji-fresh.py';
     await conn.sendNotification(DidOpenTextDocumentNotification.type, {
       textDocument: { uri: fresh, languageId: 'python', version: 1, text: `def show(name):\n${line}\n` },
