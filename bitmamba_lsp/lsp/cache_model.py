@@ -7,9 +7,9 @@ software"; Hellendoorn & Devanbu, FSE 2017: a nested cache beats larger neural m
 file-level cache having the final say). A small model cannot know this repository's names; a
 cache can.
 
-- `NGramIndex`: counts of the next token after every context of 1..order tokens over a set of
-  token sequences; windows are added and removed incrementally, so an edit costs work in
-  proportion to the edit (never a re-scan).
+- `NGramIndex` (C++, `_core.NGramIndex`): counts of the next token after every context of
+  1..order tokens over a set of token sequences; windows are added and removed incrementally, so an
+  edit costs work in proportion to the edit (never a re-scan).
 - `CacheLevels`: the nested caches one request sees (workspace, other open documents, this
   document), innermost last; this document's cursor line is excluded (its n-grams would only
   repeat what is being typed).
@@ -27,82 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOTAL = -1  # the key of a context's total count in its next-token dict
+from bitmamba_lsp import _core
 
-
-class NGramIndex:
-    """Next-token counts after contexts of 1..order tokens. Keys are exact (a polynomial in base
-    vocab + 1 of the context read backwards from the next token), so there are no collisions."""
-
-    def __init__(self, order: int, vocab: int) -> None:
-        self.order = order
-        self.base = vocab + 1
-        self.tables: list[dict[int, dict[int, int]]] = [{} for _ in range(order + 1)]
-        self.tokens = 0  # next-token positions counted
-
-    def update(self, ids: Sequence[int], lo: int, hi: int, sign: int, touching: tuple[int, int] | None = None) -> None:
-        """Add (sign +1) or remove (-1) the n-grams whose next token is ids[i], lo <= i < hi (of
-        every order whose context fits in ids). touching=(a, b): only the n-grams that include a
-        token of ids[a:b]."""
-        order, base, tables = self.order, self.base, self.tables
-        hi = min(hi, len(ids))
-        for i in range(max(lo, 1), hi):
-            nxt = int(ids[i])
-            key = 0
-            for k in range(1, min(order, i) + 1):
-                key = key * base + int(ids[i - k]) + 1
-                if touching is not None and not (i - k < touching[1] and i >= touching[0]):
-                    continue
-                table = tables[k]
-                d = table.get(key)
-                if d is None:
-                    if sign < 0:
-                        continue
-                    table[key] = {TOTAL: 1, nxt: 1}
-                    continue
-                d[TOTAL] += sign
-                c = d.get(nxt, 0) + sign
-                if c > 0:
-                    d[nxt] = c
-                else:
-                    d.pop(nxt, None)
-                if d[TOTAL] <= 0:
-                    del table[key]
-            if touching is None:
-                self.tokens += sign
-
-    def add(self, ids: Sequence[int], lo: int = 0, hi: int | None = None) -> None:
-        self.update(ids, lo, len(ids) if hi is None else hi, +1)
-
-    def remove(self, ids: Sequence[int], lo: int = 0, hi: int | None = None) -> None:
-        self.update(ids, lo, len(ids) if hi is None else hi, -1)
-
-    def lookup(
-        self, context: Sequence[int], min_order: int, exclude: NGramIndex | None = None
-    ) -> tuple[int, dict[int, int]] | None:
-        """The longest context (at least min_order tokens) ending `context` that was seen: (order,
-        its next-token counts with TOTAL), or None. `exclude`: counts to subtract first."""
-        best = None
-        key = 0
-        n = len(context)
-        for k in range(1, min(self.order, n) + 1):
-            key = key * self.base + int(context[n - k]) + 1
-            d = self.tables[k].get(key)
-            if d is None:
-                break
-            if exclude is not None and k < len(exclude.tables):
-                ex = exclude.tables[k].get(key)
-                if ex is not None:
-                    d = {t: c - ex.get(t, 0) for t, c in d.items()}
-                    d = {t: c for t, c in d.items() if c > 0}
-                    if TOTAL not in d:
-                        break  # seen only on the excluded tokens: so is every longer context
-            if k >= min_order:
-                best = (k, d)
-        return best
-
-    def entries(self) -> int:
-        return sum(len(t) for t in self.tables)
+NGramIndex = _core.NGramIndex  # the counts live in C++ (core/src/ngram.cpp): compact, and fast to update
 
 
 def replaced_span(old: np.ndarray, new: np.ndarray, first: int) -> tuple[int, int]:
@@ -135,7 +62,7 @@ class DocumentCache:
     def _update(self, ids: np.ndarray, lo: int, hi: int, sign: int) -> None:
         k = self.index.order
         a = max(0, lo - k)
-        window = ids[a:hi].tolist()
+        window = np.ascontiguousarray(ids[a:hi], dtype=np.int32)
         for ix in self.indexes:
             ix.update(window, lo - a, hi - a, sign)
 
@@ -204,14 +131,14 @@ class CacheMixture:
     def active(self) -> bool:
         return True  # it also measures the confidence of every token
 
-    def _distributions(self) -> list[tuple[float, dict[int, int]]]:
-        ctx = self.history[-self.order :]
+    def _distributions(self) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        ctx = np.asarray(self.history[-self.order :], dtype=np.int32)
         out = []
         for lv in self.levels:
             hit = lv.index.lookup(ctx, self.min_order, lv.exclude)
             if hit is not None:
-                n = hit[1][TOTAL]
-                out.append((n / (n + self.alpha), hit[1]))
+                _, total, toks, counts = hit
+                out.append((total / (total + self.alpha), toks, counts / total))
         return out
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
@@ -223,24 +150,18 @@ class CacheMixture:
         self.rest_scale = 1.0
         if not dists:
             return logits
-        probs: dict[int, float] = {}
+        toks = np.unique(np.concatenate([d[1] for d in dists]))
+        probs = np.exp(logits[toks].astype(np.float64) - self._logz)
         scale = 1.0  # the model's share after each mixing step
-        for lam, counts in dists:  # outermost first: the innermost level has the final say
-            total = counts[TOTAL]
-            for t in probs:
-                probs[t] *= 1.0 - lam
+        for lam, t, q in dists:  # outermost first: the innermost level has the final say
+            probs *= 1.0 - lam
             scale *= 1.0 - lam
-            for t, c in counts.items():
-                if t == TOTAL:
-                    continue
-                if t not in probs:
-                    probs[t] = scale * float(np.exp(logits[t] - self._logz))
-                probs[t] += lam * c / total
-        self.probs, self.rest_scale = probs, scale
+            probs[np.searchsorted(toks, t)] += lam * q
+        self.probs = dict(zip(toks.tolist(), probs.tolist(), strict=True))
+        self.rest_scale = scale
         out = logits.copy()
-        for t, p in probs.items():
-            # logits are only ever compared: give every token its mixture probability, in log space
-            out[t] = np.log(max(p, 1e-30)) - np.log(max(scale, 1e-30)) + self._logz
+        # logits are only ever compared: give every cache token its mixture probability, in log space
+        out[toks] = np.log(np.maximum(probs, 1e-30)) - np.log(max(scale, 1e-30)) + self._logz
         return out
 
     def prob(self, token: int) -> float:

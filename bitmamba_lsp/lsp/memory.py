@@ -117,7 +117,7 @@ class Memory:
             exclude = NGramIndex(self.order, self.vocab)
             if b > a and doc.built > a:
                 start = max(0, a - self.order)
-                window = doc.ids[start : b + self.order].tolist()
+                window = np.ascontiguousarray(doc.ids[start : b + self.order], dtype=np.int32)
                 hi = min(b + self.order, doc.built) - start
                 exclude.update(window, a - start, hi, +1, touching=(a - start, b - start))
             out.append(Level("file", doc.index, exclude))
@@ -128,5 +128,6 @@ class Memory:
             "documents": len(self.docs),
             "workspace_files": len(self.workspace_files),
             "workspace_tokens": self.workspace.tokens,
-            "entries": self.workspace.entries() + self.open_union.entries() + sum(c.index.entries() for c in self.docs.values()),
+            "contexts": self.workspace.contexts + self.open_union.contexts + sum(c.index.contexts for c in self.docs.values()),
+            "bytes": self.workspace.nbytes + self.open_union.nbytes + sum(c.index.nbytes for c in self.docs.values()),
         }

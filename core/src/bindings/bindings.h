@@ -1,4 +1,4 @@
-// Shared by the binding files (one per concept: system, kernels, state, sampler, model), each
+// Shared by the binding files (one per concept: system, kernels, state, sampler, model, ngram), each
 // defining one bind_*() that module.cpp calls. Bindings convert arguments only: every model call
 // releases the GIL, and C++ errors become Python exceptions at the boundary (FormatError ->
 // _core.FormatError, a ValueError subclass, registered in module.cpp; pybind11's own translations:
@@ -32,5 +32,6 @@ void bind_kernels(py::module_& m);  // PackedMatrix and the kernels one by one (
 void bind_state(py::module_& m);    // State
 void bind_sampler(py::module_& m);  // Sampler
 void bind_model(py::module_& m);    // Model, build_bitmamba2, build_mamba1
+void bind_ngram(py::module_& m);    // NGramIndex (the daemon's cache language model)
 
 }  // namespace bm::bindings

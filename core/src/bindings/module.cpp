@@ -21,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
     bind_state(m);
     bind_sampler(m);
     bind_model(m);
+    bind_ngram(m);
 }
