@@ -187,7 +187,7 @@ async def _score_file(
     lines = f.text.split("\n")
     session.open(uri, f.text, 1)
     # the user opened the file a while ago: the workspace is read, background work is done
-    await asyncio.to_thread(session.scanned.wait, 600)
+    await asyncio.to_thread(session.workspace.scanned.wait, 600)
     await asyncio.to_thread(session.worker.wait_idle, 600)
     version = 1
     for c in cases:

@@ -131,10 +131,10 @@ def test_the_workspace_reader_is_bounded_and_safe(tmp_path) -> None:
     unreadable = sub / "no.py"
     unreadable.write_text("x = 0\n")
     unreadable.chmod(0)
-    got = {p.relative_to(tmp_path).as_posix(): ids for p, ids in scan([tmp_path], list, ScanLimits(max_file_bytes=100_000))}
+    got = {p.relative_to(tmp_path).as_posix(): ids for p, _, ids in scan([tmp_path], list, ScanLimits(max_file_bytes=100_000))}
     assert set(got) >= {"a.py", "pkg/c.py"}
     assert not set(got) & {"ignored.py", "build/b.py", "bin.py", "latin.py", "huge.py", "image.png"}
     assert not any(k.startswith("pkg/loop") for k in got)
     # the token budget holds
     few = list(scan([tmp_path], list, ScanLimits(max_tokens=20)))
-    assert sum(len(ids) for _, ids in few) <= 20
+    assert sum(len(ids) for _, _, ids in few) <= 20

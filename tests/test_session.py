@@ -44,9 +44,14 @@ async def ready_session(model_path, **options) -> tuple[Session, list[tuple[str,
     return session, told
 
 
+# The reference (lsp_client.expected_suggestion) is the model alone with the stop rules and token
+# healing: the workspace memory, candidates and the suffix-safety rules are off for the comparisons.
+PLAIN = {"cacheModel": False, "lineCandidates": False, "suffixSafety": False}
+
+
 def test_session_completes_like_a_fresh_prefill(model_path, engine) -> None:
     async def go():
-        session, told = await ready_session(model_path)
+        session, told = await ready_session(model_path, **PLAIN)
         text = "def add(a, b):\n    return a"
         session.open(URI, text, 1)
         got = await session.complete(URI, (1, 12), "utf-16")

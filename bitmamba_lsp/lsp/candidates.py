@@ -14,8 +14,14 @@ greedy line (suggest.py), and the best is shown.
 
 from __future__ import annotations
 
+import bisect
+import builtins
+import keyword
+import re
 from collections import Counter
+from typing import Any
 
+_WORD = re.compile(r"[A-Za-z_]\w*")
 WINDOW_LINES = 2000  # lines on each side of the cursor searched for candidates
 MAX_CANDIDATES = 3
 
@@ -78,3 +84,142 @@ def _forward(text: str, start: int, n: int) -> int:
             return len(text)
         pos += 1
     return pos
+
+
+# ---------------------------------------------------------------------------------------- workspace
+class WorkspaceLines:
+    """Lines and identifiers of the workspace files: which lines followed a given line, every
+    distinct line (stripped) and identifier in sorted order for a prefix search. Built by the
+    workspace scanner thread, then handed over whole (the session only reads a finished one)."""
+
+    def __init__(self, max_lines: int = 400_000) -> None:
+        self.max_lines = max_lines
+        self.after: dict[str, Counter[str]] = {}
+        self.count: Counter[str] = Counter()
+        self.files: dict[object, list[str]] = {}  # path -> its non-empty lines, stripped
+        self.lines = 0
+        self._words: set[str] = set()
+        self._sorted: list[str] | None = None
+        self._sorted_words: list[str] = []
+
+    def add_file(self, path: object, text: str) -> None:
+        if path in self.files:
+            self.remove_file(path)
+        lines = [ln.strip() for ln in text.split("\n") if ln.strip()][: max(0, self.max_lines - self.lines)]
+        if not lines:
+            return
+        if self._sorted is None:
+            self._words.update(_WORD.findall(text))
+        self.files[path] = lines
+        self._count(lines, +1)
+        if self._sorted is not None:  # after finish(): new lines join the prefix search
+            for line in lines:
+                if self.count[line] == 1:
+                    bisect.insort(self._sorted, line)
+
+    def remove_file(self, path: object) -> None:
+        """A file that is open in the editor: the document level holds it (without the cursor's line)."""
+        lines = self.files.pop(path, None)
+        if lines:
+            self._count(lines, -1)
+
+    def _count(self, lines: list[str], sign: int) -> None:
+        self.lines += sign * len(lines)
+        for prev, line in zip(["", *lines], lines, strict=False):
+            self.count[line] += sign
+            if prev:
+                c = self.after.setdefault(prev, Counter())
+                c[line] += sign
+                if c[line] <= 0:
+                    del c[line]
+            if self.count[line] <= 0:
+                del self.count[line]
+
+    def finish(self) -> WorkspaceLines:
+        self._sorted = sorted(self.count)
+        self._sorted_words = sorted(self._words)
+        self._words = set()
+        return self
+
+    def words(self, prefix: str, limit: int = 500) -> list[str]:
+        """Identifiers of the workspace that start with `prefix`."""
+        i = bisect.bisect_left(self._sorted_words, prefix)
+        out = []
+        for w in self._sorted_words[i : i + limit]:
+            if not w.startswith(prefix):
+                break
+            out.append(w)
+        return out
+
+    def candidates(self, prev: str, typed: str, limit: int) -> list[str]:
+        found: Counter[str] = Counter()
+        for line, n in (self.after.get(prev.strip()) or {}).items():
+            if n <= 0:
+                continue
+            if line.startswith(typed) and len(line) > len(typed):
+                found[line[len(typed) :]] += n
+        if typed and self._sorted is not None:
+            i = bisect.bisect_left(self._sorted, typed)
+            for line in self._sorted[i : i + 200]:
+                if not line.startswith(typed):
+                    break
+                if len(line) > len(typed) and self.count[line] > 0:
+                    found[line[len(typed) :]] += self.count[line]
+        return [r for r, _ in found.most_common(limit)]
+
+
+def previous_line(text: str, offset: int) -> tuple[str, str]:
+    """(the line above the cursor's line, what the cursor's line holds before the cursor), stripped."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    prev_start = text.rfind("\n", 0, max(line_start - 1, 0)) + 1 if line_start > 0 else 0
+    prev = text[prev_start : max(line_start - 1, prev_start)] if line_start > 0 else ""
+    return prev.strip(), text[line_start:offset].strip()
+
+
+# ---------------------------------------------------------------------------------------- words
+_PARTIAL = re.compile(r"[A-Za-z_]\w*$")
+WORD_WINDOW = 100_000  # characters on each side of the cursor searched for known words
+BUILTIN_WORDS = frozenset(keyword.kwlist) | frozenset(dir(builtins))
+
+
+def partial_word(text: str, offset: int) -> str | None:
+    """The identifier the cursor is in the middle of typing (nothing word-like follows), or None."""
+    if offset < len(text) and (text[offset].isalnum() or text[offset] == "_"):
+        return None
+    m = _PARTIAL.search(text, max(0, offset - 80), offset)
+    return m.group(0) if m and m.end() == offset else None
+
+
+def known_words(text: str, offset: int, partial: str, workspace: WorkspaceLines | None = None) -> set[str]:
+    """Identifiers starting with `partial` that the document (around the cursor, other than the one
+    being typed), the workspace or the language already has."""
+    lo, hi = max(0, offset - WORD_WINDOW), min(len(text), offset + WORD_WINDOW)
+    words = {w for w in _WORD.findall(text[lo : offset - len(partial)] + " " + text[offset:hi]) if w.startswith(partial)}
+    words |= {w for w in BUILTIN_WORDS if w.startswith(partial)}
+    if workspace is not None:
+        words.update(workspace.words(partial))
+    return words
+
+
+# ---------------------------------------------------------------------------------------- a request
+MAX_WORKSPACE_CANDIDATES = 2
+
+
+def request_candidates(text: str, offset: int, settings: Any, workspace: WorkspaceLines | None) -> list[str]:
+    """Whole-line candidates of one request: the file's first (it has the final say), then the
+    workspace's."""
+    if not settings.line_candidates:
+        return []
+    out = line_candidates(text, offset)
+    if workspace is not None and settings.cache_workspace and not text[offset : offset + 200].split("\n", 1)[0].strip():
+        prev, typed = previous_line(text, offset)
+        out += [c for c in workspace.candidates(prev, typed, MAX_WORKSPACE_CANDIDATES) if c not in out]
+    return out
+
+
+def request_words(text: str, offset: int, settings: Any, workspace: WorkspaceLines | None) -> set[str] | None:
+    """The identifiers a half-typed word at the cursor may become (None: the cursor is not in one)."""
+    partial = partial_word(text, offset)
+    if partial is None or not settings.suffix_safety:
+        return None
+    return known_words(text, offset, partial, workspace)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ from typing import Any
 
 from bitmamba_lsp import __version__, _core
 from bitmamba_lsp.engine.model import Model
-from bitmamba_lsp.lsp.candidates import line_candidates
+from bitmamba_lsp.lsp.candidates import WorkspaceLines, request_candidates, request_words
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
 from bitmamba_lsp.lsp.memory import uri_path
@@ -36,7 +35,7 @@ from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.stats import Stats
 from bitmamba_lsp.lsp.suggest import CompletionJob, CompletionResult
 from bitmamba_lsp.lsp.worker import ModelWorker
-from bitmamba_lsp.lsp.workspace import ScanLimits, scan
+from bitmamba_lsp.lsp.workspace import ScanLimits, WorkspaceReader
 
 log = logging.getLogger("bitmamba_lsp")
 
@@ -74,9 +73,7 @@ class Session:
         self.jobs: dict[str, CompletionJob] = {}
         self.request_seq: dict[str, int] = {}
         self.pending = PendingSuggestions()
-        self.workspace_folders: list[Path] = []
-        self._scan_generation = 0
-        self.scanned = threading.Event()  # set when the last workspace scan has read everything
+        self.workspace = WorkspaceReader()
         self.stats = Stats()
         self.started = time.time()
 
@@ -111,34 +108,15 @@ class Session:
 
     def set_workspace(self, folders: list[Path]) -> None:
         """The workspace folders (from initialize): read in the background for the workspace cache."""
-        self.workspace_folders = [f for f in folders if f.is_dir()]
+        self.workspace.folders = [f for f in folders if f.is_dir()]
         if self.slot.model is not None:
             self._scan_workspace()
 
     def _scan_workspace(self) -> None:
-        model = self.slot.model
-        s = self.settings
-        if not self.workspace_folders or model is None or model.tokenizer is None or not (s.cache_model and s.cache_workspace):
-            self.scanned.set()  # nothing to read
-            return
-        tok, worker, folders = model.tokenizer, self.worker, list(self.workspace_folders)
-        limits = ScanLimits(max_files=s.workspace_max_files, max_tokens=s.workspace_max_tokens)
+        model, s = self.slot.model, self.settings
+        tok = model.tokenizer if model is not None and s.cache_model and s.cache_workspace else None
         open_paths = {p for p in (uri_path(u) for u in self.docs) if p is not None}
-        generation = self._scan_generation = self._scan_generation + 1
-        done = self.scanned = threading.Event()
-
-        def run() -> None:
-            worker.set_workspace_roots(folders)
-            try:
-                for path, ids in scan(folders, tok.encode, limits, skip=open_paths.__contains__,
-                                      stop=lambda: generation != self._scan_generation or worker.stopped):
-                    worker.workspace_file(path, ids)
-            except Exception:  # never fatal: the workspace level is a bonus
-                log.exception("workspace scan failed")
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="bitmamba-workspace", daemon=True).start()
+        self.workspace.start(tok, self.worker, ScanLimits(s.workspace_max_files, max_tokens=s.workspace_max_tokens), open_paths)
 
     # ------------------------------------------------------------------ documents
     def _track(self, uri: str, text: str, version: int) -> TrackedDocument:
@@ -181,7 +159,10 @@ class Session:
             job.cancel.set()  # its prompt is stale
 
     def close(self, uri: str) -> None:
-        self.docs.pop(uri, None)
+        doc = self.docs.pop(uri, None)
+        path = uri_path(uri)
+        if doc is not None and path is not None:
+            self.workspace.file_closed(path, doc.text)
         self.pending.drop(uri)
         self.too_big.discard(uri)
         job = self.jobs.pop(uri, None)
@@ -243,7 +224,8 @@ class Session:
             prompt=prompt_at(doc, offset),
             ctx=self.cursor_context(doc, offset),
             line_tokens=doc.line_tokens(offset),
-            candidates=line_candidates(doc.text, offset) if self.settings.line_candidates else [],
+            candidates=request_candidates(doc.text, offset, self.settings, self._workspace_lines()),
+            known_words=request_words(doc.text, offset, self.settings, self._workspace_lines()),
             max_tokens=self.settings.max_tokens,
             deadline_ms=self.settings.time_budget_ms,
         )
@@ -270,6 +252,9 @@ class Session:
         if not fallback and self.settings.speculative:
             self._speculate(doc, offset, pending, text, replaced)
         return self._item(doc, offset, text, replaced, encoding, fallback)
+
+    def _workspace_lines(self) -> WorkspaceLines | None:
+        return self.workspace.lines_for({p for p in map(uri_path, self.docs) if p is not None})
 
     def _completion(self, doc: TrackedDocument, offset: int, text: str, encoding: str, fallback: bool) -> Completion:
         """A cached suggestion fitted again to the text after the cursor."""

@@ -8,6 +8,7 @@ Runs only on the worker thread (it moves states of the `StateStore`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class CompletionJob:
     ctx: CursorContext  # the text around the cursor, for the stop rules
     line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
     candidates: list[str] = field(default_factory=list)  # whole-line candidates (candidates.py)
+    known_words: set[str] | None = None  # what a half-typed word at the cursor may become (candidates.py)
     cancel: threading.Event = field(default_factory=threading.Event)
     max_tokens: int = 64
     deadline_ms: float = 1500.0
@@ -70,6 +72,32 @@ class CompletionResult:
     def stop(self) -> str:
         """The rule that ended the suggestion, or why generation ended."""
         return str(self.rule or self.reason)
+
+
+WORD_SUPPORT = 0.5  # a word nothing else knows is kept when the model gives it this probability
+_PARTIAL = re.compile(r"[A-Za-z_]\w*$")
+_WORD_START = re.compile(r"\w*")
+
+
+def invents_word(job: CompletionJob, text: str, mixture: CacheMixture, tokens: list[int], tok: Any, skip: str) -> bool:
+    """Does the suggestion finish the half-typed word into one that neither the document, the
+    workspace nor the language knows, without the model being sure of it?"""
+    m = _PARTIAL.search(job.ctx.line_prefix)
+    rest = _WORD_START.match(text)
+    if m is None or rest is None or not rest.group(0) or job.known_words is None:
+        return False
+    word = m.group(0) + rest.group(0)
+    if word in job.known_words:
+        return False
+    # the probability of the tokens up to the end of the word
+    need = len(skip) + len(rest.group(0))  # the healed token's text comes first
+    stream, seen, p = tok.stream_decoder(), "", 1.0
+    for prob, t in zip(mixture.chosen, tokens, strict=False):
+        p *= prob
+        seen += stream.feed(t)
+        if len(seen) >= need:
+            break
+    return p < WORD_SUPPORT
 
 
 def line_probability(probs: list[float], tokens: list[int], tok: Any, skip: str) -> float:
@@ -164,6 +192,7 @@ class Hooks:
     levels: list[Level]
     history: list[int]
     settings: Settings
+    scoring: bool = False  # candidates or a half-typed word will be judged: the tokens' probabilities are needed
     mixture: CacheMixture | None = None
 
     def fresh(self) -> list[LogitsHook]:
@@ -172,7 +201,7 @@ class Hooks:
             hooks.append(HealingConstraint(self.healer, self.healed_raw))
         s = self.settings
         self.mixture = None
-        if self.levels or s.min_confidence or s.min_line_confidence or s.line_candidates:
+        if self.levels or s.min_confidence or s.min_line_confidence or self.scoring:
             self.mixture = CacheMixture(self.levels, self.history, alpha=s.cache_alpha, min_order=s.cache_min_order)
             hooks.append(self.mixture)
         return hooks
@@ -209,7 +238,14 @@ def suggest(
     if healer is not None and settings.token_healing:
         prompt, healed = prompt.heal(healer)
         skip, raw = healed.text, healed.raw
-    hooks = Hooks(healer, raw, list(levels or []) if settings.cache_model else [], prompt.ids.tolist(), settings)
+    hooks = Hooks(
+        healer,
+        raw,
+        list(levels or []) if settings.cache_model else [],
+        prompt.ids.tolist(),
+        settings,
+        scoring=bool(job.candidates) or job.known_words is not None,
+    )
     restored = store.feed(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
     )
@@ -244,6 +280,8 @@ def suggest(
     first_token_at = first_token_at or time.perf_counter()
     reason = decoder.reason or StopReason.LENGTH
     text = rules.text
+    if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
+        text = ""  # healing must not make up a word nothing supports
     if start_state is not None and mixture is not None and reason is not StopReason.CANCELLED:
         greedy_p = line_probability(mixture.chosen, decoder.tokens, tok, skip)
         text = best_line(model, start_state, restored.logits, hooks, skip, job.candidates, text, greedy_p)

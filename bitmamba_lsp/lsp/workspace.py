@@ -16,12 +16,19 @@ Reading is bounded and defensive, because a workspace may hold anything:
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from bitmamba_lsp.lsp.candidates import WorkspaceLines
+
+log = logging.getLogger(__name__)
 
 SKIP_DIRS = frozenset(
     {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".ruff_cache",
@@ -187,9 +194,10 @@ def scan(
     limits: ScanLimits,
     skip: Callable[[Path], bool] = lambda p: False,
     stop: Callable[[], bool] = lambda: False,
-) -> Iterator[tuple[Path, list[int]]]:
-    """(path, token ids) of the workspace's text files within the limits; `skip`: paths not to
-    read (open documents); `stop`: checked between files (the daemon is shutting down)."""
+) -> Iterator[tuple[Path, str, list[int]]]:
+    """(path, text, token ids) of the workspace's text files within the limits (the text is cut
+    where the token budget ends); `skip`: paths not to read (open documents); `stop`: checked
+    between files (the daemon is shutting down)."""
     report = ScanReport()
     for root in folders:
         for path in walk(root, limits, report):
@@ -202,7 +210,62 @@ def scan(
                 continue
             ids = encode(text)
             room = limits.max_tokens - report.tokens
-            ids = ids[:room]
+            if len(ids) > room:
+                ids = ids[:room]
+                text = text[: int(len(text) * room / max(1, len(ids) + 1))]
             report.files_read += 1
             report.tokens += len(ids)
-            yield path, ids
+            yield path, text, ids
+
+
+class WorkspaceReader:
+    """Reads the workspace folders on a background thread: each file's tokens go to the model
+    worker (counted there into the workspace cache), its lines and names into a `WorkspaceLines`
+    that replaces `lines` when the scan is over. A new scan (another model, other folders) makes
+    the running one stop at its next file."""
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+        self.lines: WorkspaceLines | None = None
+        self.scanned = threading.Event()  # set when the last scan has read everything
+        self._generation = 0
+
+    def start(self, tokenizer: Any, worker: Any, limits: ScanLimits, skip: set[Path]) -> None:
+        """Scan with this tokenizer (None: nothing to read), skipping the open documents."""
+        self._generation += 1
+        generation = self._generation
+        done = self.scanned = threading.Event()
+        if tokenizer is None or not self.folders:
+            done.set()
+            return
+        folders = list(self.folders)
+
+        def run() -> None:
+            worker.set_workspace_roots(folders)
+            lines = WorkspaceLines()
+            try:
+                for path, text, ids in scan(folders, tokenizer.encode, limits, skip=skip.__contains__,
+                                            stop=lambda: generation != self._generation or worker.stopped):
+                    worker.workspace_file(path, ids)
+                    lines.add_file(path, text)
+                if generation == self._generation:
+                    self.lines = lines.finish()
+            except Exception:  # never fatal: the workspace level is a bonus
+                log.exception("workspace scan failed")
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="bitmamba-workspace", daemon=True).start()
+
+    def lines_for(self, open_paths: set[Path]) -> WorkspaceLines | None:
+        """The workspace's lines without the files open in the editor (event loop only)."""
+        lines = self.lines
+        if lines is not None:
+            for p in open_paths & lines.files.keys():
+                lines.remove_file(p)
+        return lines
+
+    def file_closed(self, path: Path, text: str) -> None:
+        """A workspace file closed in the editor: back among the workspace's lines, as it was last."""
+        if self.lines is not None and any(path.is_relative_to(f) for f in self.folders):
+            self.lines.add_file(path, text)
