@@ -16,6 +16,10 @@ from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 from bitmamba_lsp.lsp.completion import CursorContext, StopRules, finalize
 
 SERVER = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--threads", "1"]
+# `expected_suggestion` is the model alone with the stop rules and token healing: tests that compare
+# the daemon with it turn off what it does not model (the workspace memory, whole-line candidates,
+# the suffix-safety rules; each has its own tests).
+PLAIN = {"cacheModel": False, "lineCandidates": False, "suffixSafety": False}
 
 
 async def start_server(
@@ -152,7 +156,7 @@ def expected_suggestion(
     token starting with what is left of them, or being a prefix of it), and those bytes are not
     part of the suggestion."""
     before = text[:offset]
-    ctx = CursorContext.at(text, offset, multiline=multiline)
+    ctx = CursorContext.at(text, offset, multiline=multiline, safety=False)  # PLAIN: suffixSafety off
     tok = model.tokenizer
     ids = tok.encode(before) or [model.eos_id]
     heal, rest = "", b""

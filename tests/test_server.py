@@ -8,6 +8,7 @@ import time
 import pytest
 import pytest_asyncio
 from lsp_client import (
+    PLAIN,
     change,
     expected_suggestion,
     inline,
@@ -46,7 +47,7 @@ def engine(model_path):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(model_path):
-    lc, _ = await start_server(model_path, options={"maxTokens": MAX_TOKENS})
+    lc, _ = await start_server(model_path, options={**PLAIN, "maxTokens": MAX_TOKENS})
     yield lc
     await stop_server(lc)
 
@@ -80,7 +81,7 @@ async def test_initialize_negotiates_encoding(model_path, offered, expected) -> 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8", "utf-32"])
 async def test_edits_with_multibyte_text_and_completion_matches_engine(model_path, engine, encoding) -> None:
-    lc, _ = await start_server(model_path, encodings=[encoding], options={"maxTokens": MAX_TOKENS})
+    lc, _ = await start_server(model_path, encodings=[encoding], options={**PLAIN, "maxTokens": MAX_TOKENS})
     uri = f"file:///mb_{encoding.replace('-', '')}.py"
     text = "s = '中文 😀 ok'\n\ndef greet(name):\n    return\n"
     open_doc(lc, uri, text)
@@ -178,7 +179,7 @@ async def test_cancel_request_stops_generation(model_factory) -> None:
 
 async def test_newer_request_supersedes_older(model_path) -> None:
     lc, _ = await start_server(
-        model_path, options={"maxTokens": 2000, "timeBudgetMs": 60000, "debounceMs": 20}
+        model_path, options={**PLAIN, "maxTokens": 2000, "timeBudgetMs": 60000, "debounceMs": 20}
     )
     uri = "file:///latest.py"
     open_doc(lc, uri, "value = 3\n")
@@ -298,7 +299,7 @@ async def test_status_and_accept_commands(client) -> None:
 
 
 async def test_typed_ahead_and_speculative_next(model_path, engine) -> None:
-    lc, _ = await start_server(model_path, options={"maxTokens": MAX_TOKENS, "speculative": True})
+    lc, _ = await start_server(model_path, options={**PLAIN, "maxTokens": MAX_TOKENS, "speculative": True})
     uri = "file:///ahead.py"
     text = "def square(x):\n    return"
     open_doc(lc, uri, text)
@@ -327,7 +328,7 @@ async def test_typed_ahead_and_speculative_next(model_path, engine) -> None:
 
 async def test_completion_fallback_for_popup_clients(model_path, engine) -> None:
     lc, result = await start_server(
-        model_path, client="emacs", options={"completionFallback": True, "maxTokens": 4}
+        model_path, client="emacs", options={**PLAIN, "completionFallback": True, "maxTokens": 4}
     )
     assert result.capabilities.completion_provider is not None
     uri = "file:///popup.py"
@@ -353,7 +354,7 @@ async def test_default_model_plausible_completions() -> None:
     from bitmamba_lsp.engine import load
 
     engine = load(None, threads=1)
-    lc, _ = await start_server(None, options={"maxTokens": 24})
+    lc, _ = await start_server(None, options={**PLAIN, "maxTokens": 24})
     try:
         st = await status(lc)
         assert "bitmamba-default" in str(st["model"])

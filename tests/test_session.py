@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from lsp_client import expected_suggestion
+from lsp_client import PLAIN, expected_suggestion
 
 from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
@@ -44,9 +44,6 @@ async def ready_session(model_path, **options) -> tuple[Session, list[tuple[str,
     return session, told
 
 
-# The reference (lsp_client.expected_suggestion) is the model alone with the stop rules and token
-# healing: the workspace memory, candidates and the suffix-safety rules are off for the comparisons.
-PLAIN = {"cacheModel": False, "lineCandidates": False, "suffixSafety": False}
 
 
 def test_session_completes_like_a_fresh_prefill(model_path, engine) -> None:

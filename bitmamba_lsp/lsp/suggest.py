@@ -74,6 +74,7 @@ class CompletionResult:
         return str(self.rule or self.reason)
 
 
+HISTORY = 32  # prompt tokens the cache mixture starts from (it reads the last `order`)
 WORD_SUPPORT = 0.5  # a word nothing else knows is kept when the model gives it this probability
 _PARTIAL = re.compile(r"[A-Za-z_]\w*$")
 _WORD_START = re.compile(r"\w*")
@@ -242,7 +243,7 @@ def suggest(
         healer,
         raw,
         list(levels or []) if settings.cache_model else [],
-        prompt.ids.tolist(),
+        prompt.ids[-HISTORY:].tolist(),  # the mixture reads only the last few tokens
         settings,
         scoring=bool(job.candidates) or job.known_words is not None,
     )
