@@ -39,9 +39,9 @@ from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
 from bitmamba_lsp.lsp.completion import CursorContext
 from bitmamba_lsp.lsp.documents import TrackedDocument, clean_start_table
+from bitmamba_lsp.lsp.jobs import CompletionJob
 from bitmamba_lsp.lsp.prompt import prompt_at
 from bitmamba_lsp.lsp.settings import Settings
-from bitmamba_lsp.lsp.suggest import CompletionJob
 from bitmamba_lsp.lsp.worker import ModelWorker
 
 SAMPLE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "data" / "demo_sample.py").read_text()

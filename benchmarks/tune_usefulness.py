@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_usefulness import CACHE, PACKAGES, cap, fetch  # noqa: E402
+from bench_usefulness import CACHE, PACKAGES, cap, fetch
 
-from bitmamba_lsp.bench import machine_info  # noqa: E402
-from bitmamba_lsp.editor_eval import SCORED_MODES, markdown, run_scoring  # noqa: E402
+from bitmamba_lsp.bench import machine_info
+from bitmamba_lsp.editor_eval import SCORED_MODES, markdown, run_scoring
 
 GRID = {
     "cacheAlpha": [0.5, 2.0, 8.0],

@@ -53,7 +53,9 @@ def pick_cases(text: str, n_lines: int, seed: int, name: str) -> list[Case]:
     rng = np.random.default_rng(h)
     lines = text.split("\n")
     usable = [
-        i for i, ln in enumerate(lines) if len(ln.strip()) >= 4 and not ln.strip().startswith("#") and "\r" not in ln
+        i
+        for i, ln in enumerate(lines)
+        if len(ln.strip()) >= 4 and not ln.strip().startswith("#") and "\r" not in ln
     ]
     if not usable:
         return []
@@ -109,7 +111,9 @@ def lookup_in(lines: Sequence[str], case: Case, prev_line: str, *, recent_first:
         prev = _strip(prev_line)
         if prev:
             stripped = [_strip(x) for x in lines]
-            cands = [stripped[k + 1] for k in range(len(stripped) - 1) if stripped[k] == prev and stripped[k + 1]]
+            cands = [
+                stripped[k + 1] for k in range(len(stripped) - 1) if stripped[k] == prev and stripped[k + 1]
+            ]
     if not cands:
         return ""
     if recent_first:
@@ -180,8 +184,15 @@ class SourceFile:
 
 
 async def _score_file(
-    session: Any, f: SourceFile, cases: list[Case], repo_lines: list[str], tallies: Tallies, uri: str
+    session: Any,
+    f: SourceFile,
+    cases: list[Case],
+    repo_lines: list[str],
+    tallies: Tallies,
+    uri: str,
+    collect: list[dict] | None = None,
 ) -> None:
+    from bitmamba_lsp.lsp.choice import features as choice_features
     from bitmamba_lsp.lsp.documents import Change
 
     lines = f.text.split("\n")
@@ -197,7 +208,23 @@ async def _score_file(
             version += 1
             session.change(uri, version, [Change("", (c.line, c.col), (c.line, c.line_end))], "utf-32")
         session.pending.clear()  # each case stands alone: no suggestion carried over from the last
+        session.last_result = None
         got = await session.complete(uri, (c.line, c.col), "utf-32")
+        if collect is not None and c.kind != "inside_line":
+            collect.append({"kind": c.kind, "case": f"{uri}:{c.line}:{c.col}", "package": f.package, "marker": True})
+        if collect is not None and session.last_result is not None and c.kind != "inside_line":
+            for o in session.last_result.options:
+                collect.append(
+                    {
+                        "kind": c.kind,
+                        "case": f"{uri}:{c.line}:{c.col}",
+                        "package": f.package,
+                        "truth": c.truth,
+                        "text": o.text,
+                        "right": c.truth.startswith(o.text.rstrip()) and bool(o.text.strip()),
+                        "features": choice_features(o),
+                    }
+                )
         if deleted:
             version += 1
             session.change(uri, version, [Change(deleted, (c.line, c.col), (c.line, c.col))], "utf-32")
@@ -208,12 +235,20 @@ async def _score_file(
         tallies.add("no suggestion", c.kind, None, c.truth)
         above = lines[: c.line]
         tallies.add("same-file lookup", c.kind, lookup_in(above, c, prev_line, recent_first=True), c.truth)
-        tallies.add("same-package lookup", c.kind, lookup_in(repo_lines, c, prev_line, recent_first=False), c.truth)
+        tallies.add(
+            "same-package lookup", c.kind, lookup_in(repo_lines, c, prev_line, recent_first=False), c.truth
+        )
     session.close(uri)
 
 
 async def score_files(
-    files: Sequence[SourceFile], options: dict[str, Any], *, lines_per_file: int, seed: int, workspace: bool = True
+    files: Sequence[SourceFile],
+    options: dict[str, Any],
+    *,
+    lines_per_file: int,
+    seed: int,
+    workspace: bool = True,
+    collect: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Score every file's cases in a daemon session (settings `options`), one session per package
     whose workspace folder holds that package's files (workspace=False: no workspace folder)."""
@@ -247,14 +282,25 @@ async def score_files(
                     others = [ln for g in pfiles if g is not f for ln in g.text.split("\n")]
                     cases = pick_cases(f.text, lines_per_file, seed, f"{package}/{f.name}")
                     n_cases += len(cases)
-                    await _score_file(session, f, cases, others, tallies, uri=(root / f.name).as_uri())
+                    await _score_file(
+                        session, f, cases, others, tallies, uri=(root / f.name).as_uri(), collect=collect
+                    )
             finally:
                 session.shutdown()
     return {"cases": n_cases, "results": tallies.report(), "model": model_name}
 
 
-def run_scoring(files: Iterable[SourceFile], options: dict[str, Any], *, lines_per_file: int, seed: int) -> dict:
-    return asyncio.run(score_files(list(files), options, lines_per_file=lines_per_file, seed=seed))
+def run_scoring(
+    files: Iterable[SourceFile],
+    options: dict[str, Any],
+    *,
+    lines_per_file: int,
+    seed: int,
+    collect: list[dict] | None = None,
+) -> dict:
+    return asyncio.run(
+        score_files(list(files), options, lines_per_file=lines_per_file, seed=seed, collect=collect)
+    )
 
 
 # ------------------------------------------------------------------------------------ report
@@ -262,8 +308,10 @@ COLUMNS = ("exact", "shown", "precision", "chars_gained", "edit_similarity", "lo
 
 
 def markdown(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| system | mode | n | exact line | shown | right among shown | chars gained / request | edit sim. | loops |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| system | mode | n | exact line | shown | right among shown | chars gained / request | edit sim. | loops |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for system, modes in results.items():
         for kind in MODES:
             r = modes.get(kind)

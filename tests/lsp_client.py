@@ -19,7 +19,10 @@ SERVER = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--threads", "1"]
 # `expected_suggestion` is the model alone with the stop rules and token healing: tests that compare
 # the daemon with it turn off what it does not model (the workspace memory, whole-line candidates,
 # the suffix-safety rules; each has its own tests).
-PLAIN = {"cacheModel": False, "lineCandidates": False, "suffixSafety": False}
+PLAIN = {"cacheModel": False, "lineCandidates": False, "suffixSafety": False, "minConfidence": 0, "lineBranches": 0}
+# Tests of editor mechanics (ghost text, accepting a word or a line) need suggestions to be shown:
+# "show everything" (the abstention has its own tests).
+SHOW_ALL = {"minConfidence": 0}
 
 
 async def start_server(

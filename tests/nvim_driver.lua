@@ -311,7 +311,7 @@ co = coroutine.create(function()
     debounce_ms = 20,
     builtin = false,
     -- cacheOpenFiles off: the test's reference daemon sees one document at a time
-    settings = { debounceMs = 0, maxTokens = 48, cacheOpenFiles = false },
+    settings = { debounceMs = 0, maxTokens = 48, cacheOpenFiles = false, minConfidence = 0 },
   })
   results.uses_builtin = bitmamba.uses_builtin()
   results.nvim = tostring(vim.version())

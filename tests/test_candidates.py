@@ -22,9 +22,12 @@ from bitmamba_lsp.lsp.suggest import CompletionJob, invents_word
 def test_lines_after_the_same_line_and_lines_starting_with_what_is_typed() -> None:
     text = "a = 1\nfoo(x)\nbar(y)\nz = 2\nfoo(x)\nbar(q)\nfoo(x)\n    \nbaz(1)\n"
     at = text.index("    \n") + 4
-    assert line_candidates(text, at) == ["bar(q)", "bar(y)"]  # after "foo(x)": nearest first at equal counts
+    got = line_candidates(text, at)
+    assert [c.text for c in got] == ["bar(q)", "bar(y)"]  # after "foo(x)": nearest first at equal counts
+    assert all(c.after_prev and c.source == "file" and c.count == 1 for c in got)
     text = "import os\nimport sys\nfrom x import y\nimp"
-    assert line_candidates(text, len(text)) == ["ort sys", "ort os"]
+    got = line_candidates(text, len(text))
+    assert [c.text for c in got] == ["ort sys", "ort os"] and not any(c.after_prev for c in got)
     # the line goes on after the cursor: no whole line fits
     assert line_candidates("x = 1\nx = 2\nx = ", 6) == []
 
@@ -32,7 +35,7 @@ def test_lines_after_the_same_line_and_lines_starting_with_what_is_typed() -> No
 def test_the_cursors_own_line_is_never_a_candidate() -> None:
     text = "def f():\n    return compute(value)\n"
     at = text.index("compute")
-    assert "compute(value)" not in line_candidates(text, at)
+    assert "compute(value)" not in [c.text for c in line_candidates(text, at)]
 
 
 def test_workspace_lines_follow_files_in_and_out() -> None:
@@ -40,14 +43,14 @@ def test_workspace_lines_follow_files_in_and_out() -> None:
     ws.add_file(Path("a.py"), "import os\nimport sys\nsetup(name='a')\n")
     ws.add_file(Path("b.py"), "import os\nimport json\n")
     ws.finish()
-    assert set(ws.candidates("import os", "", 5)) == {"import sys", "import json"}
-    assert ws.candidates("", "setup(", 5) == ["name='a')"]
+    assert {c.text for c in ws.candidates("import os", "", 5)} == {"import sys", "import json"}
+    assert [c.text for c in ws.candidates("", "setup(", 5)] == ["name='a')"]
     assert "setup" in ws.words("set")
     ws.remove_file(Path("a.py"))  # opened in the editor: it leaves the workspace level
-    assert ws.candidates("import os", "", 5) == ["import json"]
+    assert [c.text for c in ws.candidates("import os", "", 5)] == ["import json"]
     assert ws.candidates("", "setup(", 5) == []
     ws.add_file(Path("a.py"), "import os\nimport re\n")  # closed again, with its last text
-    assert set(ws.candidates("import os", "", 5)) == {"import re", "import json"}
+    assert {c.text for c in ws.candidates("import os", "", 5)} == {"import re", "import json"}
 
 
 def test_request_candidates_file_first_then_workspace() -> None:
@@ -56,8 +59,8 @@ def test_request_candidates_file_first_then_workspace() -> None:
     ws.finish()
     settings = SimpleNamespace(line_candidates=True, cache_workspace=True)
     text = "x = load()\nprint(x.size)\n\nx = load()\n"
-    got = request_candidates(text, len(text), settings, ws)
-    assert got[0] == "print(x.size)" and "print(x.shape)" in got
+    got = [(c.text, c.source) for c in request_candidates(text, len(text), settings, ws)]
+    assert got[0] == ("print(x.size)", "file") and ("print(x.shape)", "workspace") in got
     assert request_candidates(text, len(text), SimpleNamespace(line_candidates=False, cache_workspace=True), ws) == []
     assert previous_line(text, len(text)) == ("x = load()", "")
 
@@ -89,3 +92,41 @@ def test_healing_never_invents_a_word() -> None:
     # finishing it as "return" is fine
     tokens = tok.encode("return x")
     assert not invents_word(job("    retur", {"return"}), "n x", SimpleNamespace(chosen=[0.1] * len(tokens)), tokens, tok, "retur")
+
+
+def test_choice_picks_the_largest_expected_gain_above_the_threshold() -> None:
+    from bitmamba_lsp.lsp.candidates import Candidate
+    from bitmamba_lsp.lsp.choice import Option, agreement, choose, greedy_prefixes, utility
+
+    pieces = [("return", -0.1), (" self", -0.2), (".x", -2.0), ("\n", -0.1), ("    pass", -0.1)]
+    prefixes = greedy_prefixes(pieces, line_start=True, ended=False)
+    assert [o.text for o in prefixes] == ["return", "return self", "return self.x"]
+    assert prefixes[-1].whole_line and not prefixes[0].whole_line
+    assert [len(o.logps) for o in prefixes] == [1, 2, 3]
+    cand = Option("return self.y", Candidate("return self.y", "file", True, 3, 2), [-0.3, -0.2, -0.5], True, True)
+    options = [*prefixes, cand]
+    agreement(options)
+    assert prefixes[0].agree and prefixes[1].agree and not prefixes[2].agree and cand.agree
+    weights = {"bias": 0.0, "logp": 1.0}  # p = sigmoid(log p): a monotone stand-in
+    best = choose(options, 0.0, weights)
+    assert best is not None
+    assert utility(best) == max(utility(o) for o in options)  # p x (characters + the whole-line bonus)
+    assert choose(options, 0.99, weights) is None  # nothing is that sure: silence
+
+
+def test_runner_up_hooks_note_and_force_the_first_token() -> None:
+    import numpy as np
+
+    from bitmamba_lsp.lsp.choice import FirstChoices, ForceFirst
+
+    logits = np.asarray([0.1, 3.0, -np.inf, 2.0, 1.0], dtype=np.float32)  # token 2: forbidden (healing)
+    firsts = FirstChoices(4)
+    assert firsts.active()
+    assert firsts.apply(logits) is logits and firsts.tokens == [1, 3, 4, 0]
+    firsts.accept(1)
+    assert not firsts.active()
+    force = ForceFirst(3)
+    out = force.apply(logits)
+    assert int(np.argmax(out)) == 3 and np.isfinite(out[3]) and out[2] == -np.inf
+    force.accept(3)
+    assert not force.active()

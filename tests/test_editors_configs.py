@@ -75,7 +75,8 @@ async def test_their_settings_give_a_completion_menu_item(editor: str) -> None:
         if editor == "helix"
         else zed_settings()["lsp"]["bitmamba-lsp"]["initialization_options"]
     )
-    lc, result = await start_server(None, client="neovim", options={**options, "debounceMs": 0})
+    # minConfidence 0: the daemon shows what it has (whether it should is tests/test_session.py's)
+    lc, result = await start_server(None, client="neovim", options={**options, "debounceMs": 0, "minConfidence": 0})
     try:
         assert result.capabilities.completion_provider is not None
         uri = f"file:///tmp/{editor}.py"

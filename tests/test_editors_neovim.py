@@ -84,7 +84,7 @@ def scenario(run: dict[str, Any], name: str) -> dict[str, Any]:
 async def reference(nvim_run: dict[str, Any]):
     """A second daemon, for asking independently what it suggests for a given text and position."""
     lc, _ = await start_server(
-        None, encodings=[nvim_run.get("offset_encoding") or "utf-16"], options={"maxTokens": MAX_TOKENS, "cacheOpenFiles": False}
+        None, encodings=[nvim_run.get("offset_encoding") or "utf-16"], options={"maxTokens": MAX_TOKENS, "cacheOpenFiles": False, "minConfidence": 0}
     )
     count = 0
 

@@ -151,7 +151,7 @@ async def test_typing_keeps_state_in_sync(client, engine) -> None:
 async def test_cancel_request_stops_generation(model_factory) -> None:
     # a wider model than the module's, so that the long generation takes a measurable time
     path, _, _ = model_factory(50257, 256, 4, 8, seed=7)  # greedy runs ~4000 tokens from "x = 1\n"
-    opts = {"maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000, "suffixSafety": False}
+    opts = {**PLAIN, "maxTokens": 4000, "timeBudgetMs": 60000, "maxLines": 1000}
     lc, _ = await start_server(path, options=opts)  # the plain model: no loop rule (a random model loops)
     uri = "file:///cancel.py"
     open_doc(lc, uri, "x = 1\n")

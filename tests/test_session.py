@@ -74,7 +74,7 @@ def test_session_completes_like_a_fresh_prefill(model_path, engine) -> None:
 
 def test_typing_through_the_pending_suggestion_needs_no_model_call(model_path) -> None:
     async def go():
-        session, _ = await ready_session(model_path)
+        session, _ = await ready_session(model_path, minConfidence=0)
         text = "import os\nimport sys\n\n\ndef main():\n    "
         session.open(URI, text, 1)
         first = await session.complete(URI, (5, 4), "utf-16")
@@ -92,6 +92,37 @@ def test_typing_through_the_pending_suggestion_needs_no_model_call(model_path) -
         await session.complete(URI, (5, 6), "utf-16")
         assert len(session.stats.total_ms) == calls + 1
         session.shutdown()
+
+    run(go())
+
+
+def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> None:
+    """With minConfidence the daemon weighs options (the greedy line's prefixes, the runners-up's
+    lines, the whole-line candidates) and shows the one with the largest expected gain whose
+    calibrated probability reaches the threshold, or nothing; with 0 it shows the greedy text."""
+
+    async def go():
+        text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "
+        line = text.count("\n")
+        for threshold in (0.0, 0.2, 0.35, 0.9):
+            session, _ = await ready_session(model_path, minConfidence=threshold)
+            session.open(URI, text, 1)
+            got = await session.complete(URI, (line, 4), "utf-32")
+            res = session.last_result
+            assert res is not None
+            if threshold == 0:
+                plain = res.text
+                continue
+            options = res.options
+            assert options and all(0.0 <= o.p <= 1.0 for o in options)
+            eligible = [o for o in options if o.p >= threshold]
+            if not eligible:
+                assert got is None
+            else:
+                best = max(eligible, key=lambda o: o.p * len(o.text))
+                assert got is not None and got.text.split("\n")[0] == best.text.strip()
+            session.shutdown()
+        assert plain  # with minConfidence 0 the greedy text is shown
 
     run(go())
 

@@ -19,14 +19,27 @@ import builtins
 import keyword
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 _WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A line that could be the rest of the cursor's line, and why it was retrieved."""
+
+    text: str  # what would follow the cursor
+    source: str  # "file" or "workspace"
+    after_prev: bool  # it followed a line equal to the line above the cursor
+    count: int  # how often it was found
+    distance: int  # lines between it and the cursor (file), 0 for the workspace
+
 WINDOW_LINES = 2000  # lines on each side of the cursor searched for candidates
 MAX_CANDIDATES = 3
 
 
-def line_candidates(text: str, offset: int, *, window: int = WINDOW_LINES, limit: int = MAX_CANDIDATES) -> list[str]:
+def line_candidates(text: str, offset: int, *, window: int = WINDOW_LINES, limit: int = MAX_CANDIDATES) -> list[Candidate]:
     """Candidate rests of the cursor's line (what would follow the cursor), most promising first."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
@@ -44,24 +57,27 @@ def line_candidates(text: str, offset: int, *, window: int = WINDOW_LINES, limit
     stripped = [ln.strip() for ln in lines]
     found: Counter[str] = Counter()
     order: dict[str, int] = {}
+    follows: set[str] = set()
     cursor_at = len(above)
 
-    def add(rest: str, where: int) -> None:
+    def add(rest: str, where: int, after: bool) -> None:
         rest = rest.rstrip()
         if rest.strip():
             found[rest] += 1
             order[rest] = min(order.get(rest, 1 << 30), abs(where - cursor_at))
+            if after:
+                follows.add(rest)
 
     if prev:
         for k in range(len(stripped) - 1):
             if stripped[k] == prev and k + 1 != cursor_at and stripped[k + 1] and stripped[k + 1] != "\x00":
-                add(stripped[k + 1][len(typed) :] if stripped[k + 1].startswith(typed) else "", k + 1)
+                add(stripped[k + 1][len(typed) :] if stripped[k + 1].startswith(typed) else "", k + 1, True)
     if typed:
         for k, s in enumerate(stripped):
             if k != cursor_at and s.startswith(typed) and len(s) > len(typed):
-                add(s[len(typed) :], k)
-    ranked = sorted(found, key=lambda r: (-found[r], order[r]))
-    return ranked[:limit]
+                add(s[len(typed) :], k, False)
+    ranked = sorted(found, key=lambda r: (r not in follows, -found[r], order[r]))
+    return [Candidate(r, "file", r in follows, found[r], order[r]) for r in ranked[:limit]]
 
 
 def _lines_back(text: str, end: int, n: int) -> list[str]:
@@ -151,13 +167,15 @@ class WorkspaceLines:
             out.append(w)
         return out
 
-    def candidates(self, prev: str, typed: str, limit: int) -> list[str]:
+    def candidates(self, prev: str, typed: str, limit: int) -> list[Candidate]:
         found: Counter[str] = Counter()
+        follows: set[str] = set()
         for line, n in (self.after.get(prev.strip()) or {}).items():
             if n <= 0:
                 continue
             if line.startswith(typed) and len(line) > len(typed):
                 found[line[len(typed) :]] += n
+                follows.add(line[len(typed) :])
         if typed and self._sorted is not None:
             i = bisect.bisect_left(self._sorted, typed)
             for line in self._sorted[i : i + 200]:
@@ -165,7 +183,8 @@ class WorkspaceLines:
                     break
                 if len(line) > len(typed) and self.count[line] > 0:
                     found[line[len(typed) :]] += self.count[line]
-        return [r for r, _ in found.most_common(limit)]
+        ranked = sorted(found, key=lambda r: (r not in follows, -found[r]))[:limit]
+        return [Candidate(r, "workspace", r in follows, found[r], 0) for r in ranked]
 
 
 def previous_line(text: str, offset: int) -> tuple[str, str]:
@@ -205,7 +224,7 @@ def known_words(text: str, offset: int, partial: str, workspace: WorkspaceLines 
 MAX_WORKSPACE_CANDIDATES = 2
 
 
-def request_candidates(text: str, offset: int, settings: Any, workspace: WorkspaceLines | None) -> list[str]:
+def request_candidates(text: str, offset: int, settings: Any, workspace: WorkspaceLines | None) -> list[Candidate]:
     """Whole-line candidates of one request: the file's first (it has the final say), then the
     workspace's."""
     if not settings.line_candidates:
@@ -213,7 +232,8 @@ def request_candidates(text: str, offset: int, settings: Any, workspace: Workspa
     out = line_candidates(text, offset)
     if workspace is not None and settings.cache_workspace and not text[offset : offset + 200].split("\n", 1)[0].strip():
         prev, typed = previous_line(text, offset)
-        out += [c for c in workspace.candidates(prev, typed, MAX_WORKSPACE_CANDIDATES) if c not in out]
+        have = {c.text for c in out}
+        out += [c for c in workspace.candidates(prev, typed, MAX_WORKSPACE_CANDIDATES) if c.text not in have]
     return out
 
 

@@ -26,6 +26,7 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.candidates import WorkspaceLines, request_candidates, request_words
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
+from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult
 from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.model_slot import ModelSlot
 from bitmamba_lsp.lsp.notify import Notify
@@ -33,7 +34,6 @@ from bitmamba_lsp.lsp.pending import Pending, PendingSuggestions
 from bitmamba_lsp.lsp.prompt import prompt_at
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.stats import Stats
-from bitmamba_lsp.lsp.suggest import CompletionJob, CompletionResult
 from bitmamba_lsp.lsp.worker import ModelWorker
 from bitmamba_lsp.lsp.workspace import ScanLimits, WorkspaceReader
 
@@ -74,6 +74,7 @@ class Session:
         self.request_seq: dict[str, int] = {}
         self.pending = PendingSuggestions()
         self.workspace = WorkspaceReader()
+        self.last_result: CompletionResult | None = None
         self.stats = Stats()
         self.started = time.time()
 
@@ -241,6 +242,7 @@ class Session:
             if self.jobs.get(uri) is job:
                 del self.jobs[uri]
         self.stats.record(res)
+        self.last_result = res  # diagnostics (what was weighed: res.options)
         if res.cancelled or self.request_seq.get(uri) != seq:
             return None
         if res.suggestion is None:

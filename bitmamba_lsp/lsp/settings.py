@@ -42,9 +42,12 @@ class Settings:
     workspace_max_files: int = 20_000  # workspace files looked at for the workspace cache
     workspace_max_tokens: int = 1_000_000  # tokens of workspace files kept in it
     suffix_safety: bool = True  # inside a finished line only offer what leads back to it; cut loops
+    line_branches: int = 2  # at an empty line, also write the line from the next most likely first tokens
     line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
-    min_confidence: float = 0.0  # end a suggestion at a token less likely than this (0: never)
-    min_line_confidence: float = 0.0  # ... or when the product of its tokens' probabilities falls below this
+    # show a suggestion only when its calibrated probability of being right reaches this (choice.py;
+    # chosen on the tune split by benchmarks/fit_choice.py); 0: show everything
+    min_confidence: float = 0.35
+    min_line_confidence: float = 0.001  # stop generating once the line's probability falls below this
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -92,6 +95,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "cache_min_order": (1, 16),
     "min_confidence": (0, 1),
     "workspace_max_files": (0, 10_000_000),
+    "line_branches": (0, 8),
     "workspace_max_tokens": (0, 100_000_000),
     "min_line_confidence": (0, 1),
 }

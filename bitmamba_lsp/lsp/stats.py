@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bitmamba_lsp.lsp.suggest import CompletionResult
+from bitmamba_lsp.lsp.jobs import CompletionResult
 
 
 @dataclass

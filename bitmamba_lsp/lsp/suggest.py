@@ -1,78 +1,33 @@
 """One suggestion as the model worker computes it, in the order of the data:
 
-    heal the prompt -> restore its state and feed the rest (statecache) -> decode with the healing
-    constraint as a logits hook and the stop rules as the text stop (engine/decoding.py) -> finalize
+    heal the prompt -> restore its state and feed the rest (statecache) -> decode under the
+    request's hooks (hooks.py: healing, the cache mixture; the stop rules as the text stop) ->
+    weigh the options (weighing.py, choice.py: the greedy line's prefixes, the runners-up's lines,
+    the whole-line candidates) and show the best or nothing -> finalize (completion.py)
 
 Runs only on the worker thread (it moves states of the `StateStore`).
 """
 
 from __future__ import annotations
 
+import math
 import re
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from bitmamba_lsp.engine.decoding import (
-    Decoder,
-    GenerationConfig,
-    LogitsHook,
-    StopReason,
-    decode,
-    make_sampler,
-)
-from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
+from bitmamba_lsp.engine.decoding import GenerationConfig, StopReason, decode
+from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
-from bitmamba_lsp.lsp.completion import CursorContext, StopRule, StopRules, Suggestion, finalize
-from bitmamba_lsp.lsp.prompt import Prompt
+from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
+from bitmamba_lsp.lsp.completion import finalize
+from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
+from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
+from bitmamba_lsp.lsp.weighing import branch_options, options_for, shown_text, token_pieces
 
-
-@dataclass
-class CompletionJob:
-    uri: str
-    prompt: Prompt  # what the model reads
-    ctx: CursorContext  # the text around the cursor, for the stop rules
-    line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
-    candidates: list[str] = field(default_factory=list)  # whole-line candidates (candidates.py)
-    known_words: set[str] | None = None  # what a half-typed word at the cursor may become (candidates.py)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    max_tokens: int = 64
-    deadline_ms: float = 1500.0
-    submitted: float = field(default_factory=time.perf_counter)
-    speculative: bool = False
-
-
-@dataclass
-class CompletionResult:
-    suggestion: Suggestion | None
-    text: str  # the kept generated text before finalize
-    reason: StopReason  # why generation stopped
-    rule: StopRule | None  # the stop rule that fired, if one did
-    tokens: int
-    resumed_from: int  # prompt tokens covered by a checkpoint
-    fed: int  # prompt tokens fed through the model for this request
-    queue_ms: float
-    prefill_ms: float
-    first_token_ms: float  # from submission to the first generated token
-    total_ms: float
-    first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
-
-    @property
-    def cancelled(self) -> bool:
-        return self.reason is StopReason.CANCELLED
-
-    @property
-    def stop(self) -> str:
-        """The rule that ended the suggestion, or why generation ended."""
-        return str(self.rule or self.reason)
-
+__all__ = ["CompletionJob", "CompletionResult", "cancelled_result", "invents_word", "suggest"]
 
 HISTORY = 32  # prompt tokens the cache mixture starts from (it reads the last `order`)
 WORD_SUPPORT = 0.5  # a word nothing else knows is kept when the model gives it this probability
@@ -99,127 +54,6 @@ def invents_word(job: CompletionJob, text: str, mixture: CacheMixture, tokens: l
         if len(seen) >= need:
             break
     return p < WORD_SUPPORT
-
-
-def line_probability(probs: list[float], tokens: list[int], tok: Any, skip: str) -> float:
-    """The mixture's probability of the first line of a generated text: the product over its
-    tokens up to the first line break after the healed text."""
-    p = 1.0
-    stream = tok.stream_decoder()
-    text = ""
-    for prob, t in zip(probs, tokens, strict=False):
-        p *= prob
-        text += stream.feed(t)
-        if "\n" in text[len(skip) :]:
-            break
-    return p
-
-
-def candidate_probability(
-    model: Model, state: Any, logits: np.ndarray, hooks: Hooks, ids: list[int]
-) -> float:
-    """The probability of the token sequence `ids` after the prompt, through a fresh set of the
-    request's hooks (so on the same scale as the greedy line)."""
-    active = hooks.fresh()
-    mixture = hooks.mixture
-    assert mixture is not None
-    rows = [logits]
-    if len(ids) > 1:
-        rows.extend(model.prefill(state.copy(), ids[:-1], all_logits=True))
-    p = 1.0
-    for row, t in zip(rows, ids, strict=True):
-        for h in active:
-            if h.active():
-                row = h.apply(row)
-        if not np.isfinite(row[t]):
-            return 0.0  # the healing constraint forbids it
-        for h in active:
-            h.accept(t)
-        p *= mixture.chosen[-1]
-    return p
-
-
-def best_line(
-    model: Model,
-    state: Any,
-    logits: np.ndarray,
-    hooks: Hooks,
-    skip: str,
-    candidates: list[str],
-    greedy: str,
-    greedy_p: float,
-) -> str:
-    """The generated text or a candidate line, whichever has the larger expected gain (its
-    probability times its length); a candidate must also reach `min_line_confidence`."""
-    tok = model.require_tokenizer()
-    first = greedy.split("\n", 1)[0]
-    best, best_gain = greedy, greedy_p * len(first)
-    floor = hooks.settings.min_line_confidence
-    for cand in candidates:
-        ids = tok.encode(skip + cand)
-        if not ids:
-            continue
-        p = candidate_probability(model, state, logits, hooks, ids)
-        if p >= floor and p * len(cand) > best_gain:
-            best, best_gain = cand, p * len(cand)
-    return best
-
-
-def cancelled_result(job: CompletionJob) -> CompletionResult:
-    queue_ms = (time.perf_counter() - job.submitted) * 1000
-    return CompletionResult(
-        suggestion=None,
-        text="",
-        reason=StopReason.CANCELLED,
-        rule=None,
-        tokens=0,
-        resumed_from=0,
-        fed=0,
-        queue_ms=queue_ms,
-        prefill_ms=0.0,
-        first_token_ms=0.0,
-        total_ms=0.0,
-    )
-
-
-@dataclass
-class Hooks:
-    """How one request changes the model's distribution: token healing's constraint and the cache
-    mixture. `fresh()` builds a new set with the same starting point (each candidate line is scored
-    through its own, on the same scale as the greedy line)."""
-
-    healer: TokenHealer | None
-    healed_raw: bytes
-    levels: list[Level]
-    history: list[int]
-    settings: Settings
-    scoring: bool = False  # candidates or a half-typed word will be judged: the tokens' probabilities are needed
-    mixture: CacheMixture | None = None
-
-    def fresh(self) -> list[LogitsHook]:
-        hooks: list[LogitsHook] = []
-        if self.healer is not None and self.healed_raw:
-            hooks.append(HealingConstraint(self.healer, self.healed_raw))
-        s = self.settings
-        self.mixture = None
-        if self.levels or s.min_confidence or s.min_line_confidence or self.scoring:
-            self.mixture = CacheMixture(self.levels, self.history, alpha=s.cache_alpha, min_order=s.cache_min_order)
-            hooks.append(self.mixture)
-        return hooks
-
-
-def confidence_cut(mixture: CacheMixture, settings: Settings) -> Callable[[int], bool]:
-    """End the suggestion before a token the mixture finds unlikely, or once the whole line so far
-    is unlikely (the product of its tokens' probabilities)."""
-    tok_min, line_min = settings.min_confidence, settings.min_line_confidence
-    running = [1.0]
-
-    def cut(token: int) -> bool:
-        p = mixture.chosen[-1] if mixture.chosen else 1.0
-        running[0] *= p
-        return p < tok_min or running[0] < line_min
-
-    return cut
 
 
 def suggest(
@@ -251,7 +85,9 @@ def suggest(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
     )
     t_prefill = time.perf_counter()
-    start_state = restored.state.copy() if job.candidates else None
+    line_start = not job.ctx.line_prefix.strip()
+    branching = settings.line_branches > 0 and line_start and settings.min_confidence > 0
+    start_state = restored.state.copy() if (job.candidates and settings.line_candidates) or branching else None
     cfg = GenerationConfig(
         temperature=settings.temperature,
         top_k=settings.top_k,
@@ -259,21 +95,10 @@ def suggest(
         min_p=settings.min_p,
         repetition_penalty=1.0,
     )
-    rules = StopRules(job.ctx)
     active = hooks.fresh()
     mixture = hooks.mixture
-    decoder = Decoder(
-        make_sampler(model, cfg),
-        max_tokens=job.max_tokens,
-        eos=model.eos_id,
-        stream=tok.stream_decoder(),
-        text_stop=rules,
-        skip=skip,
-        hooks=active,
-        should_stop=job.cancel.is_set,
-        deadline=job.submitted + job.deadline_ms / 1000,
-        cut=confidence_cut(mixture, settings) if mixture is not None else None,
-    )
+    firsts = FirstChoices(settings.line_branches + 1) if branching and mixture is not None else None
+    decoder, rules = line_decoder(model, cfg, job, skip, [*active, *([firsts] if firsts else [])], mixture, settings)
     first_token_at = 0.0
     for _ in decode(model, restored.state, decoder, restored.logits):
         if not first_token_at:
@@ -283,9 +108,23 @@ def suggest(
     text = rules.text
     if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
         text = ""  # healing must not make up a word nothing supports
-    if start_state is not None and mixture is not None and reason is not StopReason.CANCELLED:
-        greedy_p = line_probability(mixture.chosen, decoder.tokens, tok, skip)
-        text = best_line(model, start_state, restored.logits, hooks, skip, job.candidates, text, greedy_p)
+    options: list[Option] = []
+    if mixture is not None and reason is not StopReason.CANCELLED and text and not text.startswith("\n"):
+        pieces = token_pieces(decoder.tokens, mixture.chosen, tok, skip)
+        ended = reason in (StopReason.EOS, StopReason.STOP)
+        options = options_for(model, start_state, restored.logits, hooks, skip, job, pieces, ended)
+        if firsts is not None and start_state is not None:
+            options += branch_options(model, start_state, restored.logits, hooks, cfg, job, skip, firsts, settings)
+        typed = len(job.ctx.line_prefix.strip())
+        for o in options:
+            o.typed = typed
+        agreement(options)
+        if settings.min_confidence > 0:
+            text = shown_text(choose(options, settings.min_confidence), text, pieces, settings.min_confidence)
+        elif start_state is not None:  # show everything: the greedy text unless a candidate beats it
+            greedy = Option(text.split("\n", 1)[0], None, [lp for _, lp in pieces], True, False)
+            best = max(options, key=lambda o: math.exp(sum(o.logps)) * len(o.text), default=greedy)
+            text = best.text if best.candidate is not None else text
     end = time.perf_counter()
     return CompletionResult(
         suggestion=None if reason is StopReason.CANCELLED else finalize(text, job.ctx),
@@ -299,4 +138,5 @@ def suggest(
         first_token_ms=(first_token_at - job.submitted) * 1000,
         total_ms=(end - job.submitted) * 1000,
         first_token_at=first_token_at,
+        options=options,
     )

@@ -26,11 +26,12 @@ import numpy as np
 
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
-from bitmamba_lsp.lsp.suggest import CompletionJob, CompletionResult, cancelled_result, suggest
+from bitmamba_lsp.lsp.suggest import suggest
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ export const SERVER_SETTINGS = [
   'workspaceMaxFiles',
   'workspaceMaxTokens',
   'suffixSafety',
+  'lineBranches',
   'lineCandidates',
   'minConfidence',
   'minLineConfidence',

@@ -108,7 +108,8 @@ describe('bitmamba-lsp through vscode-languageserver-protocol', () => {
       clientInfo: { name: 'Visual Studio Code', version: '1.100.0' },
       rootUri: null,
       capabilities: VSCODE_CAPABILITIES,
-      initializationOptions: { ...settings, debounceMs: 0, speculative: false },
+      // minConfidence 0: protocol mechanics need suggestions shown (abstention has its own tests)
+      initializationOptions: { ...settings, debounceMs: 0, speculative: false, minConfidence: 0 },
       workspaceFolders: null,
     });
     await conn.sendNotification(InitializedNotification.type, {});
@@ -153,7 +154,7 @@ describe('bitmamba-lsp through vscode-languageserver-protocol', () => {
   it('takes every setting the extension forwards', async () => {
     const before = logs.length;
     await conn.sendNotification(DidChangeConfigurationNotification.type, {
-      settings: { bitmamba: { ...serverSettings((k) => packageDefaults()[k]), debounceMs: 0, speculative: false } },
+      settings: { bitmamba: { ...serverSettings((k) => packageDefaults()[k]), debounceMs: 0, speculative: false, minConfidence: 0 } },
     });
     await conn.sendRequest('bitmamba/status', null); // the notification has been handled
     const warnings = logs.slice(before).filter((l) => /setting/.test(l.message));

@@ -1,0 +1,208 @@
+"""What to show: one of several options, or nothing.
+
+The options of a request are the prefixes of the greedy line (cut at each token: a cut suggestion
+is a right prefix more often than a whole line is right) and the whole-line candidates
+(candidates.py). Each gets a calibrated probability of being right (the truth starts with it), from
+a few features (how likely the model and the caches find its tokens, how long it is, where it came
+from), through a logistic model fitted on the "tune" split of the held-out benchmark
+(benchmarks/fit_choice.py writes the weights below). The option with the largest expected gain,
+probability times characters, is shown when its probability reaches `minConfidence`; otherwise the
+daemon stays silent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bitmamba_lsp.lsp.candidates import Candidate
+
+FEATURES = (
+    "bias",
+    "candidate",  # a retrieved line (else a prefix of the model's own line)
+    "workspace",  # retrieved from the workspace (else the file)
+    "after_prev",  # it followed a line equal to the line above the cursor
+    "log_count",
+    "log_distance",
+    "line_start",  # nothing typed on the line yet
+    "logp",  # log of the mixture probability of its tokens
+    "mean_logp",  # per token
+    "min_logp",  # of its least likely token
+    "log_tokens",
+    "log_chars",
+    "whole_line",  # it reaches the end of the line (the model's line: it wrote a line break or stopped)
+    "cand_logp",  # candidate x logp: the candidates' own slope
+    "runner_up",  # the model's line from a runner-up first token
+    "agree",  # another source backs it: a model line that a candidate starts with, or a candidate
+    # that starts like the model's greedy line
+    "log_typed",  # characters already typed on the line
+)
+
+WEIGHTS_FILE = Path(__file__).resolve().parent.parent / "data" / "choice.json"
+
+
+def _load_weights() -> dict[str, float]:
+    """The weights benchmarks/fit_choice.py fitted on the tune split (with the shipped model; other
+    models use them too), or a plain "trust the model's probability" fallback."""
+    try:
+        data = json.loads(WEIGHTS_FILE.read_text("utf-8"))
+        return {k: float(v) for k, v in data["weights"].items() if k in FEATURES}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"bias": 0.0, "logp": 1.0}
+
+
+WEIGHTS: dict[str, float] = _load_weights()
+
+
+@dataclass
+class Option:
+    text: str  # what would be shown (before finalize), after the cursor
+    candidate: Candidate | None  # None: a prefix of the model's own line
+    logps: list[float]  # the mixture's log-probability of each of its tokens
+    whole_line: bool
+    line_start: bool
+    branch: int = 0  # for the model's own lines: 0 is the greedy line, k the line from the k-th runner-up
+    agree: bool = False  # set by agreement(): another source backs it
+    typed: int = 0  # characters typed on the line before the cursor
+    features: dict[str, float] = field(default_factory=dict)
+    p: float = 0.0  # calibrated probability of being right
+
+    def describe(self) -> dict[str, object]:
+        return {"text": self.text, "p": round(self.p, 4), "features": self.features}
+
+
+def features(o: Option) -> dict[str, float]:
+    c = o.candidate
+    logp = sum(o.logps)
+    n = max(len(o.logps), 1)
+    f = {
+        "bias": 1.0,
+        "candidate": float(c is not None),
+        "workspace": float(c is not None and c.source == "workspace"),
+        "after_prev": float(c is not None and c.after_prev),
+        "log_count": math.log1p(c.count) if c is not None else 0.0,
+        "log_distance": math.log1p(c.distance) if c is not None else 0.0,
+        "line_start": float(o.line_start),
+        "logp": logp,
+        "mean_logp": logp / n,
+        "min_logp": min(o.logps, default=0.0),
+        "log_tokens": math.log1p(len(o.logps)),
+        "log_chars": math.log1p(len(o.text)),
+        "whole_line": float(o.whole_line),
+        "cand_logp": logp if c is not None else 0.0,
+        "runner_up": float(o.branch > 0),
+        "agree": float(o.agree),
+        "log_typed": math.log1p(o.typed),
+    }
+    return f
+
+
+def calibrate(o: Option, weights: dict[str, float] = WEIGHTS) -> float:
+    o.features = features(o)
+    z = sum(weights.get(k, 0.0) * v for k, v in o.features.items())
+    o.p = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+    return o.p
+
+
+def greedy_prefixes(
+    pieces: Sequence[tuple[str, float]], line_start: bool, ended: bool, branch: int = 0
+) -> list[Option]:
+    """The prefixes of the model's first line, one per token: pieces are (the token's text, its
+    log-probability) after the healed text; `ended`: the line ends where the pieces end."""
+    out: list[Option] = []
+    text = ""
+    logps: list[float] = []
+    for i, (piece, lp) in enumerate(pieces):
+        cut = piece.find("\n")
+        logps.append(lp)
+        if cut >= 0:
+            if cut == 0 and out and out[-1].text == text:
+                out[-1].whole_line = True  # the line ends right after the last prefix
+                return out
+            text += piece[:cut]
+            if text.strip():
+                out.append(Option(text, None, list(logps), True, line_start, branch))
+            return out
+        text += piece
+        if text.strip():
+            out.append(Option(text, None, list(logps), ended and i == len(pieces) - 1, line_start, branch))
+    return out
+
+
+class FirstChoices:
+    """A logits hook that notes the k most likely first tokens (after the other hooks), so the
+    line can also be written from the runners-up (`ForceFirst`)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.tokens: list[int] = []
+        self.done = False
+
+    def active(self) -> bool:
+        return not self.done
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        k = min(self.k, len(logits))
+        top = np.argpartition(logits, -k)[-k:]
+        top = top[np.argsort(-logits[top])]
+        self.tokens = [int(t) for t in top if np.isfinite(logits[t])]
+        return logits
+
+    def accept(self, token: int) -> None:
+        self.done = True
+
+
+class ForceFirst:
+    """A logits hook that makes the first token `token` (placed after the others, which still see
+    and score the real distribution)."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.done = False
+
+    def active(self) -> bool:
+        return not self.done
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        out = logits.copy()
+        out[self.token] = float(np.max(logits[np.isfinite(logits)])) + 1e4
+        return out
+
+    def accept(self, token: int) -> None:
+        self.done = True
+
+
+def agreement(options: Sequence[Option]) -> None:
+    """Mark the options another source backs: a model line that a candidate starts with, a
+    candidate that starts with the greedy line's first characters (when it has three or more)."""
+    cands = [o for o in options if o.candidate is not None]
+    greedy = [o for o in options if o.candidate is None and o.branch == 0]
+    head = max((o.text for o in greedy), key=len, default="")[:3]
+    for o in options:
+        if o.candidate is None:
+            o.agree = any(c.text.startswith(o.text) for c in cands)
+        else:
+            o.agree = len(head) == 3 and o.text.startswith(head)
+
+
+WHOLE_LINE_BONUS = 10.0  # what a whole right line is worth beyond its characters (nothing left to check)
+
+
+def utility(o: Option) -> float:
+    """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line)."""
+    return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line)
+
+
+def choose(options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS) -> Option | None:
+    """The option with the largest expected gain (utility) among those with p >= min_p."""
+    best: Option | None = None
+    for o in options:
+        calibrate(o, weights)
+        if o.p >= min_p and (best is None or utility(o) > utility(best)):
+            best = o
+    return best

@@ -1,0 +1,72 @@
+"""What the session asks of the model worker (a `CompletionJob`) and what it gets back (a
+`CompletionResult`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bitmamba_lsp.engine.decoding import StopReason
+from bitmamba_lsp.lsp.candidates import Candidate
+from bitmamba_lsp.lsp.choice import Option
+from bitmamba_lsp.lsp.completion import CursorContext, StopRule, Suggestion
+from bitmamba_lsp.lsp.prompt import Prompt
+
+
+@dataclass
+class CompletionJob:
+    uri: str
+    prompt: Prompt  # what the model reads
+    ctx: CursorContext  # the text around the cursor, for the stop rules
+    line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
+    candidates: list[Candidate] = field(default_factory=list)  # whole-line candidates (candidates.py)
+    known_words: set[str] | None = None  # what a half-typed word at the cursor may become (candidates.py)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    max_tokens: int = 64
+    deadline_ms: float = 1500.0
+    submitted: float = field(default_factory=time.perf_counter)
+    speculative: bool = False
+
+
+@dataclass
+class CompletionResult:
+    suggestion: Suggestion | None
+    text: str  # the kept generated text before finalize
+    reason: StopReason  # why generation stopped
+    rule: StopRule | None  # the stop rule that fired, if one did
+    tokens: int
+    resumed_from: int  # prompt tokens covered by a checkpoint
+    fed: int  # prompt tokens fed through the model for this request
+    queue_ms: float
+    prefill_ms: float
+    first_token_ms: float  # from submission to the first generated token
+    total_ms: float
+    first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
+    options: list[Option] = field(default_factory=list)  # what was weighed (choice.py): diagnostics, fitting
+
+    @property
+    def cancelled(self) -> bool:
+        return self.reason is StopReason.CANCELLED
+
+    @property
+    def stop(self) -> str:
+        """The rule that ended the suggestion, or why generation ended."""
+        return str(self.rule or self.reason)
+
+
+def cancelled_result(job: CompletionJob) -> CompletionResult:
+    queue_ms = (time.perf_counter() - job.submitted) * 1000
+    return CompletionResult(
+        suggestion=None,
+        text="",
+        reason=StopReason.CANCELLED,
+        rule=None,
+        tokens=0,
+        resumed_from=0,
+        fed=0,
+        queue_ms=queue_ms,
+        prefill_ms=0.0,
+        first_token_ms=0.0,
+        total_ms=0.0,
+    )
