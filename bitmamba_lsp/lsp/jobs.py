@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from bitmamba_lsp.engine.decoding import StopReason
 from bitmamba_lsp.lsp.candidates import Candidate
@@ -22,6 +23,13 @@ class CompletionJob:
     line_tokens: tuple[int, int] = (0, 0)  # the cursor line's tokens in the document (not cached)
     candidates: list[Candidate] = field(default_factory=list)  # whole-line candidates (candidates.py)
     known_words: set[str] | None = None  # what a half-typed word at the cursor may become (candidates.py)
+    # The document's text as of the request (an immutable str: safe to read on the worker) and the
+    # cursor: the worker retrieves the candidates and the known words from it after the first
+    # token, off the path a keystroke waits on.
+    document: str | None = None
+    offset: int = 0
+    workspace_lines: Any = None  # candidates.WorkspaceLines of the workspace, or None
+    partial_word: bool = False  # the cursor ends a half-typed identifier
     cancel: threading.Event = field(default_factory=threading.Event)
     max_tokens: int = 64
     deadline_ms: float = 1500.0

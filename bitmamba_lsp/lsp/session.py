@@ -23,7 +23,7 @@ from typing import Any
 
 from bitmamba_lsp import __version__, _core
 from bitmamba_lsp.engine.model import Model
-from bitmamba_lsp.lsp.candidates import WorkspaceLines, request_candidates, request_words
+from bitmamba_lsp.lsp.candidates import WorkspaceLines, partial_word
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult
@@ -225,8 +225,10 @@ class Session:
             prompt=prompt_at(doc, offset),
             ctx=self.cursor_context(doc, offset),
             line_tokens=doc.line_tokens(offset),
-            candidates=request_candidates(doc.text, offset, self.settings, self._workspace_lines()),
-            known_words=request_words(doc.text, offset, self.settings, self._workspace_lines()),
+            document=doc.text,
+            offset=offset,
+            workspace_lines=self._workspace_lines(),
+            partial_word=self.settings.suffix_safety and partial_word(doc.text, offset) is not None,
             max_tokens=self.settings.max_tokens,
             deadline_ms=self.settings.time_budget_ms,
         )

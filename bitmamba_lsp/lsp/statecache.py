@@ -123,6 +123,18 @@ class StateStore:
         assert logits is not None
         return Restored(state, logits, n, len(rest))
 
+    def state_after(self, uri: str, ids: np.ndarray) -> State | None:
+        """The checkpoint right after the whole prompt `ids`, when a track has it (feed keeps one on
+        the cursor or speculative track), else None. The store's own: copy it before moving it."""
+        d = self.docs.get(uri)
+        if d is None or not len(ids):
+            return None
+        for track in (d.cursor, d.spec, d.doc):
+            n, s = track.best(len(ids))
+            if n == len(ids) and s is not None and track.lcp(ids) >= len(ids):
+                return s
+        return None
+
     def needs_prefill(self, d: DocStates) -> bool:
         """Background prefill has work on this document: its target lies a spacing or more past the
         deepest document checkpoint."""

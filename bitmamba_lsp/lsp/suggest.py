@@ -19,6 +19,7 @@ from bitmamba_lsp.engine.decoding import GenerationConfig, StopReason, decode
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
+from bitmamba_lsp.lsp.candidates import request_candidates, request_words
 from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
 from bitmamba_lsp.lsp.completion import finalize
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
@@ -79,7 +80,8 @@ def suggest(
         list(levels or []) if settings.cache_model else [],
         prompt.ids[-HISTORY:].tolist(),  # the mixture reads only the last few tokens
         settings,
-        scoring=bool(job.candidates) or job.known_words is not None,
+        scoring=bool(job.candidates) or job.known_words is not None or job.partial_word
+        or (job.document is not None and settings.line_candidates),
     )
     restored = store.feed(
         model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
@@ -87,7 +89,7 @@ def suggest(
     t_prefill = time.perf_counter()
     line_start = not job.ctx.line_prefix.strip()
     branching = settings.line_branches > 0 and line_start and settings.min_confidence > 0
-    start_state = restored.state.copy() if (job.candidates and settings.line_candidates) or branching else None
+
     cfg = GenerationConfig(
         temperature=settings.temperature,
         top_k=settings.top_k,
@@ -106,6 +108,13 @@ def suggest(
     first_token_at = first_token_at or time.perf_counter()
     reason = decoder.reason or StopReason.LENGTH
     text = rules.text
+    if job.document is not None:  # now, after the first token: what the document offers
+        job.candidates = request_candidates(job.document, job.offset, settings, job.workspace_lines)
+        job.known_words = request_words(job.document, job.offset, settings, job.workspace_lines)
+    # the state after the prompt: its checkpoint (the cursor track keeps one), never a copy on the
+    # way to the first token
+    wants_state = (job.candidates and settings.line_candidates) or branching
+    start_state = store.state_after(job.uri, prompt.ids) if wants_state and settings.incremental_state else None
     if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
         text = ""  # healing must not make up a word nothing supports
     options: list[Option] = []
