@@ -37,10 +37,8 @@ from bitmamba_lsp.bench import machine_info, rss_mb
 from bitmamba_lsp.cli import random_model_path
 from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
-from bitmamba_lsp.lsp.completion import CursorContext
 from bitmamba_lsp.lsp.documents import TrackedDocument, clean_start_table
-from bitmamba_lsp.lsp.jobs import CompletionJob
-from bitmamba_lsp.lsp.prompt import prompt_at
+from bitmamba_lsp.lsp.jobs import job_at
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.worker import ModelWorker
 
@@ -97,9 +95,7 @@ def run_size(
     first, full, fed, edit_ms = [], [], [], []
 
     def request(at: int) -> tuple[float, object]:
-        job = CompletionJob(
-            uri, prompt_at(doc, at), CursorContext.at(doc.text, at), max_tokens=max_tokens, deadline_ms=600_000
-        )
+        job = job_at(uri, doc, at, settings)  # as the session builds it (no workspace here)
         return time.perf_counter(), worker.complete(job).result()
 
     request(offset)  # the first request at a new place warms the cursor checkpoints

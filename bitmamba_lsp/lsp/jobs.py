@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bitmamba_lsp.engine.decoding import StopReason
-from bitmamba_lsp.lsp.candidates import Candidate
+from bitmamba_lsp.lsp.candidates import Candidate, partial_word
 from bitmamba_lsp.lsp.choice import Option
 from bitmamba_lsp.lsp.completion import CursorContext, StopRule, Suggestion
-from bitmamba_lsp.lsp.prompt import Prompt
+from bitmamba_lsp.lsp.documents import TrackedDocument
+from bitmamba_lsp.lsp.prompt import Prompt, prompt_at
+from bitmamba_lsp.lsp.settings import Settings
 
 
 @dataclass
@@ -77,4 +79,27 @@ def cancelled_result(job: CompletionJob) -> CompletionResult:
         prefill_ms=0.0,
         first_token_ms=0.0,
         total_ms=0.0,
+    )
+
+
+def job_at(
+    uri: str, doc: TrackedDocument, offset: int, settings: Settings, workspace_lines: Any = None, **extra: Any
+) -> CompletionJob:
+    """The job of a completion request at `offset` in `doc`, as the session builds it (the
+    benchmarks build theirs the same way)."""
+    s = settings
+    return CompletionJob(
+        uri=uri,
+        prompt=prompt_at(doc, offset),
+        ctx=CursorContext.at(
+            doc.text, offset, multiline=s.multiline, max_lines=s.max_lines, safety=s.suffix_safety
+        ),
+        line_tokens=doc.line_tokens(offset),
+        document=doc.text,
+        offset=offset,
+        workspace_lines=workspace_lines,
+        partial_word=s.suffix_safety and partial_word(doc.text, offset) is not None,
+        max_tokens=s.max_tokens,
+        deadline_ms=s.time_budget_ms,
+        **extra,
     )

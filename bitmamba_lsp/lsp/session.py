@@ -23,10 +23,10 @@ from typing import Any
 
 from bitmamba_lsp import __version__, _core
 from bitmamba_lsp.engine.model import Model
-from bitmamba_lsp.lsp.candidates import WorkspaceLines, partial_word
+from bitmamba_lsp.lsp.candidates import WorkspaceLines
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
-from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult
+from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, job_at
 from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.model_slot import ModelSlot
 from bitmamba_lsp.lsp.notify import Notify
@@ -220,18 +220,7 @@ class Session:
         if doc is None:
             return None
         offset = min(offset, len(doc.text))
-        job = CompletionJob(
-            uri=uri,
-            prompt=prompt_at(doc, offset),
-            ctx=self.cursor_context(doc, offset),
-            line_tokens=doc.line_tokens(offset),
-            document=doc.text,
-            offset=offset,
-            workspace_lines=self._workspace_lines(),
-            partial_word=self.settings.suffix_safety and partial_word(doc.text, offset) is not None,
-            max_tokens=self.settings.max_tokens,
-            deadline_ms=self.settings.time_budget_ms,
-        )
+        job = job_at(uri, doc, offset, self.settings, self._workspace_lines())
         self.jobs[uri] = job
         epoch = doc.epoch
         try:
