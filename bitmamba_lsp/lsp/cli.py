@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 
@@ -34,6 +36,15 @@ def run(args: argparse.Namespace) -> int:
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
-    else:
-        server.start_io()
-    return 0
+        return 0
+    server.start_io()
+    code = server.exit_code
+    # Stop the model thread between two model calls (bounded: calls are short slices), then leave
+    # without interpreter finalisation: a thread inside the C++ engine must never meet a finalising
+    # interpreter (that ends in std::terminate, SIGABRT).
+    server.session.shutdown(wait=True)
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

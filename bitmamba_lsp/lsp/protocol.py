@@ -4,7 +4,12 @@
   rebuilds the whole text on every keystroke: the three text-sync methods go straight to our
   handlers.
 - pygls drops a request whose params do not parse without answering it; we answer it with
-  InvalidParams so the client is not left waiting.
+  InvalidParams so the client is not left waiting. Omitted params are legal JSON-RPC: they are
+  params = null.
+- The lifecycle the specification asks for, which pygls leaves to the server: a request before
+  `initialize` gets ServerNotInitialized (-32002); after `shutdown`, a request gets InvalidRequest
+  (pygls would leave it unanswered and the client waiting); `exit` ends the process with 0 after a
+  `shutdown` and 1 without one (`exit_code`, read by lsp/cli.py).
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol.json_rpc import RPCRequest
+
+
+class JsonRpcServerNotInitialized(JsonRpcException):
+    CODE = -32002
 
 
 class _Ignored:
@@ -23,7 +33,12 @@ class _Ignored:
 
 
 class BitmambaProtocol(LanguageServerProtocol):
+    initialized_seen = False  # an `initialize` request arrived
+    exit_code: int | None = None  # set by `exit` (or by the end of input: see lsp/cli.py)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
+        if isinstance(data, dict) and "method" in data and "jsonrpc" in data and "params" not in data:
+            data = {**data, "params": None}  # omitted params are legal
         try:
             return super().structure_message(data)
         except Exception:
@@ -35,6 +50,33 @@ class BitmambaProtocol(LanguageServerProtocol):
                 )
                 return _Ignored()
             raise
+
+    def handle_message(self, message: Any) -> None:
+        method = getattr(message, "method", None)
+        if method == types.INITIALIZE:
+            self.initialized_seen = True
+        elif method not in (types.EXIT, None) and not self.initialized_seen:
+            if isinstance(message, RPCRequest):
+                self._send_response(
+                    message.id,
+                    error=JsonRpcServerNotInitialized(f"{method}: the server is not initialized").to_response_error(),
+                )
+            return  # a notification before initialize is dropped
+        if self._shutdown and method not in (types.EXIT, None) and isinstance(message, RPCRequest):
+            self._send_response(
+                message.id, error=JsonRpcInvalidRequest(f"{method}: the server is shutting down").to_response_error()
+            )
+            return
+        super().handle_message(message)
+
+    @lsp_method(types.EXIT)
+    def lsp_exit(self, *args: Any):  # type: ignore[override]
+        self.exit_code = 0 if self._shutdown else 1
+        yield from super().lsp_exit(*args)
+
+    @property
+    def shut_down(self) -> bool:
+        return self._shutdown
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):  # type: ignore[override]

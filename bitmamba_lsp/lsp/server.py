@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from bitmamba_lsp import __version__
 from bitmamba_lsp.lsp.documents import Change
+from bitmamba_lsp.lsp.framing import StdinReader, run_framed
 from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.notify import Level
 from bitmamba_lsp.lsp.protocol import BitmambaProtocol
@@ -38,6 +42,31 @@ class BitmambaServer(LanguageServer):
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.session = Session(self.notify, model_override=model_override, threads_override=threads_override)
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve LSP on stdin/stdout with the robust framing of framing.py (pygls' own loop goes deaf
+        after one malformed header)."""
+        self._stop_event = threading.Event()
+        reader = StdinReader(stdin or sys.stdin.buffer, self.thread_pool)
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(
+                run_framed(self._stop_event, reader, self.protocol, log, self.report_server_error, JsonRpcException)
+            )
+        except BrokenPipeError:
+            log.error("the connection to the client is lost: shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    @property
+    def exit_code(self) -> int:
+        """0 after `shutdown` then `exit` (or the end of input after `shutdown`), else 1."""
+        code = self.protocol.exit_code
+        if code is None:
+            code = 0 if self.protocol.shut_down else 1
+        return code
 
     @property
     def encoding(self) -> str:
@@ -192,7 +221,7 @@ def create_server(model: str | None = None, threads: int | None = None) -> Bitma
         return ls.session.status(ls.encoding)
 
     @server.feature(STATUS_REQUEST)
-    def status_request(ls: BitmambaServer, params: Any) -> dict[str, Any]:
+    def status_request(ls: BitmambaServer, params: Any = None) -> dict[str, Any]:
         return ls.session.status(ls.encoding)
 
     @server.feature(types.SHUTDOWN)

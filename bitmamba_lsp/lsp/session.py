@@ -317,7 +317,10 @@ class Session:
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """Cancel the running jobs and stop the model worker (wait: until it has stopped, between
+        two model calls)."""
         for job in self.jobs.values():
             job.cancel.set()
-        self.worker.shutdown(wait=False)
+        self.workspace.stop()
+        self.worker.shutdown(wait=wait)

@@ -257,6 +257,10 @@ class WorkspaceReader:
 
         threading.Thread(target=run, name="bitmamba-workspace", daemon=True).start()
 
+    def stop(self) -> None:
+        """Make a running scan stop at its next file."""
+        self._generation += 1
+
     def lines_for(self, open_paths: set[Path]) -> WorkspaceLines | None:
         """The workspace's lines without the files open in the editor (event loop only)."""
         lines = self.lines

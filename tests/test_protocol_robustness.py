@@ -1,0 +1,203 @@
+"""The daemon over raw stdio, as a buggy or hostile client drives it: malformed headers, the LSP
+lifecycle (requests before initialize and after shutdown, exit codes), and exiting while busy
+(never a signal)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SERVER = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--threads", "1"]
+
+
+class Raw:
+    """A daemon process spoken to in raw bytes; replies are parsed by a reader thread."""
+
+    def __init__(self, model: Path | None, options: dict[str, Any] | None = None) -> None:
+        cmd = [*SERVER] + (["--model", str(model)] if model is not None else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.options = options or {}
+        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr: list[bytes] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        while True:
+            length = None
+            while True:
+                line = out.readline()
+                if not line:
+                    return
+                if line.strip() == b"":
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if length is None:
+                continue
+            self.replies.put(json.loads(out.read(length)))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        body = json.dumps(msg).encode()
+        self.send_bytes(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def request(self, msg_id: int, method: str, params: Any = None, *, omit_params: bool = False) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "method": method}
+        if not omit_params:
+            msg["params"] = params
+        self.send(msg)
+
+    def reply(self, msg_id: int, timeout: float = 30) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                r = self.replies.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if r.get("id") == msg_id:
+                return r
+        raise TimeoutError(f"no reply to {msg_id}; stderr: {b''.join(self.stderr)[-2000:]!r}")
+
+    def initialize(self, msg_id: int = 1) -> dict[str, Any]:
+        opts = {"debounceMs": 0, "speculative": False, **self.options}
+        self.request(msg_id, "initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": opts})
+        r = self.reply(msg_id)
+        self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        return r
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def model(model_factory):
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=3)
+    return path
+
+
+@pytest.fixture
+def raw(model):
+    servers: list[Raw] = []
+
+    def make(**options: Any) -> Raw:
+        r = Raw(model, options)
+        servers.append(r)
+        return r
+
+    yield make
+    for r in servers:
+        r.close()
+
+
+def test_requests_before_initialize_get_server_not_initialized(raw) -> None:
+    d = raw()
+    d.request(1, "bitmamba/status")
+    assert d.reply(1)["error"]["code"] == -32002
+    d.initialize(2)
+    d.request(3, "bitmamba/status", omit_params=True)  # omitted params are legal
+    assert "result" in d.reply(3)  # answered, not -32602
+    d.request(4, "shutdown")
+    assert d.reply(4)["result"] is None
+    d.request(5, "bitmamba/status", {})
+    err = d.reply(5)["error"]
+    assert err["code"] == -32600 and "shutting down" in err["message"]
+    d.send({"jsonrpc": "2.0", "method": "exit"})
+    assert d.wait() == 0
+
+
+def test_exit_without_shutdown_is_1_and_end_of_input_too(raw) -> None:
+    d = raw()
+    d.initialize()
+    d.send({"jsonrpc": "2.0", "method": "exit"})
+    assert d.wait() == 1
+    e = raw()
+    e.initialize()
+    e.proc.stdin.close()  # the editor died
+    assert e.wait() == 1
+    f = raw()
+    f.initialize()
+    f.request(2, "shutdown")
+    f.reply(2)
+    f.proc.stdin.close()
+    assert f.wait() == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Content-Length: abc\r\n\r\n",
+        b"Content-Length: -5\r\n\r\n",
+        b"Content-Length: 2.0\r\n\r\n",
+        b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n",  # no Content-Length
+        b"Content-Length: 99999999999999999999\r\n\r\n",
+    ],
+)
+def test_a_malformed_header_never_leaves_a_deaf_daemon(raw, header: bytes) -> None:
+    d = raw()
+    d.initialize()
+    d.send_bytes(header + b'{"jsonrpc": "2.0", "id": 7, "method": "bitmamba/status", "params": {}}')
+    d.request(8, "bitmamba/status", {})  # the next well-formed message is answered
+    assert "result" in d.reply(8, timeout=20)
+    d.request(9, "shutdown")
+    d.reply(9)
+    d.send({"jsonrpc": "2.0", "method": "exit"})
+    assert d.wait() == 0
+
+
+def test_lf_only_line_ends_and_lowercase_headers_are_read(raw) -> None:
+    d = raw()
+    d.initialize()
+    body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "bitmamba/status", "params": {}}).encode()
+    d.send_bytes(b"content-length: %d\n\n" % len(body) + body)
+    assert "result" in d.reply(5)
+    d.send_bytes(b"Content-Length: 3\r\n\r\n{x}")  # not JSON: reported, and the daemon goes on
+    d.request(6, "bitmamba/status", {})
+    assert "result" in d.reply(6)
+
+
+def test_exit_while_busy_is_never_a_signal(raw) -> None:
+    """shutdown + exit during background prefill of a large file, exit during a generation, end
+    of input during a generation: exit codes 0 / 1 / 1, never a signal."""
+    big = "def f(x):\n    return x + 1\n\n" * 20000  # ~0.5 MB: background prefill runs for a while
+    for how in ("shutdown+exit", "exit", "eof"):
+        d = raw(maxTokens=4000, timeBudgetMs=60000, minConfidence=0, maxLines=1000, suffixSafety=False)
+        d.initialize()
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///big.py", "languageId": "python", "version": 1, "text": big}}})
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///small.py", "languageId": "python", "version": 1, "text": "x = 1\n"}}})
+        d.request(2, "textDocument/inlineCompletion", {
+            "textDocument": {"uri": "file:///small.py"}, "position": {"line": 1, "character": 0},
+            "context": {"triggerKind": 2}})
+        time.sleep(0.5)  # busy: generating, prefilling
+        if how == "shutdown+exit":
+            d.request(3, "shutdown")
+            d.reply(3, timeout=30)
+            d.send({"jsonrpc": "2.0", "method": "exit"})
+            want = 0
+        elif how == "exit":
+            d.send({"jsonrpc": "2.0", "method": "exit"})
+            want = 1
+        else:
+            d.proc.stdin.close()
+            want = 1
+        code = d.wait(timeout=30)
+        assert code == want, (how, code, b"".join(d.stderr)[-1500:])
