@@ -25,7 +25,8 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from bitmamba_lsp.engine.decoding import GREEDY, TextStream  # noqa: E402
+from bitmamba_lsp.engine.decoding import GREEDY, Decoder, StopMatcher, TextStream, decode, make_sampler  # noqa: E402
+from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer  # noqa: E402
 from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR, load  # noqa: E402
 from bitmamba_lsp.engine.model import Model  # noqa: E402
 from bitmamba_lsp.http import ServerSettings, create_app  # noqa: E402
@@ -34,6 +35,7 @@ from bitmamba_lsp.http.cli import bind_warning, is_loopback  # noqa: E402
 from bitmamba_lsp.http.schemas import Limits  # noqa: E402
 
 KEY = "test-key-123"
+RAW = {"token_healing": False}  # the prompt as is: exactly what Model.generate continues
 LIMIT = 20000  # max_tokens limit of the test server: long enough that generation outlasts a disconnect
 PROMPT = "import os\nimport sys\n\n\ndef read_config(path):\n"
 CODE = (Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "lsp" / "statecache.py").read_text()[:1500]
@@ -55,6 +57,10 @@ class Served:
     model: Model  # the server's model
     ref: Model  # an independently loaded copy, for reference generations
     server: Any  # bitmamba_lsp.http.app.Server
+
+    @property
+    def model_id(self) -> str:
+        return self.server.model_id
 
     def client(self, **kw: Any) -> Any:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=60, **kw)
@@ -106,6 +112,45 @@ def greedy_ref(
     return ts
 
 
+def healer_of(model: Model) -> TokenHealer:
+    tok = model.tokenizer
+    assert tok is not None
+    return TokenHealer(tok, sorted({*tok.special_ids, *([model.eos_id] if model.eos_id is not None else [])}))
+
+
+def healed_ref(ref: Model, ids: list[int], max_tokens: int, **kw: Any) -> tuple[str, int]:
+    """The engine's own token-healed greedy decode, as the daemon runs it (TokenHealer, the
+    HealingConstraint hook, the Decoder's skip, `decode`), counted as the HTTP API counts: tokens that
+    only re-create the healed bytes are neither completion tokens nor part of max_tokens.
+    Returns (text, completion_tokens)."""
+    healer = healer_of(ref)
+    h = healer.heal(np.asarray(ids))
+    cfg = GREEDY.replace(**kw)
+    tok = ref.tokenizer
+    assert tok is not None
+    dec = Decoder(
+        make_sampler(ref, cfg),
+        max_tokens=max_tokens + len(h.raw),  # enough: each re-creating token has at least a byte
+        eos=ref.eos_id if cfg.stop_at_eos else None,
+        stream=tok.stream_decoder(),
+        text_stop=StopMatcher(),
+        skip=h.text,
+        hooks=[HealingConstraint(healer, h.raw)] if h.raw else [],
+    )
+    state = ref.new_state()
+    list(decode(ref, state, dec, ref.prefill(state, h.ids)))
+    rest, silent = h.raw, 0
+    for t in dec.tokens:
+        b = tok.token_bytes(t)
+        if not rest or not rest.startswith(b):
+            break
+        rest, silent = rest[len(b) :], silent + 1
+    n = min(len(dec.tokens), silent + max_tokens)
+    text = ref.decode(dec.tokens[:n])
+    assert text.startswith(h.text)
+    return text[len(h.text) :], n - silent
+
+
 def finish(ts: TextStream) -> str:
     return {"eos": "stop", "stop": "stop", "length": "length"}[ts.finish_reason or ""]
 
@@ -139,7 +184,9 @@ def test_completion_greedy_equals_engine_generate(served: Served) -> None:
     ref = served.ref
     ids = ref.encode(PROMPT)
     tokens = list(ref.generate(ref.new_state(), ids, GREEDY, max_tokens=48))
-    r = served.client().completions.create(model="x", prompt=PROMPT, max_tokens=48, temperature=0)
+    r = served.client().completions.create(
+        model=served.model_id, prompt=PROMPT, max_tokens=48, temperature=0, extra_body=RAW
+    )
     assert r.object == "text_completion" and r.model == served.server.model_id
     assert r.choices[0].text == ref.decode(tokens)
     assert r.usage.prompt_tokens == len(ids)
@@ -147,7 +194,9 @@ def test_completion_greedy_equals_engine_generate(served: Served) -> None:
     assert r.usage.total_tokens == len(ids) + len(tokens)
     assert r.choices[0].finish_reason == ("length" if len(tokens) == 48 else "stop")
     # token-id prompts are accepted too
-    r2 = served.client().completions.create(model="x", prompt=ids, max_tokens=48, temperature=0)
+    r2 = served.client().completions.create(
+        model=served.model_id, prompt=ids, max_tokens=48, temperature=0, extra_body=RAW
+    )
     assert r2.choices[0].text == r.choices[0].text
 
 
@@ -157,12 +206,13 @@ def test_completion_stream_one_event_per_token(served: Served) -> None:
     want = greedy_ref(ref, ids, 40)
     chunks = list(
         served.client().completions.create(
-            model="x",
+            model=served.model_id,
             prompt=PROMPT,
             max_tokens=40,
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body=RAW,
         )
     )
     body = [c for c in chunks if c.choices and c.choices[0].finish_reason is None]
@@ -184,7 +234,7 @@ def test_chat_non_streamed_and_streamed(served: Served) -> None:
     ids = ref.encode(chatml(messages))
     want = greedy_ref(ref, ids, 30, stop=("<|im_end|>",))
     c = served.client()
-    r = c.chat.completions.create(model="x", messages=messages, max_tokens=30, temperature=0)
+    r = c.chat.completions.create(model=served.model_id, messages=messages, max_tokens=30, temperature=0)
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want.text
@@ -193,7 +243,7 @@ def test_chat_non_streamed_and_streamed(served: Served) -> None:
 
     chunks = list(
         c.chat.completions.create(
-            model="x",
+            model=served.model_id,
             messages=messages,
             max_tokens=30,
             temperature=0,
@@ -222,12 +272,27 @@ def test_stop_sequences(served: Served) -> None:
     want = greedy_ref(ref, ids, 64, stop=(stop,))
     assert want.text == full[:k] and want.finish_reason == "stop"
     c = served.client()
-    r = c.completions.create(model="x", prompt=PROMPT, max_tokens=64, temperature=0, stop=[stop, "\x00never"])
+    r = c.completions.create(
+        model=served.model_id,
+        prompt=PROMPT,
+        max_tokens=64,
+        temperature=0,
+        stop=[stop, "\x00never"],
+        extra_body=RAW,
+    )
     assert r.choices[0].text == full[:k]
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == want.completion_tokens
     streamed = list(
-        c.completions.create(model="x", prompt=PROMPT, max_tokens=64, temperature=0, stop=stop, stream=True)
+        c.completions.create(
+            model=served.model_id,
+            prompt=PROMPT,
+            max_tokens=64,
+            temperature=0,
+            stop=stop,
+            stream=True,
+            extra_body=RAW,
+        )
     )
     assert "".join(ch.choices[0].text for ch in streamed) == full[:k]
     assert streamed[-1].choices[0].finish_reason == "stop"
@@ -239,17 +304,34 @@ def test_seeded_sampling_is_reproducible_and_matches_engine(served: Served) -> N
     extra = {"top_k": 20, "min_p": 0.02, "repetition_penalty": 1.1}
     c = served.client()
     a = c.completions.create(
-        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=7, extra_body=extra
+        model=served.model_id,
+        prompt=PROMPT,
+        max_tokens=40,
+        temperature=0.9,
+        top_p=0.95,
+        seed=7,
+        extra_body={**extra, **RAW},
     )
     b = c.completions.create(
-        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=7, extra_body=extra
+        model=served.model_id,
+        prompt=PROMPT,
+        max_tokens=40,
+        temperature=0.9,
+        top_p=0.95,
+        seed=7,
+        extra_body={**extra, **RAW},
     )
     assert a.choices[0].text == b.choices[0].text
     cfg = GREEDY.replace(max_tokens=40, temperature=0.9, top_p=0.95, seed=7, **extra)
     ts = TextStream(ref, ref.new_state(), ids, cfg)
     assert a.choices[0].text == "".join(ts)
     other = c.completions.create(
-        model="x", prompt=PROMPT, max_tokens=40, temperature=0.9, seed=8, extra_body=extra
+        model=served.model_id,
+        prompt=PROMPT,
+        max_tokens=40,
+        temperature=0.9,
+        seed=8,
+        extra_body={**extra, **RAW},
     )
     assert other.choices[0].text != a.choices[0].text
 
@@ -282,7 +364,7 @@ def _err(exc: Any) -> dict[str, Any]:
 )
 def test_bad_completion_parameters(served: Served, kwargs: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
-        served.client().completions.create(model="x", prompt="x", **kwargs)
+        served.client().completions.create(model=served.model_id, prompt="x", **kwargs)
     assert e.value.status_code == 400
     err = _err(e)
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
@@ -290,8 +372,8 @@ def test_bad_completion_parameters(served: Served, kwargs: dict[str, Any], param
 
 def test_tiny_top_p_is_greedy(served: Served) -> None:
     c = served.client()
-    a = c.completions.create(model="x", prompt=PROMPT, max_tokens=12, top_p=1e-300, seed=1)
-    b = c.completions.create(model="x", prompt=PROMPT, max_tokens=12, temperature=0)
+    a = c.completions.create(model=served.model_id, prompt=PROMPT, max_tokens=12, top_p=1e-300, seed=1)
+    b = c.completions.create(model=served.model_id, prompt=PROMPT, max_tokens=12, temperature=0)
     assert a.choices[0].text == b.choices[0].text
 
 
@@ -311,13 +393,13 @@ def test_worker_never_loses_a_job(served: Served) -> None:
 
     events = asyncio.run(go())
     assert events[0][0] == "error" and "top_p" in events[0][1]
-    r = served.client().completions.create(model="x", prompt="x", max_tokens=2)
+    r = served.client().completions.create(model=served.model_id, prompt="x", max_tokens=2)
     assert r.usage.completion_tokens <= 2
 
 
 def test_presence_penalty_zero_is_accepted(served: Served) -> None:
     r = served.client().completions.create(
-        model="x", prompt="x", max_tokens=2, presence_penalty=0, frequency_penalty=0
+        model=served.model_id, prompt="x", max_tokens=2, presence_penalty=0, frequency_penalty=0
     )
     assert r.usage.completion_tokens <= 2
 
@@ -325,20 +407,22 @@ def test_presence_penalty_zero_is_accepted(served: Served) -> None:
 def test_bad_chat_and_raw_requests(served: Served) -> None:
     c = served.client()
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="x", messages=[])
+        c.chat.completions.create(model=served.model_id, messages=[])
     assert _err(e)["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="x", messages=[{"role": "wizard", "content": "hi"}])
+        c.chat.completions.create(model=served.model_id, messages=[{"role": "wizard", "content": "hi"}])
     assert _err(e)["param"] == "messages[0].role"
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(
-            model="x",
+            model=served.model_id,
             messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
         )
     assert "text parts" in _err(e)["message"]
     long_prompt = "x = 1\n" * 3000
     with pytest.raises(openai.BadRequestError) as e:
-        c.completions.create(model="x", prompt=long_prompt[: 60 << 10])
+        c.completions.create(
+            model=served.model_id, prompt=long_prompt[: 60 << 10], extra_body={"prompt_overflow": "error"}
+        )
     assert _err(e)["code"] == "context_length_exceeded"
 
     h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -368,7 +452,7 @@ def test_bad_chat_and_raw_requests(served: Served) -> None:
 def test_api_key_enforced(served: Served) -> None:
     bad = openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:
-        bad.completions.create(model="x", prompt="x", max_tokens=1)
+        bad.completions.create(model=served.model_id, prompt="x", max_tokens=1)
     assert e.value.status_code == 401 and _err(e)["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
@@ -385,7 +469,12 @@ def test_first_chunk_arrives_before_generation_finishes(served: Served) -> None:
     count = 0
     active_at_first = None
     stream = served.client().completions.create(
-        model="x", prompt=PROMPT, max_tokens=n, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        model=served.model_id,
+        prompt=PROMPT,
+        max_tokens=n,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     for chunk in stream:
         if chunk.choices[0].finish_reason is None:
@@ -407,18 +496,26 @@ def test_prefix_cache_hit_on_repeated_prompt(served: Served) -> None:
     ids = served.ref.encode(CODE)
     wait_idle(served)
     before = served.stats()
-    r1 = c.completions.create(model="x", prompt=CODE, max_tokens=16, temperature=0)
+    fed = len(healer_of(served.ref).heal(np.asarray(ids)).ids)  # healing takes the last token back
+    assert fed == len(ids) - 1  # (precondition: CODE ends in an ordinary token)
+    r1 = c.completions.create(model=served.model_id, prompt=CODE, max_tokens=16, temperature=0)
     mid = served.stats()
-    r2 = c.completions.create(model="x", prompt=CODE, max_tokens=16, temperature=0)
+    r2 = c.completions.create(model=served.model_id, prompt=CODE, max_tokens=16, temperature=0)
     after = served.stats()
     assert r1.choices[0].text == r2.choices[0].text
+    assert r1.usage.prompt_tokens == len(ids)  # the request's prompt, healed or not
     assert mid["prefix_cache"]["misses"] == before["prefix_cache"]["misses"] + 1
     assert after["prefix_cache"]["hits"] == mid["prefix_cache"]["hits"] + 1
-    assert after["prefix_cache"]["tokens_reused"] - mid["prefix_cache"]["tokens_reused"] == len(ids) - 1
-    assert mid["prefill_tokens"] - before["prefill_tokens"] == len(ids)
-    assert after["prefill_tokens"] - mid["prefill_tokens"] == 1  # only the last prompt token was fed
+    # the cache keys on what is fed: the healed prompt
+    assert after["prefix_cache"]["tokens_reused"] - mid["prefix_cache"]["tokens_reused"] == fed - 1
+    assert mid["prefill_tokens"] - before["prefill_tokens"] == fed
+    assert after["prefill_tokens"] - mid["prefill_tokens"] == 1  # only the last fed token was fed again
+    # without healing the whole prompt is fed; it resumes from the healed prompt's checkpoint
+    c.completions.create(model=served.model_id, prompt=CODE, max_tokens=4, temperature=0, extra_body=RAW)
+    raw = served.stats()
+    assert raw["prefill_tokens"] - after["prefill_tokens"] == 2
     # a longer prompt sharing the prefix resumes from a checkpoint inside it
-    r3 = c.completions.create(model="x", prompt=CODE + "\n# more\n", max_tokens=4, temperature=0)
+    r3 = c.completions.create(model=served.model_id, prompt=CODE + "\n# more\n", max_tokens=4, temperature=0)
     assert r3.usage.prompt_tokens > len(ids) - 8
     last = served.stats()
     assert last["prefix_cache"]["tokens_reused"] - after["prefix_cache"]["tokens_reused"] >= len(ids) - 8
@@ -428,7 +525,7 @@ def test_chat_follow_up_resumes_after_previous_answer(served: Served) -> None:
     c = served.client()
     ref = served.ref
     msgs = [{"role": "user", "content": "Write a function that reads a file."}]
-    r1 = c.chat.completions.create(model="x", messages=msgs, max_tokens=24, temperature=0)
+    r1 = c.chat.completions.create(model=served.model_id, messages=msgs, max_tokens=24, temperature=0)
     answer = r1.choices[0].message.content
     msgs2 = [*msgs, {"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]
     ids1, ids2 = ref.encode(chatml(msgs)), ref.encode(chatml(msgs2))
@@ -437,7 +534,7 @@ def test_chat_follow_up_resumes_after_previous_answer(served: Served) -> None:
     # precondition: the answer re-tokenizes to the generated tokens (else only the prompt can be reused)
     assert ids2[: len(ids1) + fed] == ids1 + gen[:fed]
     before = served.stats()["prefix_cache"]
-    r2 = c.chat.completions.create(model="x", messages=msgs2, max_tokens=8, temperature=0)
+    r2 = c.chat.completions.create(model=served.model_id, messages=msgs2, max_tokens=8, temperature=0)
     after = served.stats()["prefix_cache"]
     assert after["hits"] == before["hits"] + 1
     assert after["tokens_reused"] - before["tokens_reused"] == len(ids1) + fed  # resumed after the answer
@@ -459,7 +556,11 @@ def test_concurrent_requests_are_batched_and_correct(served: Served) -> None:
             c = served.client()
             barrier.wait()
             kw = dict(
-                model="x", prompt=prompts[i], max_tokens=200, temperature=0, extra_body={"ignore_eos": True}
+                model=served.model_id,
+                prompt=prompts[i],
+                max_tokens=200,
+                temperature=0,
+                extra_body={"ignore_eos": True, **RAW},
             )
             if i % 2:
                 results[i] = "".join(ch.choices[0].text for ch in c.completions.create(stream=True, **kw))
@@ -515,6 +616,345 @@ def test_client_disconnect_stops_generation(served: Served) -> None:
     after = wait_idle(served)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["generated_tokens"] - before["generated_tokens"] < LIMIT
+
+
+# ------------------------------------------------------------------------------------------ token healing
+INDENTED = ("def f(x):\n    ", "class A:\n    def g(self):\n        ", "if x:\n\t", "def g():\n\tif y:\n\t\t")
+
+
+def indentation_prompts(n: int = 30) -> list[str]:
+    """Prompts that end in a line's indentation, cut from real code (the start of indented lines)."""
+    root = Path(__file__).resolve().parents[1] / "bitmamba_lsp"
+    cuts: list[str] = []
+    for name in ("engine/healing.py", "engine/decoding.py", "http/prefixcache.py", "engine/checkpoints.py"):
+        text = (root / name).read_text()
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            indent = len(line) - len(line.lstrip(" \t"))
+            if 4 <= indent < len(line.rstrip("\n")) and pos > 200:
+                cuts.append(text[max(0, pos - 1200) : pos + indent])
+            pos += len(line)
+    step = max(1, len(cuts) // (n - len(INDENTED)))
+    return [*INDENTED, *cuts[::step][: n - len(INDENTED)]]
+
+
+def test_completion_token_healing_matches_engine(served: Served) -> None:
+    """Healing is on for completions: the answer is the engine's own healed decode (the daemon's),
+    streamed or not, from text or token ids; usage counts the request's prompt."""
+    ref = served.ref
+    c = served.client()
+    before = served.stats()
+    for prompt in (PROMPT, *INDENTED[:2]):
+        ids = ref.encode(prompt)
+        want, n = healed_ref(ref, ids, 24)
+        r = c.completions.create(model=served.model_id, prompt=prompt, max_tokens=24, temperature=0)
+        assert r.choices[0].text == want
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), n)
+        r2 = c.completions.create(model=served.model_id, prompt=ids, max_tokens=24, temperature=0)
+        assert r2.choices[0].text == want
+        chunks = list(
+            c.completions.create(
+                model=served.model_id,
+                prompt=prompt,
+                max_tokens=24,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        body = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason is None]
+        assert "".join(ch.choices[0].text for ch in body) == want
+        assert len(body) == n  # one event per answer token (none for re-creating the healed one)
+        assert chunks[-1].usage.completion_tokens == n and chunks[-1].usage.prompt_tokens == len(ids)
+        # max_tokens counts answer tokens: re-creating the healed token does not use the budget
+        one = c.completions.create(model=served.model_id, prompt=prompt, max_tokens=1, temperature=0)
+        assert (one.choices[0].text, one.usage.completion_tokens) == healed_ref(ref, ids, 1)
+    assert served.stats()["healed_prompts"] - before["healed_prompts"] == 3 * 4
+
+
+def test_indented_prompts_are_not_over_indented(served: Served) -> None:
+    """Issue 15 item 4: a prompt ending in a line's indentation must not get an answer that starts
+    with more indentation (healing on, the default); with healing off the old behaviour is back.
+    The requests run concurrently, so healed runs share batched steps."""
+    if served.model.name != "bitmamba-default":
+        pytest.skip("needs the shipped default model")
+    prompts = indentation_prompts(30)
+    assert len(prompts) == 30 and all(p.endswith((" ", "\t")) for p in prompts)
+
+    def answers(extra: dict[str, Any]) -> list[str]:
+        out: list[str | None] = [None] * len(prompts)
+        errors: list[BaseException] = []
+
+        def go(i: int) -> None:
+            try:
+                r = served.client().completions.create(
+                    model=served.model_id, prompt=prompts[i], max_tokens=8, temperature=0, extra_body=extra
+                )
+                out[i] = r.choices[0].text
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        return [o or "" for o in out]
+
+    wait_idle(served)
+    before = served.stats()
+    healed = answers({})
+    assert served.stats()["batched_steps"] > before["batched_steps"]
+    starts = [a for a in healed if a[:1] in (" ", "\t")]
+    assert not starts, starts
+    assert sum(bool(a) for a in healed) >= 25  # answers, not silence
+    for p, a in zip(prompts, healed, strict=True):  # batched with the hook: exactly the engine's
+        assert a == healed_ref(served.ref, served.ref.encode(p), 8)[0]
+    raw = answers(RAW)
+    over = [a for a in raw if a[:1] in (" ", "\t")]
+    print(f"answers starting with whitespace: healed 0/30, unhealed {len(over)}/30")
+    assert len(over) >= 10  # the unhealed prompt is out of distribution: one more space
+
+
+def test_chat_is_not_healed_unless_asked(served: Served) -> None:
+    c = served.client()
+    msgs = [{"role": "user", "content": "Write a function that adds two numbers."}]
+    before = served.stats()["healed_prompts"]
+    c.chat.completions.create(model=served.model_id, messages=msgs, max_tokens=4, temperature=0)
+    assert served.stats()["healed_prompts"] == before  # a chat template ends on a token boundary
+    r = c.chat.completions.create(
+        model=served.model_id, messages=msgs, max_tokens=4, temperature=0, extra_body={"token_healing": True}
+    )
+    assert r.choices[0].message.role == "assistant"
+    assert served.stats()["healed_prompts"] == before + 1
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=served.model_id, prompt="x", extra_body={"token_healing": "no"})
+    assert _err(e)["param"] == "token_healing"
+
+
+# ------------------------------------------------------------------------------------------ model ids
+def test_unknown_model_is_404_model_not_found(served: Served) -> None:
+    c = served.client()
+    with pytest.raises(openai.NotFoundError) as e:
+        c.completions.create(model="gpt-4o", prompt="x", max_tokens=1)
+    err = _err(e)
+    assert e.value.status_code == 404
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", "model", "model_not_found")
+    assert "gpt-4o" in err["message"] and served.model_id in err["message"]
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    assert _err(e)["code"] == "model_not_found"
+    r = httpx.post(
+        served.url + "/v1/completions",
+        json={"model": "gpt-4o", "prompt": "x", "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # before any stream
+
+    # accepted: the served id (what /v1/models lists), the model's name, "default", nothing at all
+    listed = [m.id for m in c.models.list().data]
+    for name in [*listed, served.model.name, "default"]:
+        r1 = c.completions.create(model=name, prompt="def f(", max_tokens=2)
+        assert r1.model == served.model_id
+        assert c.models.retrieve(name).id == served.model_id
+    h = {"Authorization": f"Bearer {KEY}"}
+    for body in ({"prompt": "x", "max_tokens": 1}, {"prompt": "x", "max_tokens": 1, "model": ""}):
+        assert httpx.post(served.url + "/v1/completions", json=body, headers=h).status_code == 200
+    doc = httpx.get(served.url + "/openapi.json").json()
+    model = doc["components"]["schemas"]["CompletionRequest"]["properties"]["model"]
+    assert served.model_id in model["enum"] and "default" in model["enum"] and "gpt-4o" not in model["enum"]
+
+
+def test_continue_config_from_readme_is_served(served: Served) -> None:
+    """The README's Continue example: model bitmamba-default on the legacy completions endpoint
+    (streamed, as Continue's autocomplete sends it), and chat."""
+    if served.model.name != "bitmamba-default":
+        pytest.skip("the README's example names the default model")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "model: bitmamba-default" in readme and "useLegacyCompletionsEndpoint: true" in readme
+    body = {
+        "model": "bitmamba-default",
+        "prompt": "def fib(n):\n    ",
+        "max_tokens": 16,
+        "temperature": 0.01,
+        "stop": ["\n\n", "\ndef "],
+        "stream": True,
+    }
+    h = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", served.url + "/v1/completions", json=body, headers=h, timeout=30) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    assert text and not text.startswith((" ", "\t"))
+    chat = served.client().chat.completions.create(
+        model="bitmamba-default", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert chat.model == "bitmamba-default"
+
+
+# ------------------------------------------------------------------------------------------ long prompts
+def test_long_prompt_is_left_truncated_and_reported(served: Served) -> None:
+    ref = served.ref
+    limit = served.server.limits.max_prompt_tokens
+    long_prompt = CODE * 12
+    ids = ref.encode(long_prompt)
+    assert len(ids) > limit
+    dropped = len(ids) - limit
+    c = served.client()
+    want = greedy_ref(ref, ids[-limit:], 12)  # the end of the prompt is kept
+    raw = c.completions.with_raw_response.create(
+        model=served.model_id, prompt=long_prompt, max_tokens=12, temperature=0, extra_body=RAW
+    )
+    assert raw.headers["x-prompt-truncated"] == str(dropped)
+    r = raw.parse()
+    assert r.choices[0].text == want.text
+    usage = r.usage.model_dump()
+    assert usage["prompt_tokens"] == limit and usage["prompt_tokens_truncated"] == dropped
+    assert usage["total_tokens"] == limit + want.completion_tokens
+    # token-id prompts and streams too (the header comes before the first event)
+    with httpx.stream(
+        "POST",
+        served.url + "/v1/completions",
+        json={
+            "model": served.model_id,
+            "prompt": ids,
+            "max_tokens": 12,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "token_healing": False,
+        },
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    ) as s:
+        assert s.status_code == 200 and s.headers["x-prompt-truncated"] == str(dropped)
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == want.text
+    assert events[-1]["usage"]["prompt_tokens_truncated"] == dropped
+    # a prompt within the limit: no header, no field
+    small = c.completions.with_raw_response.create(model=served.model_id, prompt="x", max_tokens=1)
+    assert "x-prompt-truncated" not in small.headers
+    assert "prompt_tokens_truncated" not in small.parse().usage.model_dump(exclude_none=True)
+    # the old 400 on request
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(
+            model=served.model_id, prompt=long_prompt, max_tokens=1, extra_body={"prompt_overflow": "error"}
+        )
+    assert _err(e)["code"] == "context_length_exceeded" and _err(e)["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=served.model_id, prompt="x", extra_body={"prompt_overflow": "cut"})
+    assert _err(e)["param"] == "prompt_overflow"
+
+
+def test_long_chat_keeps_the_latest_messages(served: Served) -> None:
+    """A client with a long system prompt can chat: the end (latest messages, generation prompt) is kept."""
+    ref = served.ref
+    limit = served.server.limits.max_prompt_tokens
+    messages = [
+        {"role": "system", "content": "You are a careful Python assistant. " + CODE * 8},
+        {"role": "user", "content": "Write a function that adds two numbers."},
+    ]
+    ids = ref.encode(chatml(messages))
+    assert len(ids) > limit
+    want = greedy_ref(ref, ids[-limit:], 16, stop=("<|im_end|>",))
+    raw = served.client().chat.completions.with_raw_response.create(
+        model=served.model_id, messages=messages, max_tokens=16, temperature=0
+    )
+    assert raw.headers["x-prompt-truncated"] == str(len(ids) - limit)
+    r = raw.parse()
+    assert r.choices[0].message.content == want.text
+    assert r.usage.prompt_tokens == limit
+    assert r.usage.model_dump()["prompt_tokens_truncated"] == len(ids) - limit
+    with pytest.raises(openai.BadRequestError) as e:
+        served.client().chat.completions.create(
+            model=served.model_id, messages=messages, max_tokens=1, extra_body={"prompt_overflow": "error"}
+        )
+    assert _err(e)["code"] == "context_length_exceeded" and _err(e)["param"] == "messages"
+
+
+def test_long_chat_keeps_the_templates_bos(tmp_path: Path) -> None:
+    """A template that starts with a special token (BOS): truncation keeps it in front of the end."""
+    src = DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.bin").is_file() else None
+    if src is None:
+        pytest.skip("needs the default model's tokenizer.json")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(src / "model.bin", folder / "model.bin")
+    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
+    template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}[assistant]"
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": template, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})
+    )
+    model, ref = load(folder, threads=1), load(folder, threads=1)
+    app = create_app(model, ServerSettings(limits=Limits(max_prompt_tokens=48)))
+    url, server, thread = _start(app)
+    try:
+        messages = [
+            {"role": "system", "content": CODE[:600]},
+            {"role": "user", "content": "Add two numbers."},
+        ]
+        fmt = ChatFormatter(ref)
+        ids = fmt.encode(fmt.render(messages))
+        assert ids[0] == ref.eos_id and len(ids) > 48
+        kept = [ids[0], *ids[len(ids) - 47 :]]
+        want = greedy_ref(ref, kept, 8)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        r = c.chat.completions.create(model=model.name, messages=messages, max_tokens=8, temperature=0)
+        assert r.choices[0].message.content == want.text
+        assert (
+            r.usage.prompt_tokens == 48 and r.usage.model_dump()["prompt_tokens_truncated"] == len(ids) - 48
+        )
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_prompt_overflow_error_server_setting(
+    tmp_path_factory: pytest.TempPathFactory, model_factory: Any
+) -> None:
+    """--prompt-overflow error: the old 400 by default, truncation on request."""
+    source = _model_source(tmp_path_factory, model_factory)
+    settings = ServerSettings(
+        limits=Limits(max_prompt_tokens=64), prompt_overflow="error", token_healing=False
+    )
+    app = create_app(load(source, threads=1), settings)
+    url, server, thread = _start(app)
+    try:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        prompt = CODE[:1000]
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="default", prompt=prompt, max_tokens=1)
+        assert _err(e)["code"] == "context_length_exceeded"
+        r = c.completions.create(
+            model="default", prompt=prompt, max_tokens=1, extra_body={"prompt_overflow": "truncate"}
+        )
+        assert r.usage.prompt_tokens == 64 and r.usage.model_dump()["prompt_tokens_truncated"] > 0
+        doc = httpx.get(url + "/openapi.json").json()
+        props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+        assert "default 'error'" in props["prompt_overflow"]["description"]
+        assert "default false" in props["token_healing"]["description"]
+        before = httpx.get(url + "/health").json()["stats"]["healed_prompts"]
+        c.completions.create(model="default", prompt="def f(x):\n    ", max_tokens=1)
+        assert httpx.get(url + "/health").json()["stats"]["healed_prompts"] == before  # off server-wide
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_openapi_documents_the_new_fields(served: Served) -> None:
+    doc = httpx.get(served.url + "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for name in ("CompletionRequest", "ChatRequest"):
+        props = schemas[name]["properties"]
+        assert props["token_healing"]["type"] == ["boolean", "null"]
+        assert props["prompt_overflow"]["enum"] == ["truncate", "error", None]
+    assert "default true" in schemas["CompletionRequest"]["properties"]["token_healing"]["description"]
+    assert "default false" in schemas["ChatRequest"]["properties"]["token_healing"]["description"]
+    post = doc["paths"]["/v1/completions"]["post"]
+    assert "404" in post["responses"] and "X-Prompt-Truncated" in post["responses"]["200"]["headers"]
+    usage = post["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["usage"]
+    assert "prompt_tokens_truncated" in usage["properties"]
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -705,6 +1145,22 @@ def test_serve_warns_on_non_loopback(
     assert calls and calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 9
     err = capsys.readouterr().err
     assert "warning: binding to 0.0.0.0" in err and "No API key" in err
+
+
+def test_serve_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bitmamba_lsp import cli
+
+    apps: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    argv = ["serve", "--threads", "1", "--prompt-overflow", "error", "--no-token-healing"]
+    assert cli.main([*argv, "--model-alias", "gpt-4o", "--model-alias", "codestral"]) == 0
+    server = apps[0].state.server
+    assert server.settings.prompt_overflow == "error" and server.settings.token_healing is False
+    assert {"gpt-4o", "codestral", "default", server.model_id} <= set(server.model_ids)
+    assert cli.main(["serve", "--threads", "1"]) == 0
+    defaults = apps[1].state.server.settings
+    assert defaults.prompt_overflow == "truncate" and defaults.token_healing is True
+    assert "gpt-4o" not in apps[1].state.server.model_ids
 
 
 def test_prefix_cache_unit() -> None:

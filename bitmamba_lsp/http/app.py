@@ -3,6 +3,11 @@
 Nothing here runs the model: requests are validated and tokenized (in a thread pool), turned into
 `Job`s for the `GenerationWorker` thread, and the worker's per-token events are relayed to the
 client as they arrive. A client that disconnects (streamed or not) cancels its job.
+
+The `model` field must name what this server serves (its id, the model's name, an alias, or nothing),
+else 404 model_not_found. A prompt over --max-prompt-tokens keeps its last tokens (reported in
+usage.prompt_tokens_truncated and the X-Prompt-Truncated header) unless the server or the request
+says `error` (the old 400). Completions are token-healed by default (`token_healing`), chat is not.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from bitmamba_lsp.engine.decoding import GenerationConfig, make_sampler
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.http.chat import ChatFormatter
 from bitmamba_lsp.http.schemas import (
+    MODEL_ALIASES,
+    OVERFLOW,
     APIError,
     GenRequest,
     Limits,
@@ -54,6 +61,9 @@ class ServerSettings:
     prefill_chunk: int = 512
     cache_mb: float = 256.0
     cache_spacing: int = 64
+    model_aliases: tuple[str, ...] = ()  # more accepted `model` values (besides MODEL_ALIASES)
+    prompt_overflow: str = "truncate"  # a prompt over the limit: truncate (keep its end) | error (400)
+    token_healing: bool = True  # the default of /v1/completions (chat: off unless a request asks)
 
 
 class Server:
@@ -63,7 +73,15 @@ class Server:
         self.model = model
         self.settings = settings
         self.limits = settings.limits
+        if settings.prompt_overflow not in OVERFLOW:
+            raise ValueError(f"prompt_overflow must be one of {OVERFLOW}, not {settings.prompt_overflow!r}")
         self.model_id = settings.model_id or model.name
+        # every accepted `model` value, the served id first
+        self.model_ids = tuple(
+            dict.fromkeys(
+                m for m in (self.model_id, model.name, *MODEL_ALIASES, *settings.model_aliases) if m
+            )
+        )
         self.chat = ChatFormatter(model)
         self.worker = GenerationWorker(
             model,
@@ -75,7 +93,17 @@ class Server:
         )
         self.started = time.time()
         self._openapi = openapi_schema(
-            self.limits, model.vocab_size, self.model_id, settings.api_key is not None
+            self.limits,
+            model.vocab_size,
+            self.model_id,
+            settings.api_key is not None,
+            model_ids=self.model_ids,
+            prompt_overflow=settings.prompt_overflow,
+            token_healing=settings.token_healing,
+        )
+        tok = model.tokenizer
+        self._special_ids = frozenset(tok.special_ids) | (
+            {model.eos_id} if model.eos_id is not None else set()
         )
 
     # ------------------------------------------------------------------ helpers
@@ -93,6 +121,18 @@ class Server:
                 "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                 code="invalid_api_key",
             )
+
+    def check_model(self, name: str | None) -> None:
+        """A `model` this server does not serve is a 404, as OpenAI answers."""
+        if not name or name in self.model_ids:
+            return
+        raise APIError(
+            404,
+            f"The model '{name}' does not exist on this server: it serves '{self.model_id}' "
+            f"(also accepted: {', '.join(repr(m) for m in self.model_ids[1:])}, or no model)",
+            param="model",
+            code="model_not_found",
+        )
 
     async def read_json(self, request: Request) -> Any:
         limit = self.limits.max_body_bytes
@@ -129,13 +169,21 @@ class Server:
             if self.model.eos_id is None:
                 raise bad("the prompt is empty", param)
             ids = [self.model.eos_id]  # an empty prompt starts from the document separator
-        if len(ids) > self.limits.max_prompt_tokens:
-            raise bad(
-                f"the prompt has {len(ids)} tokens, more than this server's limit of "
-                f"{self.limits.max_prompt_tokens} (--max-prompt-tokens)",
-                param,
-                "context_length_exceeded",
-            )
+        limit = self.limits.max_prompt_tokens
+        truncated = 0
+        if len(ids) > limit:
+            if (req.prompt_overflow or self.settings.prompt_overflow) == "error":
+                raise bad(
+                    f"the prompt has {len(ids)} tokens, more than this server's limit of {limit} "
+                    "(--max-prompt-tokens; send prompt_overflow: 'truncate' to keep its last tokens)",
+                    param,
+                    "context_length_exceeded",
+                )
+            truncated = len(ids) - limit
+            if req.kind == "chat" and limit > 1 and ids[0] in self._special_ids:
+                ids = [ids[0], *ids[len(ids) - limit + 1 :]]  # a template's leading BOS stays
+            else:
+                ids = ids[-limit:]
         cfg = GenerationConfig(
             max_tokens=req.max_tokens,
             temperature=req.temperature,
@@ -150,7 +198,17 @@ class Server:
             make_sampler(self.model, cfg)
         except ValueError as e:
             raise bad(str(e), None, "invalid_value") from None
-        return Job(ids=list(ids), cfg=cfg, stop_ids=stop_ids, ignore_eos=req.ignore_eos)
+        heal = req.token_healing
+        if heal is None:
+            heal = self.settings.token_healing and req.kind == "completion"
+        return Job(
+            ids=list(ids),
+            cfg=cfg,
+            stop_ids=stop_ids,
+            ignore_eos=req.ignore_eos,
+            heal=heal,
+            truncated=truncated,
+        )
 
     def submit(self, job: Job) -> None:
         job.channel = Channel(asyncio.get_running_loop())
@@ -195,10 +253,9 @@ class Server:
 
     async def retrieve_model(self, request: Request) -> Response:
         self.check_auth(request)
-        if request.path_params["model_id"] != self.model_id:
-            raise APIError(
-                404, f"model '{request.path_params['model_id']}' is not served here", code="model_not_found"
-            )
+        name = request.path_params["model_id"]
+        if name not in self.model_ids:
+            raise APIError(404, f"model '{name}' is not served here", param="model", code="model_not_found")
         return JSONResponse(self._model_card())
 
     async def openapi(self, request: Request) -> Response:
@@ -215,22 +272,25 @@ class Server:
         body = await self.read_json(request)
         parse = parse_chat if kind == "chat" else parse_completion
         req = parse(body, self.limits, self.model.vocab_size)
+        self.check_model(req.model)
         job = await run_in_threadpool(self.prepare, req)
         self.submit(job)
-        fmt = ChunkFormat(req, self.model_id)
+        fmt = ChunkFormat(req, self.model_id, job.truncated)
+        headers = {"X-Prompt-Truncated": str(job.truncated)} if job.truncated else {}
         if req.stream:
-            return EventStream(job, fmt)
+            return EventStream(job, fmt, headers)
         result = await _until_done_or_disconnect(job, request.receive)
         if result is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
-        return JSONResponse(fmt.full(result))
+        return JSONResponse(fmt.full(result), headers=headers)
 
 
 class ChunkFormat:
     """OpenAI response bodies: whole (`full`) and streamed chunks."""
 
-    def __init__(self, req: GenRequest, model_id: str) -> None:
+    def __init__(self, req: GenRequest, model_id: str, truncated: int = 0) -> None:
         self.chat = req.kind == "chat"
+        self.truncated = truncated
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.model = model_id
@@ -238,13 +298,15 @@ class ChunkFormat:
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
         self._text_template: tuple[bytes, bytes] | None = None
 
-    @staticmethod
-    def usage(r: Result) -> dict[str, int]:
-        return {
+    def usage(self, r: Result) -> dict[str, int]:
+        out = {
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens,
         }
+        if self.truncated:
+            out["prompt_tokens_truncated"] = self.truncated
+        return out
 
     def full(self, r: Result) -> dict[str, Any]:
         head = {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None}
@@ -371,10 +433,11 @@ async def _until_done_or_disconnect(job: Job, receive: Receive) -> Result | None
 class EventStream(Response):
     """Server-sent events relayed from the worker: a chunk per generated token as it is produced."""
 
-    def __init__(self, job: Job, fmt: ChunkFormat) -> None:
+    def __init__(self, job: Job, fmt: ChunkFormat, headers: dict[str, str] | None = None) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.job = job
         self.fmt = fmt
+        self.extra_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -385,6 +448,7 @@ class EventStream(Response):
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
+                    *self.extra_headers,
                 ],
             }
         )

@@ -29,12 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--model-id", default=None, help="the id reported by /v1/models (default: the model's name)"
     )
     p.add_argument(
+        "--model-alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another accepted 'model' value (repeatable; the id, the model's name, 'default' and an "
+        "omitted model are always accepted, anything else is a 404 model_not_found)",
+    )
+    p.add_argument(
         "--api-key",
         default=os.environ.get("BITMAMBA_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on /v1/* (default: $BITMAMBA_API_KEY; none = open)",
     )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt in tokens")
+    p.add_argument(
+        "--prompt-overflow",
+        choices=["truncate", "error"],
+        default="truncate",
+        help="a longer prompt: keep its last --max-prompt-tokens tokens (truncate, the default; reported "
+        "in usage.prompt_tokens_truncated) or answer 400 (error); a request's prompt_overflow overrides",
+    )
+    p.add_argument(
+        "--no-token-healing",
+        dest="token_healing",
+        action="store_false",
+        help="do not token-heal /v1/completions prompts by default (a request's token_healing overrides)",
+    )
     p.add_argument(
         "--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for"
     )
@@ -101,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         cache_mb=args.cache_mb,
+        model_aliases=tuple(args.model_alias),
+        prompt_overflow=args.prompt_overflow,
+        token_healing=args.token_healing,
     )
     app = create_app(model, settings)
     server = app.state.server

@@ -10,12 +10,17 @@ not have are rejected with a 400 naming the field instead of being silently drop
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 # Roles accepted in chat messages.
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 16
+OVERFLOW = ("truncate", "error")  # what a prompt longer than --max-prompt-tokens gets
+# Model ids accepted besides the served id and the model's name (an omitted, null or empty
+# `model` is accepted too); anything else is a 404 model_not_found, as OpenAI answers.
+MODEL_ALIASES = ("default",)
 
 
 class APIError(Exception):
@@ -68,6 +73,8 @@ class GenRequest:
     include_usage: bool
     seed: int | None
     ignore_eos: bool
+    token_healing: bool | None = None  # None: the server's default (completions on, chat off)
+    prompt_overflow: str | None = None  # None: the server's --prompt-overflow
 
 
 # ------------------------------------------------------------------------------------------ fields
@@ -105,6 +112,15 @@ def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
         return default
     if not isinstance(v, bool):
         raise bad(f"'{name}' must be a boolean", name, "invalid_type")
+    return v
+
+
+def _overflow(body: dict[str, Any]) -> str | None:
+    v = body.get("prompt_overflow")
+    if v is None:
+        return None
+    if v not in OVERFLOW:
+        raise bad(f"'prompt_overflow' must be one of {', '.join(OVERFLOW)}", "prompt_overflow")
     return v
 
 
@@ -203,6 +219,8 @@ def _common(body: dict[str, Any], kind: Literal["completion", "chat"], limits: L
         include_usage=include_usage,
         seed=seed,
         ignore_eos=_bool(body, "ignore_eos", False),
+        token_healing=None if body.get("token_healing") is None else _bool(body, "token_healing", True),
+        prompt_overflow=_overflow(body),
     )
 
 
@@ -283,16 +301,32 @@ def _error_responses() -> dict[str, Any]:
     return {
         "400": {"description": "invalid request", **ref},
         "401": {"description": "missing or wrong API key", **ref},
+        "404": {"description": "unknown model (code model_not_found)", **ref},
         "413": {"description": "request body too large", **ref},
         "429": {"description": "too many queued requests", **ref},
     }
 
 
-def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dict[str, Any]:
-    """The OpenAPI 3.1 document describing this server (limits filled in from its settings)."""
+def openapi_schema(
+    limits: Limits,
+    vocab: int,
+    model_id: str,
+    auth: bool,
+    model_ids: Sequence[str] = (),
+    prompt_overflow: str = "truncate",
+    token_healing: bool = True,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document describing this server (limits and defaults from its settings).
+    `model_ids`: every accepted `model` value (default: `model_id` and the aliases)."""
     num = {"type": ["number", "null"]}
+    accepted = list(dict.fromkeys(model_ids or (model_id, *MODEL_ALIASES)))
     sampling = {
-        "model": {"type": ["string", "null"], "description": f"ignored; the server serves '{model_id}'"},
+        "model": {
+            "type": ["string", "null"],
+            "enum": [*accepted, "", None],
+            "description": f"the server serves '{model_id}'; also accepted: {', '.join(accepted[1:]) or 'none'}, "
+            "an empty or missing value. Any other id is a 404 (code model_not_found)",
+        },
         "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_tokens_limit},
         "temperature": {**num, "minimum": 0, "maximum": 2, "description": "below 0.05: greedy"},
         "top_p": {**num, "minimum": 0, "maximum": 1},
@@ -316,7 +350,30 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
         "n": {"type": ["integer", "null"], "enum": [1, None]},
         "seed": {"type": ["integer", "null"]},
         "ignore_eos": {"type": ["boolean", "null"], "description": "keep generating after end-of-text"},
+        "prompt_overflow": {
+            "type": ["string", "null"],
+            "enum": [*OVERFLOW, None],
+            "description": f"a prompt over {limits.max_prompt_tokens} tokens: 'truncate' keeps its last "
+            f"{limits.max_prompt_tokens} tokens (reported in usage.prompt_tokens_truncated and the "
+            "X-Prompt-Truncated header), 'error' answers 400 context_length_exceeded; default "
+            f"'{prompt_overflow}'",
+        },
         "user": {"type": "string"},
+    }
+    healing_doc = (
+        "token healing: the prompt's last token is taken back and regenerated under the constraint that "
+        "it re-creates the same text (removed from the answer), so a prompt ending in indentation or a "
+        "space is continued as in training instead of with one more space"
+    )
+    healing = {
+        "completion": {
+            "type": ["boolean", "null"],
+            "description": f"{healing_doc}; default {'true' if token_healing else 'false'}",
+        },
+        "chat": {
+            "type": ["boolean", "null"],
+            "description": f"{healing_doc}; default false (a chat template ends on a token boundary)",
+        },
     }
     usage = {
         "type": "object",
@@ -324,6 +381,11 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
             "prompt_tokens": {"type": "integer"},
             "completion_tokens": {"type": "integer"},
             "total_tokens": {"type": "integer"},
+            "prompt_tokens_truncated": {
+                "type": "integer",
+                "description": "prompt tokens dropped from the front (only when the prompt was truncated; "
+                "prompt_tokens counts those kept)",
+            },
         },
         "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
     }
@@ -373,6 +435,12 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
             "responses": {
                 "200": {
                     "description": f"{what} (JSON, or SSE chunks with stream=true)",
+                    "headers": {
+                        "X-Prompt-Truncated": {
+                            "description": "prompt tokens dropped from the front (only when truncated)",
+                            "schema": {"type": "integer"},
+                        }
+                    },
                     "content": {"application/json": {"schema": response}, **ok_stream},
                 },
                 **_error_responses(),
@@ -450,6 +518,7 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
                             ]
                         },
                         **sampling,
+                        "token_healing": healing["completion"],
                     },
                 },
                 "ChatRequest": {
@@ -474,6 +543,7 @@ def openapi_schema(limits: Limits, vocab: int, model_id: str, auth: bool) -> dic
                             "maximum": limits.max_tokens_limit,
                         },
                         **sampling,
+                        "token_healing": healing["chat"],
                     },
                 },
             },

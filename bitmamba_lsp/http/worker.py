@@ -3,8 +3,9 @@
 Requests arrive as `Job`s. Up to `max_batch` run at once; the loop alternates one prefill slice
 (at most `prefill_chunk` tokens of one prompt, so a long prompt does not stall the others) with one
 decode step that advances every decoding request together (`Model.step_batch`, or `step_sample`
-when only one is decoding). Sampling is the engine's own `_core.Sampler` built by `make_sampler`,
-so a request gives exactly what `Model.generate` gives for the same settings and seed.
+when only one is decoding and no hook is active). Sampling is the engine's own `_core.Sampler`
+built by `make_sampler`, so an unhealed request gives exactly what `Model.generate` gives for the
+same settings and seed.
 
 Each request's tokens go through the engine's `Decoder` (engine/decoding.py: sampling, EOS, stop
 ids, max_tokens, stop sequences with hold-back), the same per-token logic as `TextStream` and the
@@ -12,6 +13,13 @@ daemon; this worker only decides which states step together. Each generated toke
 to the request's `Channel` (read by the event loop); text that may start a stop sequence waits until
 it is known not to be one. A job's `cancel` event (set when the client disconnects) ends it within
 one step. Prompts resume from the `PrefixCache`.
+
+Token healing (a job's `heal`, engine/healing.py): the prompt's last token is taken back and the
+first generated tokens are constrained to reproduce its bytes (`HealingConstraint`, a logits hook),
+which the decoder then removes from the output (`skip`), as the daemon does. What is fed, and what
+the prefix cache keys on, is the healed prompt. While the hook is active a run's logits go through
+`Decoder.choose` (never `step_sample`). Tokens that only re-create the dropped bytes are not
+counted as completion tokens nor against `max_tokens`, and send no event.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, StopMatcher, StopReason, make_sampler
+from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.http.prefixcache import PrefixCache
 
@@ -76,11 +85,12 @@ _FINISH = {StopReason.EOS: "stop"}
 @dataclass
 class Result:
     finish_reason: str  # stop | length | cancelled | error
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int  # the job's prompt (before healing took its last token back)
+    completion_tokens: int  # generated, without those that only re-created the healed token
     text: str
     resumed_from: int  # prompt tokens covered by a cached state
-    tokens: list[int]
+    tokens: list[int]  # every generated token (the healed token's re-creation included)
+    healed: str = ""  # the healed token's text (generated again, removed from `text`)
 
 
 @dataclass
@@ -90,6 +100,8 @@ class Job:
     channel: Channel | None = None
     stop_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    heal: bool = False  # token healing: take back the last prompt token, regenerate it constrained
+    truncated: int = 0  # prompt tokens the server dropped from the front (reported, not used here)
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     on_done: Callable[[Result], None] | None = None  # called on the worker thread (tests, benchmarks)
@@ -98,21 +110,35 @@ class Job:
 class _Run:
     """A job in progress."""
 
-    def __init__(self, job: Job, model: Model, state: State, resumed: int) -> None:
+    def __init__(
+        self,
+        job: Job,
+        model: Model,
+        ids: np.ndarray,
+        state: State,
+        resumed: int,
+        healing: HealingConstraint | None = None,
+        healed: str = "",
+    ) -> None:
         self.job = job
-        self.ids = np.asarray(job.ids, dtype=np.int64)
+        self.ids = ids  # what is fed: the job's prompt, healed
         self.state = state
         self.resumed = resumed
         self.pos = resumed  # prompt tokens fed so far
         tok = model.tokenizer
         self.text = StopMatcher(job.cfg.stop)
+        self.healing = healing
+        self.healed = healed
+        self.healing_tokens = 0  # generated tokens that only re-created the healed bytes
         self.decoder = Decoder(
-            make_sampler(model, job.cfg, job.ids),
+            make_sampler(model, job.cfg, ids),
             max_tokens=job.cfg.max_tokens,
             eos=None if job.ignore_eos or not job.cfg.stop_at_eos else model.eos_id,
             stop_ids=job.stop_ids,
             stream=tok.stream_decoder() if tok is not None else None,
             text_stop=self.text,
+            skip=healed,
+            hooks=[healing] if healing is not None else (),
             penalize=job.cfg.repetition_penalty != 1.0,
         )
         self.fed: list[int] = []  # generated tokens fed back through the model
@@ -145,6 +171,14 @@ class GenerationWorker:
         self.max_queue = max(1, max_queue)
         self.prefill_chunk = max(1, prefill_chunk)
         self.cache = PrefixCache(model.state_bytes, cache_bytes, cache_spacing)
+        tok = model.tokenizer
+        self.healer = (
+            TokenHealer(
+                tok, sorted({*tok.special_ids, *([model.eos_id] if model.eos_id is not None else [])})
+            )
+            if tok is not None
+            else None
+        )
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending: deque[Job] = deque()
         self._active: list[_Run] = []
@@ -159,6 +193,7 @@ class GenerationWorker:
             rejected=0,
             prompt_tokens=0,
             prefill_tokens=0,
+            healed_prompts=0,
             generated_tokens=0,
             decode_steps=0,
             batched_steps=0,
@@ -258,9 +293,15 @@ class GenerationWorker:
             return None
         ids = np.asarray(job.ids, dtype=np.int64)
         try:
-            n, cached = self.cache.lookup(ids)
+            healing, healed = None, ""
+            if job.heal and self.healer is not None:
+                h = self.healer.heal(ids)
+                if h.raw:
+                    ids, healed = np.asarray(h.ids, dtype=np.int64), h.text
+                    healing = HealingConstraint(self.healer, h.raw)
+            n, cached = self.cache.lookup(ids)  # keyed on what is fed
             state = cached.copy() if cached is not None else self.model.new_state()
-            run = _Run(job, self.model, state, n)
+            run = _Run(job, self.model, ids, state, n, healing, healed)
         except Exception as e:  # e.g. settings the sampler refuses: fail this request only
             log.exception("cannot start a request")
             with self._lock:
@@ -269,7 +310,8 @@ class GenerationWorker:
                 job.channel.put("error", f"cannot start generation: {e}")
             return None
         with self._lock:
-            self.counters["prompt_tokens"] += len(ids)
+            self.counters["prompt_tokens"] += len(job.ids)
+            self.counters["healed_prompts"] += bool(healed)
         return run
 
     def _prefill_slice(self, run: _Run) -> None:
@@ -296,7 +338,10 @@ class GenerationWorker:
             run = runs[0]
             tok = run.next
             assert tok is not None
-            nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
+            if run.decoder.hooked:  # a hook (healing) must see the logits
+                nxt = run.decoder.choose(self.model.step(run.state, tok))
+            else:
+                nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
             run.fed.append(tok)
             self._accept(run, nxt)
         else:
@@ -322,15 +367,27 @@ class GenerationWorker:
     def _accept(self, run: _Run, tok: int) -> None:
         """A token was sampled: the decoder keeps it or ends the request; emit its text."""
         run.next = None
+        silent = self._heals(run, tok)
+        if silent:  # it only re-creates the healed bytes: not an answer token, not one of max_tokens
+            run.decoder.max_tokens += 1
         if run.decoder.accept(tok):
             with self._lock:
                 self.counters["generated_tokens"] += 1
-            if tok not in run.job.stop_ids:
+            run.healing_tokens += silent
+            if tok not in run.job.stop_ids and not silent:
                 run.emit("token", run.text.take())  # one event per generated token ("" while held back)
         if run.decoder.finished:
             self._finish(run, run.decoder.reason or StopReason.STOP)
         else:
             run.next = tok
+
+    def _heals(self, run: _Run, tok: int) -> bool:
+        """Is `tok` all inside the bytes healing still has to re-create?"""
+        h = run.healing
+        if h is None or not h.rest:
+            return False
+        b = self.model.require_tokenizer().token_bytes(tok)
+        return bool(b) and h.rest.startswith(b)
 
     def _finish(self, run: _Run, reason: StopReason, error: str | None = None) -> None:
         if run.finish_reason is not None:
@@ -347,7 +404,15 @@ class GenerationWorker:
             self.cache.store(seq, run.snapshots)
             run.snapshots = {}
         tokens = run.decoder.tokens
-        result = Result(run.finish_reason, len(run.ids), len(tokens), run.text.text, run.resumed, tokens)
+        result = Result(
+            run.finish_reason,
+            len(run.job.ids),
+            len(tokens) - run.healing_tokens,
+            run.text.text,
+            run.resumed,
+            tokens,
+            run.healed,
+        )
         with self._lock:
             key = {"cancelled": "cancelled", "error": "errors"}.get(run.finish_reason, "completed")
             self.counters[key] += 1
