@@ -84,7 +84,7 @@ async def one_request(
     client: httpx.AsyncClient, url: str, prompt: str, args: argparse.Namespace, seed: int
 ) -> dict:
     body = {
-        "model": "bench",
+        "model": "default",
         "prompt": prompt,
         "max_tokens": args.max_tokens,
         "stream": True,

@@ -201,3 +201,54 @@ def test_exit_while_busy_is_never_a_signal(raw) -> None:
             want = 1
         code = d.wait(timeout=30)
         assert code == want, (how, code, b"".join(d.stderr)[-1500:])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_large_document_never_freezes_the_daemon_and_its_memory_comes_back() -> None:
+    """A 3 MB file opened and completed at its end, as `G` `o` does: the daemon keeps answering
+    (status, another document) while it tokenizes and prefills; the first completion comes from a
+    window of the text; closing it gives the memory back. Bounds are generous: the timings are
+    benchmarks/bench_large_document.py's."""
+    d = Raw(None, {"minConfidence": 0})  # the shipped model
+    try:
+        d.initialize()
+        d.request(2, "bitmamba/status", {})
+        d.reply(2, timeout=60)
+        base = rss_mb(d.proc.pid)
+        unit = "def f(x):\n    return x + 1\n\n\nclass A:\n    def g(self, y):\n        return self.h(y) * 2\n\n"
+        text = unit * (3_000_000 // len(unit))
+        lines = text.split("\n")
+        t0 = time.perf_counter()
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///big.py", "languageId": "python", "version": 1, "text": text}}})
+        d.request(3, "bitmamba/status", {})
+        d.reply(3)
+        assert time.perf_counter() - t0 < 3.0  # opening does not tokenize on the event loop
+        t1 = time.perf_counter()
+        d.request(4, "textDocument/inlineCompletion", {"textDocument": {"uri": "file:///big.py"},
+                  "position": {"line": len(lines) - 1, "character": 0}, "context": {"triggerKind": 2}})
+        got = d.reply(4, timeout=60)
+        assert "result" in got and time.perf_counter() - t1 < 3.0  # a window answers, not a 3 MB prefill
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///small.py", "languageId": "python", "version": 1, "text": "import os\n"}}})
+        t2 = time.perf_counter()
+        d.request(5, "textDocument/inlineCompletion", {"textDocument": {"uri": "file:///small.py"},
+                  "position": {"line": 1, "character": 0}, "context": {"triggerKind": 2}})
+        d.reply(5, timeout=60)
+        assert time.perf_counter() - t2 < 2.0  # another document is never blocked by the large one
+        time.sleep(3)
+        with_doc = rss_mb(d.proc.pid)
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didClose", "params": {"textDocument": {"uri": "file:///big.py"}}})
+        d.request(6, "bitmamba/status", {})
+        d.reply(6)
+        time.sleep(0.5)
+        after = rss_mb(d.proc.pid)
+        assert after < with_doc and after < base + 150, (base, with_doc, after)
+    finally:
+        d.close()

@@ -229,6 +229,38 @@ async def test_model_load_failure_keeps_the_server_up(tmp_path) -> None:
     assert await stop_server(lc) == 0
 
 
+async def test_a_model_without_a_tokenizer_is_refused_and_fixing_the_setting_recovers(model_path, model_factory) -> None:
+    """Chosen by didChangeConfiguration, a model that takes token ids only: a message, empty
+    answers (never -32603), and back to completions when the setting is fixed."""
+    no_tok, _, _ = model_factory(512, 64, 2, 4, seed=11)  # not GPT-2's vocabulary: no tokenizer found
+    lc, _ = await start_server(None, options={**PLAIN, "maxTokens": 4, "model": str(model_path)})  # no --model override
+    try:
+        uri = "file:///tok.py"
+        open_doc(lc, uri, "def add(a, b):\n    return a")
+        assert await inline(lc, uri, 1, 12) is not None
+        lc.messages.clear()
+        lc.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"model": str(no_tok)}))
+        for _ in range(200):
+            st = await status(lc)
+            if st["model_state"] == "failed":
+                break
+            await asyncio.sleep(0.02)
+        assert st["model_state"] == "failed" and "no tokenizer" in st["model_error"]
+        assert any(m.type == T.MessageType.Error and "no tokenizer" in m.message for m in lc.messages)
+        assert await inline(lc, uri, 1, 12) is None  # an empty answer, not an error
+        lc.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"model": str(model_path)}))
+        st = await wait_for_model(lc)
+        for _ in range(200):
+            st = await status(lc)
+            if st["model_state"] == "ready":
+                break
+            await asyncio.sleep(0.02)
+        assert st["model_state"] == "ready"
+        assert await inline(lc, uri, 1, 12) is not None  # the document was tracked again
+    finally:
+        await stop_server(lc)
+
+
 async def test_malformed_input_gets_errors_and_the_server_goes_on(client, engine) -> None:
     uri = "file:///bad.py"
     text = "a = 1\nb = 2\n"

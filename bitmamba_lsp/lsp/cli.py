@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bitmamba_lsp.lsp.server import create_server
 
+    # Threads that hold the GIL for long (tokenizing a large document) must not starve the event
+    # loop: hand the GIL over every 0.5 ms instead of 5 ms.
+    sys.setswitchinterval(0.0005)
+
     server = create_server(model=args.model, threads=args.threads)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

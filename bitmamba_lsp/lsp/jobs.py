@@ -13,7 +13,7 @@ from bitmamba_lsp.lsp.candidates import Candidate, partial_word
 from bitmamba_lsp.lsp.choice import Option
 from bitmamba_lsp.lsp.completion import CursorContext, StopRule, Suggestion
 from bitmamba_lsp.lsp.documents import TrackedDocument
-from bitmamba_lsp.lsp.prompt import Prompt, prompt_at
+from bitmamba_lsp.lsp.prompt import Prompt, prompt_at, token_prompt
 from bitmamba_lsp.lsp.settings import Settings
 
 
@@ -54,6 +54,7 @@ class CompletionResult:
     total_ms: float
     first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
     options: list[Option] = field(default_factory=list)  # what was weighed (choice.py): diagnostics, fitting
+    approximate: bool = False  # answered from a window: background prefill had not reached the cursor
 
     @property
     def cancelled(self) -> bool:
@@ -102,4 +103,22 @@ def job_at(
         max_tokens=s.max_tokens,
         deadline_ms=s.time_budget_ms,
         **extra,
+    )
+
+
+WINDOW_CHARS = 2000  # text before the cursor read while a large document is still being tokenized
+
+
+def window_job(uri: str, doc: TrackedDocument, offset: int, tokenizer: Any, settings: Settings) -> CompletionJob:
+    """The job of a request in a document whose tokens are not ready yet (opening.py): the model
+    reads a window of the text before the cursor; nothing of it is kept."""
+    s = settings
+    start = doc.text.find("\n", offset - WINDOW_CHARS, offset) + 1 if offset > WINDOW_CHARS else 0  # a line start
+    ids = tokenizer.encode(doc.text[start:offset])
+    return CompletionJob(
+        uri=uri,
+        prompt=token_prompt(ids),
+        ctx=CursorContext.at(doc.text, offset, multiline=s.multiline, max_lines=s.max_lines, safety=s.suffix_safety),
+        max_tokens=s.max_tokens,
+        deadline_ms=s.time_budget_ms,
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bitmamba_lsp import _core
+from bitmamba_lsp.engine.errors import NoTokenizerError
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.documents import clean_start_table
 from bitmamba_lsp.lsp.notify import Notify
@@ -45,7 +46,13 @@ class ModelSlot:
         def loader() -> Model:
             from bitmamba_lsp.engine import load
 
-            return load(name, threads=threads, revision=revision)
+            model = load(name, threads=threads, revision=revision)
+            if model.tokenizer is None:  # refused before the worker installs it
+                raise NoTokenizerError(
+                    f"{model.name} has no tokenizer (a tokenizer.json beside the model file): the daemon "
+                    "completes text, so it needs one"
+                )
+            return model
 
         fut = asyncio.wrap_future(self.worker.load(loader), loop=loop)
         self._ready = fut
@@ -67,10 +74,6 @@ class ModelSlot:
         model = fut.result()
         self.model = model
         self.state = "ready"
-        if model.tokenizer is None:
-            self.state = "failed"
-            self.error = "the model has no tokenizer"
-            return
         self.clean = clean_start_table(model.tokenizer)
         on_ready()
         self.notify(

@@ -26,10 +26,11 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.candidates import WorkspaceLines
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
-from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, job_at
+from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, job_at, window_job
 from bitmamba_lsp.lsp.memory import uri_path
 from bitmamba_lsp.lsp.model_slot import ModelSlot
 from bitmamba_lsp.lsp.notify import Notify
+from bitmamba_lsp.lsp.opening import LARGE_DOCUMENT_CHARS, tokenize_later
 from bitmamba_lsp.lsp.pending import Pending, PendingSuggestions
 from bitmamba_lsp.lsp.prompt import prompt_at
 from bitmamba_lsp.lsp.settings import Settings
@@ -134,12 +135,19 @@ class Session:
             )
         else:
             self.too_big.discard(uri)
-        doc = TrackedDocument(uri, text, version, tok, self.slot.clean)
-        self.docs[uri] = doc
         self.pending.drop(uri)
+        if tok is not None and len(text) > LARGE_DOCUMENT_CHARS:  # tokenized on a thread (opening.py)
+            doc = self.docs[uri] = TrackedDocument(uri, text, version, None, None)
+            tokenize_later(doc, tok, self.slot.clean, lambda: self.docs.get(uri), self._tokenized)
+            return doc
+        doc = self.docs[uri] = TrackedDocument(uri, text, version, tok, self.slot.clean)
         if tok is not None:
             self.worker.doc_opened(uri, doc.ids)
         return doc
+
+    def _tokenized(self, doc: TrackedDocument) -> None:
+        self.docs[doc.uri] = doc
+        self.worker.doc_opened(doc.uri, doc.ids)
 
     def open(self, uri: str, text: str, version: int) -> None:
         self._track(uri, text, version)
@@ -210,7 +218,7 @@ class Session:
             self.stats.from_cache += 1
             return self._completion(doc, offset, cached, encoding, fallback)
         model = await self.slot.wait(self.settings.time_budget_ms / 1000)
-        if model is None or doc.tokenizer is None:
+        if model is None or model.tokenizer is None or doc.uri in self.too_big:
             return None
         if self.settings.debounce_ms:
             await asyncio.sleep(self.settings.debounce_ms / 1000)
@@ -220,7 +228,10 @@ class Session:
         if doc is None:
             return None
         offset = min(offset, len(doc.text))
-        job = job_at(uri, doc, offset, self.settings, self._workspace_lines())
+        if doc.tokenizer is None:  # a large document still being tokenized: a window of its text
+            job = window_job(uri, doc, offset, model.tokenizer, self.settings)
+        else:
+            job = job_at(uri, doc, offset, self.settings, self._workspace_lines())
         self.jobs[uri] = job
         epoch = doc.epoch
         try:

@@ -28,7 +28,7 @@ class Settings:
     time_budget_ms: int = 1500  # generation stops here and returns what it has
     checkpoint_spacing: int = 0  # document checkpoint every N tokens; 0: chosen from the model
     dense_checkpoints: int = 24  # checkpoints after each of the last N prompt tokens
-    memory_budget_mb: int = 1024  # all documents' checkpoints
+    memory_budget_mb: int = 0  # all documents' checkpoints; 0: 512 states of the model, within 64..1024 MB
     completion_fallback: bool = False  # also answer textDocument/completion (Helix, eglot, Zed)
     prefill_on_open: bool = True  # prefill whole documents in the background when opened
     speculative: bool = True  # precompute the suggestion that follows accepting the current one
@@ -88,7 +88,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "time_budget_ms": (10, 600000),
     "checkpoint_spacing": (0, 1 << 20),
     "dense_checkpoints": (1, 4096),
-    "memory_budget_mb": (16, 1 << 20),
+    "memory_budget_mb": (0, 1 << 20),
     "max_document_chars": (1000, 1 << 31),
     "cache_order": (1, 16),
     "cache_alpha": (0.001, 1000),

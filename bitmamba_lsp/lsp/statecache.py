@@ -18,6 +18,7 @@ active document is thinned.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,8 @@ import numpy as np
 from bitmamba_lsp.engine.checkpoints import Track
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.prompt import Prompt
+
+FEED_SLICE = 512  # prompt tokens fed per model call (a cancel or a deadline is seen between two)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Restored:
     logits: np.ndarray  # after the prompt's last token
     resumed: int  # prompt tokens covered by a checkpoint
     fed: int  # prompt tokens fed through the model
+    approximate: bool = False  # from a window of the prompt's last tokens (see StateStore.feed)
 
 
 @dataclass
@@ -91,23 +95,48 @@ class StateStore:
         return sum(d.count() for d in self.docs.values()) * self.state_bytes
 
     def feed(
-        self, model: Model, uri: str, prompt: Prompt, *, speculative: bool = False, incremental: bool = True
-    ) -> Restored:
+        self,
+        model: Model,
+        uri: str,
+        prompt: Prompt,
+        *,
+        speculative: bool = False,
+        incremental: bool = True,
+        max_feed: int | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Restored | None:
         """Restore the deepest checkpoint for `prompt` (leaving at least its last token to feed, for
-        the logits), feed the rest, and keep the new checkpoints of the prompt's plan.
-        incremental=False: no checkpoint is used or kept (a full re-prefill, for benchmarks)."""
+        the logits), feed the rest in slices, and keep the new checkpoints of the prompt's plan.
+        incremental=False: no checkpoint is used or kept (a full re-prefill, for benchmarks).
+
+        max_feed: when more than this many tokens would have to be fed (a place background
+        prefill has not reached yet), answer from a window instead: the prompt's last `max_feed`
+        tokens from an empty state, an approximation that keeps nothing; background prefill is
+        asked to reach the cursor. cancel: checked between slices; None is returned when it says so."""
         ids = prompt.ids
         assert len(ids) > 0
         d = self.get(uri)
         d.touch()
         n, base = d.resume(ids, len(ids) - 1) if incremental else (0, None)
-        state = base.copy() if base is not None else model.new_state()
         rest = ids[n:]
+        if max_feed is not None and len(rest) > max_feed and incremental:
+            d.target = max(d.target, min(prompt.shared, len(d.doc.seq)))
+            window = ids[-max(1, max_feed) :]
+            state = model.new_state()
+            return Restored(state, model.prefill(state, window), 0, len(window), approximate=True)
+        state = base.copy() if base is not None else model.new_state()
         if not incremental:
             return Restored(state, model.prefill(state, rest), n, len(rest))
         plan = prompt.plan(n, self.spacing, self.dense, d.doc.lcp(ids))
         positions = plan.positions
-        logits, snaps = model.prefill_snapshots(state, rest, [p - n for p in positions], logits=True)
+        logits, snaps = None, []
+        for a in range(0, len(rest), FEED_SLICE):  # slices: a cancel is seen within one
+            b = min(len(rest), a + FEED_SLICE)
+            if a and cancel is not None and cancel():
+                return None
+            at = [p - n - a for p in positions if n + a < p <= n + b]
+            logits, more = model.prefill_snapshots(state, rest[a:b], at, logits=b == len(rest))
+            snaps += more
         # Speculative prompts (after accepting the current suggestion) get their own track so they
         # never push out the checkpoints of the prompt the user is actually at.
         track = d.spec if speculative else d.cursor

@@ -38,6 +38,7 @@ class Stats:
             "resumed_from_token": res.resumed_from,
             "generated_tokens": res.tokens,
             "stop": res.stop,
+            "approximate": res.approximate,
         }
 
     def report(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def suggest(
     settings: Settings,
     job: CompletionJob,
     levels: list[Level] | None = None,
+    max_feed: int | None = None,
 ) -> CompletionResult:
     t_start = time.perf_counter()
     if job.cancel.is_set():
@@ -83,9 +84,18 @@ def suggest(
         scoring=bool(job.candidates) or job.known_words is not None or job.partial_word
         or (job.document is not None and settings.line_candidates),
     )
+    deadline = job.submitted + job.deadline_ms / 1000
     restored = store.feed(
-        model, job.uri, prompt, speculative=job.speculative, incremental=settings.incremental_state
+        model,
+        job.uri,
+        prompt,
+        speculative=job.speculative,
+        incremental=settings.incremental_state,
+        max_feed=max_feed,
+        cancel=lambda: job.cancel.is_set() or time.perf_counter() > deadline,
     )
+    if restored is None:
+        return cancelled_result(job)
     t_prefill = time.perf_counter()
     line_start = not job.ctx.line_prefix.strip()
     branching = settings.line_branches > 0 and line_start and settings.min_confidence > 0
@@ -148,4 +158,5 @@ def suggest(
         total_ms=(end - job.submitted) * 1000,
         first_token_at=first_token_at,
         options=options,
+        approximate=restored.approximate,
     )

@@ -27,7 +27,7 @@ import numpy as np
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
-from bitmamba_lsp.lsp.memory import Memory
+from bitmamba_lsp.lsp.memory import Memory, release_memory
 from bitmamba_lsp.lsp.prompt import Prompt
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
@@ -40,6 +40,19 @@ SLICE_SECONDS = 0.008  # background prefill runs in slices about this long
 # model is kept free for the next keystroke (measured: a request arriving right after an edit
 # waited for a running 15 ms slice, first token 16.5 ms median instead of ~3 ms).
 IDLE_SECONDS = 0.05
+# A request feeds at most what this long of prefill takes (at the measured rate); farther from a
+# checkpoint it answers from a window of the last tokens while background prefill catches up.
+FOREGROUND_FEED_SECONDS = 0.1
+MIN_FEED = 64
+
+
+def measure_prefill_rate(model: Model, tokens: int = 128) -> float:
+    """Prompt tokens per second of a batched prefill on this machine (a warm-up run, then one timed)."""
+    ids = np.arange(tokens) % max(1, model.vocab_size)
+    model.prefill(model.new_state(), ids[:16])
+    t0 = time.perf_counter()
+    model.prefill(model.new_state(), ids)
+    return tokens / max(time.perf_counter() - t0, 1e-6)
 
 
 class ModelWorker:
@@ -54,6 +67,7 @@ class ModelWorker:
         self._stop = False
         self.memory: Memory | None = None  # the cache levels (memory.py), with the model
         self.background_tokens = 0
+        self.feed_rate = 1000.0  # prompt tokens/s of a foreground prefill (measured at load)
         self._bg_rate = 1000.0  # background prefill tokens/s (measured as it runs)
         self._last_foreground = 0.0  # time.perf_counter() of the last foreground task
         self._thread = threading.Thread(target=self._run, name="bitmamba-model", daemon=True)
@@ -114,14 +128,23 @@ class ModelWorker:
             else None
         )
         self.model = model
+        self.feed_rate = measure_prefill_rate(model)
+        self._bg_rate = self.feed_rate
         s = self.settings
         self.memory = Memory(s.cache_order, model.vocab_size) if s.cache_model else None
         self.store = StateStore(
             state_bytes=model.state_bytes,
-            budget_bytes=self.settings.memory_budget_mb << 20,
+            budget_bytes=self.budget_for(model),
             spacing=self.spacing_for(model),
             dense=self.settings.dense_checkpoints,
         )
+
+    def budget_for(self, model: Model) -> int:
+        """Bytes for all documents' checkpoints: the setting, or 512 of the model's states (a
+        100k-token document's checkpoints at the 255M shape), within 64 MB .. 1 GB."""
+        if self.settings.memory_budget_mb:
+            return self.settings.memory_budget_mb << 20
+        return int(min(1 << 30, max(64 << 20, 512 * model.state_bytes)))
 
     def spacing_for(self, model: Model) -> int:
         if self.settings.checkpoint_spacing:
@@ -134,7 +157,7 @@ class ModelWorker:
         def do() -> None:
             self.settings = settings
             if self.store is not None and self.model is not None:
-                self.store.budget = settings.memory_budget_mb << 20
+                self.store.budget = self.budget_for(self.model)
                 self.store.spacing = self.spacing_for(self.model)
                 self.store.dense = settings.dense_checkpoints
                 if settings.threads != self.model.threads and settings.threads >= 0:
@@ -180,6 +203,7 @@ class ModelWorker:
                 self.store.drop(uri)
             if self.memory is not None:
                 self.memory.closed(uri)
+            release_memory()
 
         self.post(do)
 
@@ -241,7 +265,8 @@ class ModelWorker:
             if self.memory is not None
             else []
         )
-        return suggest(self.model, self.store, self.healer, self.settings, job, levels)
+        max_feed = max(MIN_FEED, int(self.feed_rate * FOREGROUND_FEED_SECONDS))
+        return suggest(self.model, self.store, self.healer, self.settings, job, levels, max_feed)
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:

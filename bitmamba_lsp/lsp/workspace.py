@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmamba_lsp.lsp.candidates import WorkspaceLines
+from bitmamba_lsp.lsp.opening import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ class WorkspaceReader:
         folders = list(self.folders)
 
         def run() -> None:
+            lower_priority()  # the model's threads go first (opening.py)
             worker.set_workspace_roots(folders)
             lines = WorkspaceLines()
             try:
