@@ -354,7 +354,7 @@ def _report(name: str, error: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bitmamba_lsp.engine.errors import ModelFormatError, ModelNotFoundError
+    from bitmamba_lsp.engine.errors import ModelFormatError, ModelNotFoundError, NoTokenizerError, TokenizerFormatError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ModelNotFoundError, ModelFormatError) as e:
+    except (ModelNotFoundError, ModelFormatError, TokenizerFormatError, NoTokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -62,7 +62,17 @@ class Term:
         shown = text.replace("\n", "⏎")
         if len(shown) > 60:
             shown = shown[:57] + "..."
+        if not self.dim:  # no colours: mark the ghost text
+            return f"‹{shown}›"
         return f"{self.dim}{shown}{self.reset}"
+
+    def legend(self) -> str:
+        ghost = self.ghost("ghost text")
+        return (
+            f"each line: what was typed so far on the line, then {ghost} (the daemon's suggestion, what Tab\n"
+            f"would insert), then the time from the keystroke to the answer; {self.dim}(silent){self.reset} means the\n"
+            "daemon was not sure enough to suggest anything"
+        )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -77,6 +87,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     client = LanguageClient("bitmamba-demo", "0.1")
+
+    @client.feature(T.WINDOW_LOG_MESSAGE)
+    def _log(params: T.LogMessageParams) -> None:  # the daemon's log lines: not the demo's business
+        pass
+
+    @client.feature(T.WINDOW_SHOW_MESSAGE)
+    def _show(params: T.ShowMessageParams) -> None:
+        print(f"daemon: {params.message}", file=sys.stderr)
+
     await client.start_io(*cmd)
     server = client._server
     drain = asyncio.create_task(_drain(server.stderr)) if server and server.stderr else None
@@ -101,7 +120,8 @@ async def run(args: argparse.Namespace) -> int:
             )
         )
         lines = sample.split("\n")
-        print(f"opened a {len(lines)}-line sample file; typing a new function at its end:\n")
+        print(f"opened a {len(lines)}-line sample file; typing a new function at its end.")
+        print(t.legend() + "\n")
         doc = Doc(client, uri, sample)
         latencies = await type_text(doc, TYPED, t, every_key=args.every_key, delay=args.delay_ms / 1000)
         print()
@@ -194,7 +214,7 @@ async def type_text(doc: Doc, text: str, t: Term, every_key: bool, delay: float)
             line_text = doc.text[doc.text.rfind("\n") + 1 :]
             if ch == "\n":
                 line_text = "⏎"
-            ghost = t.ghost(suggestion) if suggestion else f"{t.dim}(no suggestion){t.reset}"
+            ghost = t.ghost(suggestion) if suggestion else f"{t.dim}(silent){t.reset}"
             worst = max(word_ms)
             print(
                 f"  {line_text}{ghost}  {t.green}{ms:5.1f} ms{t.reset} (max {worst:.1f} over {len(word_ms)} keys)"

@@ -141,3 +141,36 @@ def test_a_broken_feature_module_does_not_take_the_cli_down(tmp_path, monkeypatc
         cli.main(["lsp", "--help"])
     assert e.value.code == 0
     assert "--tcp" in capsys.readouterr().out
+
+
+def test_bad_model_inputs_get_one_line_errors(tmp_path: Path) -> None:
+    """A corrupt tokenizer.json beside a model, a FIFO named as a model: one line, exit 1, no
+    traceback, no hang."""
+    import os
+    import shutil
+
+    from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / "model.bin", folder / "model.bin")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"')
+    for target in (folder, tmp_path / "fifo.bin"):
+        if target.suffix == ".bin":
+            os.mkfifo(target)
+        proc = run("generate", "-m", str(target), "def f", "-n", "2", check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr and lines[0].startswith("error:"), proc.stderr
+
+
+def test_demo_prints_a_legend_and_no_client_noise() -> None:
+    from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model.bin").is_file():
+        pytest.skip("no shipped default model")
+    proc = run("demo", "--threads", "1")
+    out = proc.stdout + proc.stderr
+    assert "the daemon's suggestion" in proc.stdout and "‹" in proc.stdout  # the legend, ghost text marked
+    assert "Ignoring notification" not in out
+    assert "daemon status" in proc.stdout

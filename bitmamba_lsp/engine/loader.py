@@ -81,6 +81,8 @@ def load_path(path: Path, opts: LoadOptions | None = None, name: str | None = No
             return fmt.load(found, folder, opts, name or (path.name if path.is_dir() else path.stem))
     if path.is_dir():
         raise ModelNotFoundError(f"no model file (*.bin, or config.json + *.safetensors) in folder {path}")
+    if not path.is_file():  # a FIFO, a socket, a device: never opened (a FIFO would block forever)
+        raise ModelFormatError(f"{path}: not a regular file")
     raise ModelFormatError(f"{path}: unsupported model file type (expected a bitmamba.cpp .bin)")
 
 
