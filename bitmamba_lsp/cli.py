@@ -354,7 +354,12 @@ def _report(name: str, error: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bitmamba_lsp.engine.errors import ModelFormatError, ModelNotFoundError, NoTokenizerError, TokenizerFormatError
+    from bitmamba_lsp.engine.errors import (
+        ModelFormatError,
+        ModelNotFoundError,
+        NoTokenizerError,
+        TokenizerFormatError,
+    )
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
