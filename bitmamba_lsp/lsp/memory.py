@@ -24,6 +24,7 @@ import numpy as np
 from bitmamba_lsp.lsp.cache_model import DocumentCache, Level, NGramIndex
 
 BUILD_SLICE = 4096  # tokens counted per background slice (a few ms)
+SYNC_BUILD = 20_000  # a request completes at most this much of its document's counts (a few ms)
 MAX_DOCUMENT_TOKENS = 500_000  # a larger document gets no cache of its own (~75 MB of counts at most)
 
 
@@ -116,8 +117,8 @@ class Memory:
         work got (the workspace level does: it is read as the files arrive)."""
         out: list[Level] = []
         doc = self.docs.get(uri)
-        if doc is not None and not doc.complete:
-            doc.build(len(doc.ids))
+        if doc is not None and not doc.complete and len(doc.ids) - doc.built <= SYNC_BUILD:
+            doc.build(len(doc.ids))  # else what is counted so far: background slices do the rest
         if workspace and self.workspace.tokens:
             out.append(Level("workspace", self.workspace))
         if open_files and (len(self.docs) > 1 or (doc is None and self.docs)):
