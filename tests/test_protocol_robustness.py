@@ -218,8 +218,11 @@ def test_a_large_document_never_freezes_the_daemon_and_its_memory_comes_back() -
     d = Raw(None, {"minConfidence": 0})  # the shipped model
     try:
         d.initialize()
-        d.request(2, "bitmamba/status", {})
-        d.reply(2, timeout=60)
+        for k in range(600):  # the model is loaded
+            d.request(100 + k, "bitmamba/status", {})
+            if d.reply(100 + k, timeout=60)["result"]["model_state"] != "loading":
+                break
+            time.sleep(0.05)
         base = rss_mb(d.proc.pid)
         unit = "def f(x):\n    return x + 1\n\n\nclass A:\n    def g(self, y):\n        return self.h(y) * 2\n\n"
         text = unit * (3_000_000 // len(unit))

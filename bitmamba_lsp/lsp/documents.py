@@ -149,6 +149,12 @@ class TrackedDocument:
         self.edits: deque[Edit] = deque(maxlen=MAX_EDIT_LOG)
         self._set_text(text)
 
+    def reset_history(self, version: int) -> None:
+        """Forget the edit log (a document built in steps starts its history here)."""
+        self.version = version
+        self.epoch = 0
+        self.edits.clear()
+
     @property
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer the document's tokens come from (None: the document is not tokenized)."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,13 +36,51 @@ def lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-def _low_priority(fn: Callable[..., Any], *args: Any) -> Any:
-    lower_priority()
-    try:
-        return fn(*args)
-    finally:
-        with contextlib.suppress(Exception):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run fn(*args) on a new low-priority daemon thread; its result as an asyncio future. (Not
+    the loop's executor: asyncio.run waits for those threads at exit, and exit must not wait for
+    a 5 MB file's tokens.)"""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def run() -> None:
+        lower_priority()
+        try:
+            result = fn(*args)
+        except BaseException as e:  # delivered to the awaiting task
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, False, e)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(deliver, True, result)
+
+    threading.Thread(target=run, name="bitmamba-tokenize", daemon=True).start()
+    return fut
+
+
+CHUNK_CHARS = 32_768  # text tokenized per step; the thread sleeps between steps
+
+
+def tokenize_in_steps(uri: str, text: str, version: int, tokenizer: Any, clean: np.ndarray | None) -> TrackedDocument:
+    """The document's tokens, built by appending the text a chunk at a time (the document's own
+    incremental tokenization: each append re-tokenizes from the line above it until the tokens
+    realign, so the result equals tokenizing the whole text). Between chunks the thread sleeps:
+    the tokenizer holds the GIL while it works, and the model's thread and the event loop need it
+    (one 5 MB call starved them for seconds)."""
+    end = min(len(text), CHUNK_CHARS)
+    doc = TrackedDocument(uri, text[:end], version, tokenizer, clean)
+    while end < len(text):
+        time.sleep(0.002)
+        nxt = min(len(text), end + CHUNK_CHARS)
+        doc.replace(end, end, text[end:nxt])
+        end = nxt
+    doc.text = text  # the same characters: keep the caller's string (its identity marks "unchanged")
+    doc.reset_history(version)
+    return doc
 
 
 def tokenize_later(
@@ -61,7 +100,7 @@ def tokenize_later(
                 return  # closed or replaced meanwhile
             text, version = doc.text, doc.version
             try:
-                tracked = await asyncio.to_thread(_low_priority, TrackedDocument, doc.uri, text, version, tokenizer, clean)
+                tracked = await in_daemon_thread(tokenize_in_steps, doc.uri, text, version, tokenizer, clean)
             except Exception:
                 log.exception("tokenizing %s failed", doc.uri)
                 return

@@ -253,7 +253,7 @@ class Session:
         text, replaced = res.suggestion.insert_text, res.suggestion.replace_chars
         pending = Pending(anchor=offset, epoch=epoch, segments=[text], item_id=uuid.uuid4().hex[:12])
         self.pending.set(uri, pending)
-        if not fallback and self.settings.speculative:
+        if not fallback and self.settings.speculative and doc.tokenizer is not None:
             self._speculate(doc, offset, pending, text, replaced)
         return self._item(doc, offset, text, replaced, encoding, fallback)
 

@@ -42,7 +42,7 @@ SLICE_SECONDS = 0.008  # background prefill runs in slices about this long
 IDLE_SECONDS = 0.05
 # A request feeds at most what this long of prefill takes (at the measured rate); farther from a
 # checkpoint it answers from a window of the last tokens while background prefill catches up.
-FOREGROUND_FEED_SECONDS = 0.1
+FOREGROUND_FEED_SECONDS = 0.08
 MIN_FEED = 64
 
 
