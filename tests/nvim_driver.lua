@@ -297,7 +297,324 @@ function scenarios.status()
   return { messages = vim.fn.execute('messages'), status = status_sync() }
 end
 
-local order = { 'accept', 'typeover', 'dismiss', 'partial', 'cancel', 'status' }
+-- Every inlineCompletion request's life as Neovim saw it (LspRequest: pending / cancel / complete).
+local lives = {}
+api.nvim_create_autocmd('LspRequest', {
+  callback = function(a)
+    local r = a.data.request
+    if r and r.method == 'textDocument/inlineCompletion' then
+      local l = lives[a.data.request_id] or {}
+      l[#l + 1] = r.type
+      lives[a.data.request_id] = l
+    end
+  end,
+})
+
+--- the requests cancelled after Neovim had their answer (there should be none)
+local function cancelled_after_answer(ids)
+  local bad = {}
+  for _, id in ipairs(ids) do
+    local l = lives[id] or {}
+    local done = false
+    for _, t in ipairs(l) do
+      if t == 'complete' then
+        done = true
+      elseif t == 'cancel' and done then
+        bad[#bad + 1] = id
+      end
+    end
+  end
+  return bad
+end
+
+local function read_file(path, from)
+  local f = path and io.open(path, 'r')
+  if not f then
+    return ''
+  end
+  if from and from > 0 then
+    f:seek('set', from)
+  end
+  local text = f:read('*a')
+  f:close()
+  return text
+end
+
+local function file_size(path)
+  local st = path and vim.uv.fs_stat(path)
+  return st and st.size or 0
+end
+
+local function request_ids_since(first)
+  local ids = {}
+  for id in pairs(lives) do
+    if id >= first then
+      ids[#ids + 1] = id
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
+local function max_request_id()
+  local m = 0
+  for id in pairs(lives) do
+    m = math.max(m, id)
+  end
+  return m
+end
+
+-- a ghost that would run into the code after the cursor (issue 15: `else 0if ...`): with the
+-- suffix-safety rules off the daemon offers mid-line text that does not lead back to the rest of
+-- the line; the plugin must not show (nor insert) it. Then, with the rules on, whatever is
+-- shown at that place must not glue when accepted.
+function scenarios.glue()
+  python_buffer('glue.py', { 'def pick(value, flag):', '    x = 1 if flag else if value else 2' })
+  bitmamba.set_settings({ suffixSafety = false })
+  sleep(50)
+  local col = #'    x = 1 if flag else '
+  api.nvim_win_set_cursor(0, { 2, col })
+  local before = vim.deepcopy(ghost.stats)
+  keys('i') -- insert before `if value else 2`
+  wait_until(function()
+    return ghost.stats.responses > before.responses
+  end, 15000, 'the answer at the mid-line cursor')
+  sleep(100)
+  local s = { unsafe = snapshot(), rejected = ghost.last_rejected, stats_before = before }
+  require('bitmamba.config').options.auto_trigger = false
+  keys('<Tab>') -- nothing shown: a plain Tab
+  s.after_tab = snapshot()
+  keys('<Esc>')
+  require('bitmamba.config').options.auto_trigger = true
+  -- the daemon's own rules (suffixSafety on): ask again at the same place
+  bitmamba.set_settings({ suffixSafety = true })
+  sleep(50)
+  api.nvim_buf_set_lines(0, 1, 2, false, { '    x = 1 if flag else if value else 2' })
+  api.nvim_win_set_cursor(0, { 2, col })
+  local n = ghost.stats.responses
+  keys('i')
+  wait_until(function()
+    return ghost.stats.responses > n
+  end, 15000, 'the answer with suffixSafety on')
+  sleep(50)
+  s.safe = snapshot()
+  if s.safe.visible then
+    keys('<Tab>')
+  end
+  s.safe_after = snapshot()
+  s.stats = vim.deepcopy(ghost.stats)
+  return s
+end
+
+-- the glue rule on its own: {line, cursor column, end column, text}
+function scenarios.glue_rule()
+  local cases = {
+    { '    x = 1 if flag else if value else 2', 23, 23, '0 ' },
+    { '    x = 1 if flag else if value else 2', 23, 23, '0' },
+    { '    x = get(Value)', 11, 11, 'Default' },
+    { 'x = getValue()', 7, 7, 'Default' },
+    { 'call()', 5, 6, 'a, b)' },
+    { 'call(x)', 5, 5, 'a, ' },
+    { 'f(x)', 2, 2, 'y)\nz = g(' },
+    { 'f(x)', 2, 2, 'y\nz' },
+    { 'end', 0, 0, '' },
+  }
+  local out = {}
+  for i, c in ipairs(cases) do
+    out[i] = ghost.glues(c[1], c[2], c[3], c[4])
+  end
+  return { glues = out }
+end
+
+-- a request answered while the user types on: the answer has been read (its handlers wait in
+-- Neovim's event queue) when the keystroke supersedes the request. Cancelling it then would send
+-- $/cancelRequest for a request the daemon has finished ("Cancel notification for unknown message
+-- id" in its log): the plugin must not.
+function scenarios.late_cancel()
+  python_buffer('late.py', { 'import os', '', '', 'def size(path):', '    return os.path.' })
+  keys('A')
+  wait_ghost()
+  require('bitmamba.config').options.auto_trigger = false
+  local log_file = bitmamba.log_file()
+  local log0 = file_size(log_file)
+  local before = vim.deepcopy(ghost.stats)
+  local first = max_request_id() + 1
+  ghost.request()
+  -- let the daemon answer; only fast events run, so the reply is read but not handled yet
+  vim.wait(600, function()
+    return false
+  end, 5, true)
+  local pending_before = vim.deepcopy(lives[first] or {})
+  ghost.schedule(0) -- what a keystroke does: supersede the request in flight
+  sleep(300)
+  require('bitmamba.config').options.auto_trigger = true
+  local ids = request_ids_since(first)
+  local l = {}
+  for _, id in ipairs(ids) do
+    l[#l + 1] = { id = id, events = lives[id] }
+  end
+  return {
+    lives = l,
+    seen_before_keystroke = pending_before,
+    cancelled_after_answer = cancelled_after_answer(ids),
+    stats_before = before,
+    stats = vim.deepcopy(ghost.stats),
+    daemon_log = read_file(log_file, log0),
+  }
+end
+
+-- a typing session: N keystrokes at uneven speed, the daemon's own debounce on (requests are
+-- cancelled while it waits, others answered while the next key arrives); what the LSP log gained
+local function typing_session(n_lines)
+  local log_path = vim.lsp.get_log_path()
+  local size0 = file_size(log_path)
+  local log_file = bitmamba.log_file()
+  local dlog0 = file_size(log_file)
+  local first = max_request_id() + 1
+  python_buffer('session.py', { 'import json', '', '', 'def load(path):', '    with open(path) as f:', '        ' })
+  bitmamba.set_settings({ debounceMs = 30 })
+  sleep(50)
+  keys('A')
+  local gaps = { 5, 40, 90, 15, 120, 25, 60, 8, 200, 35, 30, 45 }
+  local text = ('data = json.load(f)\n        return {k: v for k, v in data.items() if v}\n'):rep(n_lines or 1)
+  local n = 0
+  for ch in text:gmatch('.') do
+    n = n + 1
+    api.nvim_input(ch == '<' and '<lt>' or (ch == '\n' and '<CR>' or ch))
+    sleep(gaps[(n % #gaps) + 1])
+  end
+  sleep(400)
+  keys('<Esc>')
+  sleep(200)
+  bitmamba.set_settings({ debounceMs = 0 })
+  local ids = request_ids_since(first)
+  local counts = { pending = 0, cancel = 0, complete = 0 }
+  for _, id in ipairs(ids) do
+    for _, t in ipairs(lives[id]) do
+      counts[t] = (counts[t] or 0) + 1
+    end
+  end
+  return {
+    keystrokes = n,
+    requests = #ids,
+    events = counts,
+    cancelled_after_answer = cancelled_after_answer(ids),
+    lsp_log = read_file(log_path, size0),
+    daemon_log = read_file(log_file, dlog0),
+    stats = vim.deepcopy(ghost.stats),
+    t_end = vim.uv.hrtime() / 1e6,
+    wall_end = vim.uv.gettimeofday(),
+  }
+end
+
+function scenarios.session()
+  return typing_session(1)
+end
+
+-- :BitmambaStatus! shows every field in a scratch window instead of echoing them
+function scenarios.status_verbose()
+  keys('<Esc>')
+  local msgs = vim.fn.execute('messages')
+  local wins = #api.nvim_list_wins()
+  vim.cmd('BitmambaStatus!')
+  wait_until(function()
+    return vim.fn.bufnr(bitmamba.status_buffer_name) > 0
+  end, 5000, 'the status window')
+  local buf = vim.fn.bufnr(bitmamba.status_buffer_name)
+  local s = {
+    lines = api.nvim_buf_get_lines(buf, 0, -1, false),
+    in_window = vim.fn.bufwinid(buf) ~= -1,
+    windows_added = #api.nvim_list_wins() - wins,
+    mode = api.nvim_get_mode().mode,
+    messages_added = vim.fn.execute('messages'):sub(#msgs + 1),
+    buftype = vim.bo[buf].buftype,
+  }
+  vim.cmd('BitmambaStatus!') -- again: the same window is reused
+  sleep(200)
+  s.windows_after_second = #api.nvim_list_wins() - wins
+  api.nvim_set_current_win(vim.fn.bufwinid(buf))
+  keys('q')
+  s.closed = vim.fn.bufnr(bitmamba.status_buffer_name) == -1 or vim.fn.bufwinid(buf) == -1
+  return s
+end
+
+local function checkhealth()
+  keys('<Esc>')
+  local tab = api.nvim_get_current_tabpage()
+  vim.cmd('checkhealth bitmamba')
+  local lines = api.nvim_buf_get_lines(0, 0, -1, false)
+  if api.nvim_get_current_tabpage() ~= tab then
+    vim.cmd('tabclose')
+  else
+    vim.cmd('bwipeout!')
+  end
+  return lines
+end
+
+function scenarios.health()
+  return { lines = checkhealth() }
+end
+
+local function status_message()
+  local before = vim.fn.execute('messages')
+  vim.cmd('BitmambaStatus')
+  wait_until(function()
+    return vim.fn.execute('messages'):find('bitmamba: ', #before + 1, true) ~= nil
+  end, 5000, ':BitmambaStatus output')
+  return vim.fn.execute('messages'):sub(#before + 1)
+end
+
+-- (BITMAMBA_TEST_MODE=defaults) setup() with the default settings ({}), against a daemon whose
+-- model load waits for $BITMAMBA_TEST_GATE and then fails with the message written there
+function scenarios.defaults()
+  local s = {}
+  python_buffer('defaults.py', { 'import os' })
+  local gate = assert(os.getenv('BITMAMBA_TEST_GATE'))
+  wait_until(function()
+    local st = status_sync()
+    return st and st.model_state == 'loading'
+  end, 10000, 'the model load to start')
+  s.loading = status_sync()
+  s.loading_message = status_message()
+  vim.cmd('BitmambaStatus!')
+  wait_until(function()
+    return vim.fn.bufnr(bitmamba.status_buffer_name) > 0
+  end, 5000, 'the status window')
+  s.loading_verbose = api.nvim_buf_get_lines(vim.fn.bufnr(bitmamba.status_buffer_name), 0, -1, false)
+  vim.cmd('bwipeout! ' .. vim.fn.bufnr(bitmamba.status_buffer_name))
+  s.loading_health = checkhealth()
+  bitmamba.set_settings({}) -- workspace/didChangeConfiguration with the (empty) settings
+  sleep(200)
+  local f = assert(io.open(gate, 'w'))
+  f:write("model 'missing-model.bin' not found (test gate)")
+  f:close()
+  wait_until(function()
+    local st = status_sync()
+    return st and st.model_state == 'failed'
+  end, 10000, 'the model load to fail')
+  s.failed = status_sync()
+  s.failed_message = status_message()
+  s.failed_health = checkhealth()
+  sleep(100)
+  s.daemon_log = read_file(bitmamba.log_file())
+  s.log_file = bitmamba.log_file()
+  s.cmd = bitmamba.daemon_cmd()
+  return s
+end
+
+local mode = os.getenv('BITMAMBA_TEST_MODE') or 'main'
+local order = mode == 'defaults' and { 'defaults' }
+  or { 'accept', 'typeover', 'dismiss', 'partial', 'cancel', 'glue', 'glue_rule', 'late_cancel', 'session', 'status', 'status_verbose', 'health' }
+
+-- what the daemon told the user (window/logMessage, window/showMessage)
+results.server_messages = {}
+for _, method in ipairs({ 'window/logMessage', 'window/showMessage' }) do
+  local orig = vim.lsp.handlers[method]
+  vim.lsp.handlers[method] = function(err, params, ctx)
+    table.insert(results.server_messages, { method = method, type = params.type, message = params.message })
+    return orig(err, params, ctx)
+  end
+end
 
 co = coroutine.create(function()
   bitmamba = require('bitmamba')
@@ -306,13 +623,17 @@ co = coroutine.create(function()
   vim.keymap.set('i', '<M-Right>', function()
     return '<lt>word>'
   end, { expr = true })
-  bitmamba.setup({
-    cmd = server_cmd,
-    debounce_ms = 20,
-    builtin = false,
-    -- cacheOpenFiles off: the test's reference daemon sees one document at a time
-    settings = { debounceMs = 0, maxTokens = 48, cacheOpenFiles = false, minConfidence = 0 },
-  })
+  if mode == 'defaults' then
+    bitmamba.setup({ cmd = server_cmd, debounce_ms = 20, builtin = false }) -- settings: the default {}
+  else
+    bitmamba.setup({
+      cmd = server_cmd,
+      debounce_ms = 20,
+      builtin = false,
+      -- cacheOpenFiles off: the test's reference daemon sees one document at a time
+      settings = { debounceMs = 0, maxTokens = 48, cacheOpenFiles = false, minConfidence = 0 },
+    })
+  end
   results.uses_builtin = bitmamba.uses_builtin()
   results.nvim = tostring(vim.version())
   vim.o.columns = 100
@@ -333,6 +654,8 @@ co = coroutine.create(function()
   local client = ghost.client(0)
   results.offset_encoding = client and client.offset_encoding or nil
   results.stats = ghost.stats
+  results.lsp_log_path = vim.lsp.get_log_path()
+  results.log_file = bitmamba.log_file()
   finish()
 end)
 

@@ -41,10 +41,27 @@ def server_command() -> list[str]:
     return [*cmd, "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def nvim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One headless Neovim session running every scenario of the driver (one daemon, ~5 s)."""
-    tmp = tmp_path_factory.mktemp("nvim")
+# A daemon whose model load waits until the file $BITMAMBA_TEST_GATE exists, then fails with the
+# message written there: the "loading" and "failed" states, for as long as the driver needs them.
+GATED_DAEMON = """
+import os, sys, time
+import bitmamba_lsp.engine as engine
+def load(*args, **kwargs):
+    gate = os.environ["BITMAMBA_TEST_GATE"]
+    t0 = time.monotonic()
+    while not os.path.exists(gate) and time.monotonic() - t0 < 60:
+        time.sleep(0.02)
+    time.sleep(0.05)
+    raise engine.ModelNotFoundError(open(gate).read().strip() if os.path.exists(gate) else "gate timeout")
+engine.load = load
+from bitmamba_lsp.cli import lsp_main
+sys.exit(lsp_main(sys.argv[1:]))
+"""
+
+
+def run_nvim(tmp: Path, cmd: list[str], **env_extra: str) -> dict[str, Any]:
+    """One headless Neovim session running the driver's scenarios; its results, the LSP log and the
+    daemon's log file."""
     work = tmp / "work"
     work.mkdir()
     out = tmp / "out.json"
@@ -52,12 +69,13 @@ def nvim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         **os.environ,
         "BITMAMBA_TEST_OUT": str(out),
         "BITMAMBA_TEST_DIR": str(work),
-        "BITMAMBA_TEST_CMD": json.dumps(server_command()),
+        "BITMAMBA_TEST_CMD": json.dumps(cmd),
         # keep Neovim's state, log and shada out of the user's home
         "XDG_STATE_HOME": str(tmp / "state"),
         "XDG_DATA_HOME": str(tmp / "data"),
         "XDG_CACHE_HOME": str(tmp / "cache"),
         "XDG_CONFIG_HOME": str(tmp / "config"),
+        **env_extra,
     }
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -69,8 +87,30 @@ def nvim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     res = json.loads(out.read_text())
     res["seconds"] = time.monotonic() - t0
     log = tmp / "state" / "nvim" / "lsp.log"
-    res["lsp_log"] = log.read_text()[-3000:] if log.exists() else ""
+    res["lsp_log_full"] = log.read_text() if log.exists() else ""
+    res["lsp_log"] = res["lsp_log_full"][-3000:]
+    daemon_log = Path(res["log_file"]) if res.get("log_file") else None
+    res["daemon_log"] = daemon_log.read_text() if daemon_log and daemon_log.exists() else ""
     return res
+
+
+@pytest.fixture(scope="module")
+def nvim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One headless Neovim session running every scenario of the driver (one daemon, ~15 s)."""
+    return run_nvim(tmp_path_factory.mktemp("nvim"), server_command())
+
+
+@pytest.fixture(scope="module")
+def nvim_defaults_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """setup() with the default settings against a daemon whose model loads until the driver lets it
+    fail (BITMAMBA_TEST_MODE=defaults)."""
+    tmp = tmp_path_factory.mktemp("nvim-defaults")
+    cmd = [sys.executable, "-c", GATED_DAEMON, "--threads", "1"]
+    return run_nvim(tmp, cmd, BITMAMBA_TEST_MODE="defaults", BITMAMBA_TEST_GATE=str(tmp / "gate"))
+
+
+def error_lines(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if ln.startswith("[ERROR]")]
 
 
 def scenario(run: dict[str, Any], name: str) -> dict[str, Any]:
@@ -258,7 +298,148 @@ async def test_typing_on_cancels_the_request_in_flight(nvim_run) -> None:
 async def test_status_command(nvim_run) -> None:
     s = scenario(nvim_run, "status")
     assert "bitmamba: bitmamba-default (ready)" in s["messages"]
+    assert "nil" not in s["messages"]
     st = s["status"]
     # every full accept in the session ran the item's command: the daemon counted each one
     assert st["accepted"] == nvim_run["stats"]["accepted"] >= 3
     assert st["shown"] >= st["accepted"]
+
+
+# ---------------------------------------------------------------- issue 15 item 8
+
+
+async def test_default_settings_are_sent_as_an_object(nvim_defaults_run) -> None:
+    """settings = {} (the default) goes out as {} in initializationOptions and in
+    didChangeConfiguration ({"bitmamba": {}}), not as a JSON list the daemon warns about."""
+    run = nvim_defaults_run
+    scenario(run, "defaults")
+    messages = [m["message"] for m in run["server_messages"]]
+    assert not [m for m in messages if "must be an object" in m or "unknown setting" in m], messages
+    assert run["lsp_log_full"].count("must be an object") == 0
+    assert "unknown setting" not in run["lsp_log_full"]
+
+
+async def test_no_error_lines_in_the_lsp_log_while_typing(nvim_run) -> None:
+    """A typing session (keystrokes at uneven speed, requests cancelled and answered meanwhile) adds
+    no [ERROR] line to Neovim's LSP log; neither does the whole run (the daemon logs to its own
+    file, and no request is cancelled after its answer came)."""
+    s = scenario(nvim_run, "session")
+    assert s["keystrokes"] >= 60 and s["requests"] >= 10
+    assert s["events"]["cancel"] >= 1  # the daemon's debounce kept some in flight: they were cancelled
+    assert s["cancelled_after_answer"] == []
+    assert error_lines(s["lsp_log"]) == [], s["lsp_log"]
+    assert error_lines(nvim_run["lsp_log_full"]) == [], nvim_run["lsp_log_full"][-3000:]
+    # the daemon's log is its own file (--log-file), not stderr
+    assert "--log-file" not in server_command()
+    assert "model bitmamba-default ready" in nvim_run["daemon_log"]
+    late = s["daemon_log"].count("Cancel notification for unknown message id")
+    print(f"session: {s['keystrokes']} keys, {s['requests']} requests, {s['events']}, late cancels in the daemon log: {late}")
+
+
+async def test_an_answered_request_is_not_cancelled(nvim_run) -> None:
+    """The answer is read but not yet handled when a keystroke supersedes the request: the plugin
+    sends no $/cancelRequest for it (the daemon would log "Cancel notification for unknown message
+    id"), and ignores the answer."""
+    s = scenario(nvim_run, "late_cancel")
+    first = s["lives"][0]
+    assert s["seen_before_keystroke"] == ["pending"]  # Neovim had not handled the answer yet
+    assert first["events"] == ["pending", "complete"], s["lives"]  # no cancel
+    assert s["cancelled_after_answer"] == []
+    assert s["stats"]["answered_before_cancel"] == s["stats_before"]["answered_before_cancel"] + 1
+    assert s["stats"]["cancelled"] == s["stats_before"]["cancelled"]
+    assert s["stats"]["shown"] == s["stats_before"]["shown"]  # the superseded answer is not shown
+    assert "unknown message id" not in s["daemon_log"], s["daemon_log"]
+
+
+async def test_a_ghost_that_would_glue_onto_the_code_after_it_is_not_offered(nvim_run) -> None:
+    """Issue 15: `else 0if ...`. At `x = 1 if flag else |if value else 2` the daemon without its
+    suffix-safety rules offers text that does not lead back to the rest of the line; accepted, it
+    would run into `if`. The plugin shows nothing, <Tab> stays a Tab; with the rules on, whatever is
+    shown there does not glue either."""
+    s = scenario(nvim_run, "glue")
+    rej, unsafe = s.get("rejected"), s["unsafe"]
+    line = "    x = 1 if flag else if value else 2"
+    col = len("    x = 1 if flag else ")
+    assert unsafe["cursor"] == [1, col]
+    # nothing shown, and <Tab> is a plain Tab (whitespace), not the suggestion
+    tab = s["after_tab"]["text"].split("\n")[1]
+    assert tab[:col] == line[:col] and tab[col:].strip() == line[col:].strip() and tab != line, tab
+    assert unsafe["marks"] == [] and unsafe.get("visible") is None, unsafe.get("visible")
+    # the daemon's item, as received: inserted as is it would glue onto `if` (the reported defect)
+    assert rej is not None and rej["reason"] == "glue" and rej["after"] == line[col:]
+    glued = line[:col] + rej["text"] + line[col:]
+    assert re.search(r"\w(if value else 2)$", glued), glued
+    assert s["stats"]["glued"] > s["stats_before"]["glued"]
+    # the daemon's own rules
+    after = s["safe_after"]
+    final = after["text"].split("\n")[1]
+    assert final.endswith("if value else 2")
+    head = final[: len(final) - len("if value else 2")]
+    assert head == line[:col] or not re.search(r"[^\W_]$", head), final
+
+
+async def test_the_glue_rule(nvim_run) -> None:
+    """A word character at the end of the ghost right before a word character after it glues, unless
+    the cursor is inside a word already (completing an identifier's middle)."""
+    assert scenario(nvim_run, "glue_rule")["glues"] == [
+        False,  # `else 0 if`: a space separates them
+        True,  # `else 0if`
+        False,  # `get(Value)`: `(` after the cursor
+        False,  # `get|Value`: inside a word, `getDefaultValue` is the point
+        False,  # the range replaces `)`, and `)` ends the text
+        False,  # `call(a, x)`
+        False,  # multi-line: the rest of the line follows `z = g(`
+        True,  # multi-line ending in `z` before `x)`
+        False,  # nothing to insert
+    ]
+
+
+async def test_verbose_status_opens_a_window_instead_of_paging(nvim_run) -> None:
+    """:BitmambaStatus! shows every field in a scratch window (no `-- More --` prompt): the echo
+    area gets nothing, a second call reuses the window, `q` closes it."""
+    s = scenario(nvim_run, "status_verbose")
+    lines = s["lines"]
+    assert lines[0].startswith("bitmamba: bitmamba-default (ready)")
+    assert any(ln.split()[:2] == ["model_state", "ready"] for ln in lines), lines
+    assert any(ln.split()[:1] == ["first_token_ms"] for ln in lines)
+    assert any(ln.split()[:1] == ["daemon_log"] for ln in lines)
+    assert s["in_window"] and s["windows_added"] == 1 and s["windows_after_second"] == 1
+    assert s["buftype"] == "nofile" and s["mode"] == "n"
+    assert s["messages_added"].strip() == "", s["messages_added"]
+    assert s["closed"]
+    assert not any(re.search(r"\bnil\b", ln) for ln in lines)
+
+
+async def test_checkhealth_reports_the_running_model(nvim_run) -> None:
+    s = scenario(nvim_run, "health")
+    text = "\n".join(s["lines"])
+    assert "model bitmamba-default ready" in text, text
+    assert "ERROR" not in text and "WARNING" not in text, text
+    assert "bitmamba-lsp.log" in text  # where the daemon's log is
+
+
+async def test_status_and_health_while_loading_and_after_a_failed_load(nvim_defaults_run) -> None:
+    """Issue 15: `nil (loading) · nil threads`, and :checkhealth all green while the model failed."""
+    run = nvim_defaults_run
+    s = scenario(run, "defaults")
+    assert run["errors"] == [], run["errors"]
+    # loading: the daemon does not know the model's name or threads yet
+    assert s["loading"]["model_state"] == "loading" and s["loading"].get("model") is None
+    msg = s["loading_message"]
+    assert "bitmamba: loading the default model…" in msg, msg
+    assert not re.search(r"\bnil\b", msg), msg
+    assert not any(re.search(r"\bnil\b", ln) for ln in s["loading_verbose"]), s["loading_verbose"]
+    health = "\n".join(s["loading_health"])
+    assert "WARNING the model is still loading" in health, health
+    assert "ERROR" not in health, health
+    # failed
+    assert s["failed"]["model_state"] == "failed"
+    assert "missing-model.bin" in s["failed"]["model_error"]
+    assert "the model failed to load" in s["failed_message"] and "missing-model.bin" in s["failed_message"]
+    assert not re.search(r"\bnil\b", s["failed_message"])
+    health = "\n".join(s["failed_health"])
+    assert re.search(r"ERROR the model failed to load \(the default model\): .*missing-model\.bin", health), health
+    assert "model bitmamba" not in health.split("ERROR", 1)[1].split("\n", 1)[0]
+    # the failure is in the daemon's log file, and the log file was passed on the command line
+    assert s["cmd"][-2:] == ["--log-file", s["log_file"]]
+    assert "could not be loaded" in run["daemon_log"]

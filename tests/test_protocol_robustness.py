@@ -173,6 +173,26 @@ def test_lf_only_line_ends_and_lowercase_headers_are_read(raw) -> None:
     assert "result" in d.reply(6)
 
 
+def test_a_cancel_for_an_answered_request_is_not_a_warning(raw) -> None:
+    """Issue 15 item 8: an editor cancels a request whose answer is already on its way (the normal
+    race); pygls warned on each ("Cancel notification for unknown message id"), one log line per
+    keystroke in Neovim's log as [ERROR]."""
+    d = raw()
+    d.initialize()
+    d.request(2, "bitmamba/status", {})
+    assert "result" in d.reply(2)
+    for _ in range(3):
+        d.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}})
+    d.request(3, "bitmamba/status", {})  # still answering, and the cancels were read before it
+    assert "result" in d.reply(3)
+    d.request(4, "shutdown")
+    d.reply(4)
+    d.send({"jsonrpc": "2.0", "method": "exit"})
+    assert d.wait() == 0
+    err = b"".join(d.stderr).decode(errors="replace")
+    assert "unknown message id" not in err and "cancelRequest" not in err, err
+
+
 def test_exit_while_busy_is_never_a_signal(raw) -> None:
     """shutdown + exit during background prefill of a large file, exit during a generation, end
     of input during a generation: exit codes 0 / 1 / 1, never a signal."""

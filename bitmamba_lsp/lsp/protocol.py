@@ -10,16 +10,22 @@
   `initialize` gets ServerNotInitialized (-32002); after `shutdown`, a request gets InvalidRequest
   (pygls would leave it unanswered and the client waiting); `exit` ends the process with 0 after a
   `shutdown` and 1 without one (`exit_code`, read by lsp/cli.py).
+- A `$/cancelRequest` for a request already answered is the normal race of a client cancelling
+  while the answer is on its way (the specification allows it): logged at debug level, where
+  pygls warns on every one and an editor's log grows with each keystroke.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.protocol.json_rpc import RPCRequest
+
+log = logging.getLogger(__name__)
 
 
 class JsonRpcServerNotInitialized(JsonRpcException):
@@ -68,6 +74,12 @@ class BitmambaProtocol(LanguageServerProtocol):
             )
             return
         super().handle_message(message)
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        if msg_id not in self._request_futures:
+            log.debug("$/cancelRequest for %r, which is already answered", msg_id)
+            return
+        super()._handle_cancel_notification(msg_id)
 
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args: Any):  # type: ignore[override]

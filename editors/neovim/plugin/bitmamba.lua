@@ -11,7 +11,7 @@ end
 
 cmd('BitmambaStatus', function(a)
   require('bitmamba').show_status(a.bang)
-end, { bang = true, desc = "Show bitmamba-lsp's status (! for every field)" })
+end, { bang = true, desc = "Show bitmamba-lsp's status (!: every field, in a window)" })
 cmd('BitmambaRestart', function()
   require('bitmamba').restart()
 end, { desc = 'Restart bitmamba-lsp' })

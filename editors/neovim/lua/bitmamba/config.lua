@@ -10,6 +10,8 @@
 ---@field filetypes string[]|nil     filetypes to attach to (nil: every file buffer with a filetype)
 ---@field exclude_filetypes string[] never attach to these
 ---@field settings table             daemon settings (camelCase), sent as initializationOptions
+---@field log_file string|false      the daemon's own log (`--log-file`); false: its stderr, which Neovim
+---                                  records as [ERROR] lines in the LSP log
 ---@field debounce_ms integer        wait this long after the last keystroke before asking
 ---@field auto_trigger boolean       ask while typing (false: only with keymaps.trigger)
 ---@field builtin boolean|'auto'     'auto': use vim.lsp.inline_completion on Neovim >= 0.12
@@ -24,6 +26,7 @@ M.defaults = {
   filetypes = nil,
   exclude_filetypes = { 'help', 'gitcommit', 'gitrebase', 'netrw', 'TelescopePrompt', 'oil', 'qf' },
   settings = {},
+  log_file = vim.fs.joinpath(vim.fn.stdpath('log'), 'bitmamba-lsp.log'),
   debounce_ms = 75,
   auto_trigger = true,
   builtin = 'auto',

@@ -35,10 +35,31 @@ M.client_name = 'bitmamba'
 local bufs = {}
 
 -- Counters (tests and :BitmambaStatus read them).
-M.stats = { requests = 0, responses = 0, shown = 0, cancelled = 0, stale = 0, accepted = 0, partial = 0 }
+M.stats = {
+  requests = 0,
+  responses = 0,
+  shown = 0,
+  cancelled = 0,
+  answered_before_cancel = 0, -- superseded after its answer arrived: no $/cancelRequest sent
+  stale = 0,
+  glued = 0, -- not shown: it would run into the code after the cursor
+  errors = 0,
+  accepted = 0,
+  partial = 0,
+}
+---@type table|nil the daemon's last error answer to a suggestion request (:checkhealth shows it)
+M.last_error = nil
 M.enabled = true
 ---@type bitmamba.Item|nil the last item received from the server (kept after accept, for inspection)
 M.last_item = nil
+
+--- nil or 0: the current buffer
+local function resolve(bufnr)
+  if not bufnr or bufnr == 0 then
+    return api.nvim_get_current_buf()
+  end
+  return bufnr
+end
 
 local function state(bufnr)
   local st = bufs[bufnr]
@@ -143,7 +164,7 @@ end
 
 --- The suggestion text still to be inserted at the cursor (nil when none is shown).
 function M.visible(bufnr)
-  bufnr = bufnr or api.nvim_get_current_buf()
+  bufnr = resolve(bufnr)
   local st = bufs[bufnr]
   if not st or not st.item or not st.extmark then
     return nil
@@ -152,7 +173,7 @@ function M.visible(bufnr)
 end
 
 function M.dismiss(bufnr)
-  bufnr = bufnr or api.nvim_get_current_buf()
+  bufnr = resolve(bufnr)
   local st = bufs[bufnr]
   if not st then
     return
@@ -161,17 +182,52 @@ function M.dismiss(bufnr)
   clear_mark(bufnr, st)
 end
 
+--- Would `text`, inserted at the cursor (byte column `col` of `line`) in place of the columns up to
+--- `end_col`, run into the code after it? It does when it ends in a word character right before a
+--- word character (`else 0` before `if value` reads `else 0if value`), unless the cursor already
+--- sits inside a word there (`first_|name`: completing inside an identifier joins by design).
+---@return boolean
+function M.glues(line, col, end_col, text)
+  local after = line:sub(end_col + 1, end_col + 1)
+  if after == '' or not after:match('[%w_]') then
+    return false
+  end
+  local last = text:match('[^\n]*$'):sub(-1)
+  if last == '' or not last:match('[%w_]') then
+    return false
+  end
+  local before = col > 0 and line:sub(col, col) or ''
+  local inside_word = before:match('[%w_]') ~= nil and not text:find('\n', 1, true)
+  return not inside_word
+end
+
+---@type table|nil the last item not shown because it would glue (tests, :BitmambaStatus!)
+M.last_rejected = nil
+
+--- Stop waiting for the request in flight. The $/cancelRequest is sent one event-loop turn later,
+--- and only if Neovim has not received the answer meanwhile: a reply that was already read has
+--- its handlers queued ahead of it, and a cancel for an answered request only makes the daemon
+--- log "unknown message id".
 local function cancel(bufnr, st)
   if st.timer then
     st.timer:stop()
   end
   if st.req_id then
-    local client = vim.lsp.get_client_by_id(st.req_client)
-    if client then
-      client:cancel_request(st.req_id)
-      M.stats.cancelled = M.stats.cancelled + 1
-    end
-    st.req_id = nil
+    local id, client_id = st.req_id, st.req_client
+    st.req_id = nil -- the handler ignores the answer from now on
+    vim.schedule(function()
+      local client = vim.lsp.get_client_by_id(client_id)
+      if not client then
+        return
+      end
+      local r = client.requests[id]
+      if r and r.type == 'pending' then
+        client:cancel_request(id)
+        M.stats.cancelled = M.stats.cancelled + 1
+      else
+        M.stats.answered_before_cancel = M.stats.answered_before_cancel + 1
+      end
+    end)
   end
 end
 
@@ -216,6 +272,11 @@ local function on_result(bufnr, st, client, result, req)
   if start_col > col or end_col < col then
     return
   end
+  if M.glues(line, col, end_col, text) then
+    M.stats.glued = M.stats.glued + 1
+    M.last_rejected = { reason = 'glue', text = text, after = line:sub(end_col + 1), row = row, col = start_col }
+    return
+  end
   st.item = {
     client_id = client.id,
     row = row,
@@ -238,7 +299,7 @@ end
 
 --- Ask the server for a suggestion at the cursor now.
 function M.request(bufnr)
-  bufnr = bufnr or api.nvim_get_current_buf()
+  bufnr = resolve(bufnr)
   local st = state(bufnr)
   cancel(bufnr, st)
   local client = M.client(bufnr)
@@ -263,8 +324,11 @@ function M.request(bufnr)
     end
     st.req_id = nil
     if err then
+      M.stats.errors = M.stats.errors + 1
+      M.last_error = err
       return
     end
+    M.last_error = nil
     on_result(bufnr, st, client, result, req)
   end, bufnr)
   if ok then
@@ -277,7 +341,7 @@ end
 
 --- Ask after `debounce_ms` of quiet (each call restarts the wait and cancels what is in flight).
 function M.schedule(bufnr)
-  bufnr = bufnr or api.nvim_get_current_buf()
+  bufnr = resolve(bufnr)
   local st = state(bufnr)
   cancel(bufnr, st)
   if not config.options.auto_trigger or not M.enabled then
@@ -360,7 +424,7 @@ end
 ---@param how 'all'|'word'|'line'
 ---@return boolean accepted
 function M.accept(how, bufnr)
-  bufnr = bufnr or api.nvim_get_current_buf()
+  bufnr = resolve(bufnr)
   local st = bufs[bufnr]
   if not st or not st.item or not st.extmark then
     return false

@@ -42,6 +42,51 @@ function M.client(bufnr)
   return clients[1]
 end
 
+--- `t` as a JSON object: an empty Lua table would be encoded as `[]`, which the daemon rejects
+--- ("settings must be an object").
+local function as_object(t)
+  if type(t) ~= 'table' or next(t) == nil then
+    return vim.empty_dict()
+  end
+  return t
+end
+
+--- The daemon command: `cmd`, plus `--log-file` (unless `log_file` is false, `cmd` already names
+--- one, or `cmd` is a function). Neovim records every line a server writes on stderr as an
+--- [ERROR] in its LSP log; the daemon's own log goes to its file instead.
+function M.daemon_cmd()
+  local opts = config.options
+  local cmd = opts.cmd
+  if type(cmd) ~= 'table' or not opts.log_file then
+    return cmd
+  end
+  for _, a in ipairs(cmd) do
+    if a == '--log-file' or a:match('^%-%-log%-file=') then
+      return cmd
+    end
+  end
+  vim.fn.mkdir(vim.fs.dirname(opts.log_file), 'p')
+  return vim.list_extend(vim.deepcopy(cmd), { '--log-file', opts.log_file })
+end
+
+--- The daemon's log file, or nil when it logs to stderr (Neovim's LSP log).
+function M.log_file()
+  local cmd = M.daemon_cmd()
+  if type(cmd) ~= 'table' then
+    return nil
+  end
+  for i, a in ipairs(cmd) do
+    if a == '--log-file' then
+      return cmd[i + 1]
+    end
+    local v = a:match('^%-%-log%-file=(.*)$')
+    if v then
+      return v
+    end
+  end
+  return nil
+end
+
 --- Start the daemon (if needed) and attach it to `bufnr`.
 function M.attach(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
@@ -51,9 +96,9 @@ function M.attach(bufnr)
   local opts = config.options
   return vim.lsp.start({
     name = M.name,
-    cmd = opts.cmd,
+    cmd = M.daemon_cmd(),
     root_dir = vim.fs.root(bufnr, { '.git' }) or vim.fn.getcwd(),
-    init_options = opts.settings,
+    init_options = as_object(opts.settings),
     -- One daemon for every buffer: the model is loaded once.
     reuse_client = function(client, cfg)
       return client.name == cfg.name
@@ -136,9 +181,9 @@ end
 --- Change daemon settings at run time (workspace/didChangeConfiguration).
 ---@param settings table camelCase keys, e.g. { maxTokens = 32, multiline = false }
 function M.set_settings(settings)
-  config.options.settings = vim.tbl_extend('force', config.options.settings or {}, settings)
+  config.options.settings = vim.tbl_extend('force', config.options.settings or {}, settings or {})
   for _, client in ipairs(vim.lsp.get_clients({ name = M.name })) do
-    client:notify('workspace/didChangeConfiguration', { settings = { bitmamba = config.options.settings } })
+    client:notify('workspace/didChangeConfiguration', { settings = { bitmamba = as_object(config.options.settings) } })
   end
 end
 
@@ -155,42 +200,179 @@ function M.status(cb)
   end)
 end
 
+local function present(v)
+  return v ~= nil and v ~= vim.NIL
+end
+
 local function ms(p)
-  return type(p) == 'table' and string.format('%.1f', p.p50) or '-'
+  return type(p) == 'table' and present(p.p50) and string.format('%.1f', p.p50) or '-'
 end
 
---- One line for the status (also used by statusline components).
+--- The model the user asked for (settings.model, or --model in cmd); nil: the default model.
+function M.wanted_model()
+  local m = (config.options.settings or {}).model
+  if present(m) and m ~= '' then
+    return tostring(m)
+  end
+  local cmd = config.options.cmd
+  if type(cmd) == 'table' then
+    for i, a in ipairs(cmd) do
+      if (a == '--model' or a == '-m') and cmd[i + 1] then
+        return cmd[i + 1]
+      end
+      local v = a:match('^%-%-model=(.+)$')
+      if v then
+        return v
+      end
+    end
+  end
+  return nil
+end
+
+--- One line for the status (also used by statusline components). Fields the daemon does not know
+--- yet (the model's name and threads while it loads) are left out, never printed as nil.
 function M.format_status(s)
-  return string.format(
-    'bitmamba: %s (%s) · %s · %s threads · %d docs · accepted %d/%d · first token p50 %s ms · total p50 %s ms',
-    tostring(s.model),
-    tostring(s.model_state),
-    tostring(s.simd),
-    tostring(s.threads),
-    s.documents or 0,
-    s.accepted or 0,
-    s.shown or 0,
-    ms(s.first_token_ms),
-    ms(s.total_ms)
-  )
+  local state = present(s.model_state) and tostring(s.model_state) or 'unknown'
+  local model = present(s.model) and tostring(s.model) or nil
+  local wanted = M.wanted_model() or 'the default model'
+  local head
+  if state == 'ready' then
+    head = (model or wanted) .. ' (ready)'
+  elseif state == 'loading' then
+    head = 'loading ' .. wanted .. '…'
+    if model and model ~= wanted then
+      head = head .. ' (' .. model .. ' answers meanwhile)'
+    end
+  elseif state == 'failed' then
+    head = 'the model failed to load (' .. wanted .. ')'
+  elseif state == 'not loaded' then
+    head = 'starting (' .. wanted .. ' not loaded yet)'
+  else
+    head = 'model ' .. state
+  end
+  local parts = { 'bitmamba: ' .. head }
+  if present(s.simd) then
+    parts[#parts + 1] = tostring(s.simd)
+  end
+  if present(s.threads) then
+    parts[#parts + 1] = tostring(s.threads) .. ' threads'
+  end
+  parts[#parts + 1] = string.format('%d docs', present(s.documents) and s.documents or 0)
+  local shown = present(s.shown) and s.shown or 0
+  if state == 'ready' or shown > 0 then
+    parts[#parts + 1] = string.format('accepted %d/%d', present(s.accepted) and s.accepted or 0, shown)
+    parts[#parts + 1] = string.format('first token p50 %s ms', ms(s.first_token_ms))
+    parts[#parts + 1] = string.format('total p50 %s ms', ms(s.total_ms))
+  end
+  return table.concat(parts, ' · ')
 end
 
---- :BitmambaStatus (bang: every field)
+local function value_text(v)
+  if not present(v) then
+    return '-'
+  elseif type(v) == 'table' then
+    return vim.inspect(v, { newline = ' ', indent = '' })
+  end
+  return tostring(v)
+end
+
+--- Every line of the verbose status: the summary, the model error, each field of the daemon's
+--- status, then the plugin's own counters.
+function M.status_lines(s)
+  local lines = { M.format_status(s) }
+  if present(s.model_error) then
+    for _, l in ipairs(vim.split('model error: ' .. tostring(s.model_error), '\n', { plain = true })) do
+      lines[#lines + 1] = l
+    end
+  end
+  lines[#lines + 1] = ''
+  lines[#lines + 1] = 'daemon (bitmamba/status):'
+  local keys = vim.tbl_keys(s)
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    lines[#lines + 1] = string.format('  %-28s %s', k, value_text(s[k]))
+  end
+  lines[#lines + 1] = ''
+  lines[#lines + 1] = 'plugin:'
+  local stats = ghost.stats
+  local skeys = vim.tbl_keys(stats)
+  table.sort(skeys)
+  for _, k in ipairs(skeys) do
+    lines[#lines + 1] = string.format('  %-28s %s', k, value_text(stats[k]))
+  end
+  lines[#lines + 1] = string.format('  %-28s %s', 'ghost_text', M.uses_builtin() and 'vim.lsp.inline_completion' or 'bitmamba.nvim')
+  lines[#lines + 1] = string.format('  %-28s %s', 'daemon_log', M.log_file() or "stderr (Neovim's LSP log)")
+  if ghost.last_error then
+    lines[#lines + 1] = string.format('  %-28s %s', 'last_error', value_text(ghost.last_error.message or ghost.last_error))
+  end
+  return lines
+end
+
+M.status_buffer_name = 'bitmamba://status'
+
+--- Show `lines` in a scratch window (reused when it is open; `q` closes it).
+local function show_scratch(lines)
+  local buf = vim.fn.bufnr(M.status_buffer_name)
+  local win = buf > 0 and vim.fn.bufwinid(buf) or -1
+  if win == -1 then
+    buf = api.nvim_create_buf(false, true)
+    api.nvim_buf_set_name(buf, M.status_buffer_name)
+    vim.bo[buf].bufhidden = 'wipe'
+    vim.bo[buf].filetype = 'bitmamba-status'
+    win = api.nvim_open_win(buf, true, {
+      split = 'below',
+      win = -1,
+      height = math.max(3, math.min(#lines, math.floor(vim.o.lines / 2))),
+    })
+    vim.keymap.set('n', 'q', '<Cmd>close<CR>', { buffer = buf, nowait = true, desc = 'close' })
+  else
+    api.nvim_set_current_win(win)
+  end
+  vim.bo[buf].modifiable = true
+  api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  vim.bo[buf].modifiable = false
+  vim.bo[buf].modified = false
+  api.nvim_win_set_cursor(win, { 1, 0 })
+  return buf, win
+end
+
+--- :BitmambaStatus (bang: every field, in a scratch window: nothing to page through)
 function M.show_status(verbose)
   M.status(function(err, s)
     if err or not s then
       vim.notify('bitmamba: ' .. (err and err.message or 'no status'), vim.log.levels.WARN)
       return
     end
-    local chunks = { { M.format_status(s) } }
-    if s.model_error ~= vim.NIL and s.model_error then
-      chunks[#chunks + 1] = { '\nerror: ' .. s.model_error, 'ErrorMsg' }
-    end
     if verbose then
-      chunks[#chunks + 1] = { '\n' .. vim.inspect(s) }
+      show_scratch(M.status_lines(s))
+      return
+    end
+    local chunks = { { M.format_status(s) } }
+    if present(s.model_error) then
+      chunks[#chunks + 1] = { '\nerror: ' .. tostring(s.model_error), 'ErrorMsg' }
     end
     api.nvim_echo(chunks, true, {})
   end)
+end
+
+--- The daemon's status, waiting up to `timeout_ms` (for :checkhealth).
+---@return table|nil status, string|nil error
+function M.status_sync(timeout_ms)
+  local client = M.client() or vim.lsp.get_clients({ name = M.name })[1]
+  if not client then
+    return nil, 'bitmamba-lsp is not running'
+  end
+  local resp, err = client:request_sync('bitmamba/status', vim.NIL, timeout_ms or 3000)
+  if not resp then
+    return nil, 'no answer to bitmamba/status (' .. tostring(err or 'the client has stopped') .. ')'
+  end
+  if resp.err then
+    return nil, 'bitmamba/status failed: ' .. tostring(resp.err.message or resp.err)
+  end
+  if type(resp.result) ~= 'table' then
+    return nil, 'bitmamba/status gave no status'
+  end
+  return resp.result, nil
 end
 
 function M.restart()
