@@ -53,6 +53,26 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--heldout-permille", type=int, default=30, help="files held out for evaluation, per mille"
     )
     src.add_argument(
+        "--packages",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="FILE",
+        help="add pinned PyPI/npm source packages (a JSON list; no FILE: the shipped "
+        "train/registry_packages.json), downloaded once into ~/.cache/bitmamba/corpus, "
+        "license checked per package, held out by package",
+    )
+    src.add_argument("--package-cache", default=None, metavar="DIR", help="where packages are downloaded")
+    src.add_argument(
+        "--heldout-package-permille", type=int, default=150, help="registry packages held out whole, per mille"
+    )
+    src.add_argument(
+        "--fim-rate",
+        type=float,
+        default=0.0,
+        help="share of training pieces in fill-in-the-middle form (e.g. 0.7; adds the FIM sentinel tokens)",
+    )
+    src.add_argument(
         "--group-cap-mb",
         type=float,
         default=3.0,
@@ -128,10 +148,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"bitmamba train: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    from . import registry
     from .trainer import TrainConfig, train
 
-    if not (args.corpus or args.stdlib or args.site_packages):
-        print("bitmamba train: give --corpus DIR (or --stdlib / --site-packages)", file=sys.stderr)
+    if not (args.corpus or args.stdlib or args.site_packages or args.packages):
+        print("bitmamba train: give --corpus DIR (or --stdlib / --site-packages / --packages)", file=sys.stderr)
         return 2
     init = None if args.from_scratch else args.init
     if init is not None and init.lower() == "default":
@@ -149,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         heldout_permille=args.heldout_permille,
         group_cap_mb=args.group_cap_mb or None,
         init=init,
+        packages=(str(registry.DEFAULT_LIST) if args.packages == "default" else args.packages),
+        package_cache=args.package_cache,
+        heldout_package_permille=args.heldout_package_permille,
+        fim_rate=args.fim_rate,
         vocab_size=args.vocab_size,
         d_model=args.d_model,
         n_layers=args.n_layers,

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_EXTENSIONS = (".py",)
+CODE_EXTENSIONS = (".py", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".cts", ".tsx")
+REGISTRY_GROUPS = ("pypi:", "npm:")
 GENERATED_RE = re.compile(
     r"auto-?generated|generated (?:by|from|automatically)|do not edit|don't edit|@generated", re.IGNORECASE
 )
@@ -65,7 +67,10 @@ SKIP_DIRS = {
     ".vscode",
 }
 # Distributions never used for the default corpus, whatever their license.
-EXCLUDED_DISTRIBUTIONS = {"bitmamba-lsp", "bitmamba_lsp"}
+# The usefulness benchmark's held-out packages (benchmarks/bench_usefulness.py) are excluded by name
+# from every source, so a model trained here never saw them.
+BENCHMARK_PACKAGES = {"toolz", "tabulate", "glom", "boltons", "cachetools", "marshmallow"}
+EXCLUDED_DISTRIBUTIONS = {"bitmamba-lsp", "bitmamba_lsp"} | BENCHMARK_PACKAGES
 
 # SPDX identifiers (and license-classifier / free-text names) accepted as permissive.
 PERMISSIVE_SPDX = {
@@ -114,7 +119,8 @@ class CorpusOptions:
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     min_chars: int = 128  # non-blank characters
     max_bytes: int = 256 * 1024
-    max_line_chars: int = 1000  # any longer line: data, not code
+    max_line_chars: int = 1000  # any longer line: data, not code (or minified)
+    heldout_package_permille: int = 150  # registry packages held out whole (by package name)
     long_line_chars: int = 200
     max_long_line_fraction: float = 0.1
     group_cap_bytes: int | None = 3 * 1024 * 1024
@@ -339,6 +345,38 @@ def iter_site_packages(opts: CorpusOptions, skipped: Counter) -> Iterator[tuple[
                     yield f"site-packages/{rel}", p, f"dist:{dist}", lic
 
 
+def iter_registry_packages(
+    packages, cache: Path, opts: CorpusOptions, skipped: Counter, log=None
+) -> Iterator[tuple[str, Path, str, str]]:
+    """Files of pinned PyPI / npm packages (see :mod:`.registry`) with a permissive license."""
+    from . import registry
+
+    for pkg in packages:
+        if pkg.name.lower() in EXCLUDED_DISTRIBUTIONS:
+            skipped["excluded:" + pkg.group] += 1
+            continue
+        try:
+            root = registry.fetch_package(pkg, cache)
+        except Exception as e:  # a registry that cannot be reached: the package is left out, said
+            skipped["unavailable:" + pkg.group] += 1
+            if log:
+                log(f"corpus: {pkg.group} {pkg.version}: not available ({e})")
+            continue
+        ok, lic = license_is_permissive(registry.metadata_text(pkg, root))
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS - {"dist", "build"})
+            for fn in sorted(filenames):
+                if fn.endswith(opts.extensions) and not fn.endswith((".min.js", ".min.mjs", ".bundle.js")):
+                    files.append(Path(dirpath) / fn)
+        if not ok:
+            skipped["license:" + pkg.group] += len(files)
+            continue
+        for p in files:
+            rel = p.relative_to(root).as_posix()
+            yield f"{pkg.registry}/{pkg.name}/{rel}", p, pkg.group, lic
+
+
 def iter_directory(
     root: Path, opts: CorpusOptions, label: str | None = None
 ) -> Iterator[tuple[str, Path, str, str]]:
@@ -361,6 +399,8 @@ def build_corpus(
     stdlib: bool = False,
     site_packages: bool = False,
     directories: Iterable[str | os.PathLike[str]] = (),
+    packages: Iterable = (),
+    package_cache: str | os.PathLike[str] | None = None,
     options: CorpusOptions | None = None,
     log=None,
 ) -> Corpus:
@@ -383,6 +423,16 @@ def build_corpus(
             raise FileNotFoundError(f"{d}: not a directory")
         corpus.sources.append(str(d.resolve()))
         candidates += iter_directory(d, opts)
+    packages = list(packages)
+    if packages:
+        from .registry import DEFAULT_CACHE
+
+        corpus.sources.append(
+            "registry packages (held out by package): "
+            + ", ".join(f"{p.registry}:{p.name}=={p.version}" for p in packages)
+        )
+        cache = Path(package_cache) if package_cache else DEFAULT_CACHE
+        candidates += iter_registry_packages(packages, cache, opts, corpus.skipped, log)
     candidates.sort(key=lambda c: (c[2], c[0]))
 
     seen: set[str] = set()
@@ -424,7 +474,10 @@ def build_corpus(
                 corpus.skipped["group_cap"] += 1
                 continue
             total += doc.n_bytes
-            doc.split = "heldout" if heldout(doc.name, opts.heldout_permille) else "train"
+            if group.startswith(REGISTRY_GROUPS):  # a registry package is held out whole
+                doc.split = "heldout" if heldout(group, opts.heldout_package_permille) else "train"
+            else:
+                doc.split = "heldout" if heldout(doc.name, opts.heldout_permille) else "train"
             corpus.documents.append(doc)
     corpus.documents.sort(key=lambda d: d.name)
     if log:

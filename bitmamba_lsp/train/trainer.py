@@ -61,6 +61,11 @@ class TrainConfig:
     heldout_permille: int = 30
     group_cap_mb: float | None = 3.0
     init: str | None = None
+    packages: str | None = None  # a pinned registry package list (train/registry.py); None: none
+    package_cache: str | None = None
+    heldout_package_permille: int = 150
+    fim_rate: float = 0.0  # share of pieces in fill-in-the-middle form (0: left to right only)
+    fim_line_start: float = 0.75
     vocab_size: int = 4096
     d_model: int = 256
     n_layers: int = 4
@@ -117,9 +122,13 @@ def _file_digest(path: Path) -> str:
 
 
 def prepare_corpus(cfg: TrainConfig, run: Path, log) -> corpus_mod.Corpus:
+    from . import registry
+
+    packages = registry.read_list(cfg.packages) if cfg.packages else []
     opts = corpus_mod.CorpusOptions(
         extensions=tuple(cfg.extensions),
         heldout_permille=cfg.heldout_permille,
+        heldout_package_permille=cfg.heldout_package_permille,
         group_cap_bytes=None if cfg.group_cap_mb is None else int(cfg.group_cap_mb * 1024 * 1024),
     )
     key = json.dumps(
@@ -127,6 +136,7 @@ def prepare_corpus(cfg: TrainConfig, run: Path, log) -> corpus_mod.Corpus:
             "corpus": [str(Path(c).resolve()) for c in cfg.corpus],
             "stdlib": cfg.stdlib,
             "site_packages": cfg.site_packages,
+            "packages": [[p.registry, p.name, p.version] for p in packages],
             "options": asdict(opts),
         },
         sort_keys=True,
@@ -140,7 +150,13 @@ def prepare_corpus(cfg: TrainConfig, run: Path, log) -> corpus_mod.Corpus:
             return c
     t0 = time.time()
     c = corpus_mod.build_corpus(
-        stdlib=cfg.stdlib, site_packages=cfg.site_packages, directories=cfg.corpus, options=opts, log=log
+        stdlib=cfg.stdlib,
+        site_packages=cfg.site_packages,
+        directories=cfg.corpus,
+        packages=packages,
+        package_cache=cfg.package_cache,
+        options=opts,
+        log=log,
     )
     if not c.split("train"):
         raise SystemExit("the corpus has no training files (check --corpus and --ext)")
@@ -172,16 +188,32 @@ def prepare_tokenizer(cfg: TrainConfig, corpus: corpus_mod.Corpus, run: Path, lo
     return tok
 
 
-def prepare_tokens(tok, corpus: corpus_mod.Corpus, run: Path, log) -> dict[str, np.ndarray]:
+def fim_options(cfg: TrainConfig) -> data_mod.FimOptions | None:
+    if cfg.fim_rate <= 0:
+        return None
+    return data_mod.FimOptions(rate=cfg.fim_rate, chunk_chars=3 * cfg.seq_len, line_start=cfg.fim_line_start)
+
+
+def prepare_tokens(
+    tok, corpus: corpus_mod.Corpus, run: Path, log, fim: data_mod.FimOptions | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The encoded splits; with ``fim`` the training split has pieces in FIM form (the held-out
+    split stays left to right: its perplexity is comparable with a model trained without FIM)."""
     digest = hashlib.sha256(tok.to_str().encode()).hexdigest()[:12]
     out = {}
     for split in ("train", "heldout"):
-        path = run / f"{split}-{digest}.npy"
+        tag = digest
+        if fim is not None and split == "train":
+            tag += "-fim" + hashlib.sha256(json.dumps([fim.to_dict(), seed]).encode()).hexdigest()[:8]
+        path = run / f"{split}-{tag}.npy"
         if path.is_file():
             out[split] = np.load(path, mmap_mode="r")
             continue
         t0 = time.time()
-        arr = data_mod.encode_corpus(tok, corpus.texts(split))
+        if fim is not None and split == "train":
+            arr = data_mod.encode_corpus_fim(tok, corpus.texts(split), fim, seed)
+        else:
+            arr = data_mod.encode_corpus(tok, corpus.texts(split))
         np.save(path, arr)
         out[split] = np.load(path, mmap_mode="r")
         log(f"tokens: {split}: {len(arr):,} tokens in {time.time() - t0:.1f}s")
@@ -228,6 +260,19 @@ def sample_completions(model: BitMamba2, tok, prompts=SAMPLE_PROMPTS, max_new: i
     return out
 
 
+def grow_vocabulary(model: BitMamba2, vocab_size: int) -> BitMamba2:
+    """``model`` with ``vocab_size`` rows in its embedding and head (new rows: the old rows' mean)."""
+    old = model.cfg
+    grown = BitMamba2(ModelConfig(vocab_size, old.d_model, old.n_layers, old.n_heads))
+    state = model.state_dict()
+    for name in ("embed", "lm_head.weight"):
+        w = state[name]
+        extra = w.mean(dim=0, keepdim=True).expand(vocab_size - w.shape[0], -1)
+        state[name] = torch.cat([w, extra], dim=0)
+    grown.load_state_dict(state)
+    return grown
+
+
 def param_groups(model: BitMamba2, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -267,8 +312,16 @@ def train(cfg: TrainConfig) -> dict:
 
     corpus = prepare_corpus(cfg, run, log)
     tok = prepare_tokenizer(cfg, corpus, run, log, init_tok)
+    fim = fim_options(cfg)
+    if fim is not None:
+        added = data_mod.add_fim_tokens(tok)
+        if added:
+            log(f"fim: added {added} sentinel tokens {data_mod.FIM_TOKENS} (ids from {tok.get_vocab_size() - added})")
     cfg.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    tokens = prepare_tokens(tok, corpus, run, log)
+    if init_model is not None and init_model.cfg.vocab_size < cfg.vocab_size:
+        init_model = grow_vocabulary(init_model, cfg.vocab_size)
+        log(f"init: vocabulary grown to {cfg.vocab_size} (new rows: the mean of the old ones)")
+    tokens = prepare_tokens(tok, corpus, run, log, fim, cfg.seed)
     if len(tokens["heldout"]) < cfg.seq_len + 1:
         log(
             "warning: the held-out split is smaller than one window; evaluating on the end of the training split"
@@ -301,6 +354,7 @@ def train(cfg: TrainConfig) -> dict:
         "seed": cfg.seed,
         "init": cfg.init,
         "tokenizer": _file_digest(run / "tokenizer.json") if not cfg.init else "init",
+        "fim": fim.to_dict() if fim is not None else None,
     }
     if cfg.resume and ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -352,6 +406,14 @@ def train(cfg: TrainConfig) -> dict:
         }
         if cfg.init:
             meta["init"] = {"from": str(cfg.init), "command": init_meta.get("command")}
+        if fim is not None:
+            meta["fim"] = {
+                "prefix": data_mod.FIM_PREFIX,
+                "suffix": data_mod.FIM_SUFFIX,
+                "middle": data_mod.FIM_MIDDLE,
+                "order": "psm",
+                "training": fim.to_dict(),
+            }
         meta.update(extra or {})
         return meta
 
