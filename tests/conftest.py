@@ -47,3 +47,36 @@ def model_factory(
 def _offline() -> None:
     # Tests never touch the network.
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
+
+def write_fim_model(folder: Path, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, seed: int = 0) -> Path:
+    """A model directory that declares FIM: the shipped model's tokenizer plus the three sentinels
+    (ids 4096-4098), random weights of that vocabulary, and a model.json with the "fim" field."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_file(str(REPO / "bitmamba_lsp" / "data" / "default" / "tokenizer.json"))
+    if tok.token_to_id(FIM_TOKENS[0]) is None:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in FIM_TOKENS])
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = BitMamba2Config(tok.get_vocab_size(with_added_tokens=True), d_model, n_layers, n_heads)
+    write_bin(folder / "model.bin", cfg, random_tensors(cfg, seed))
+    meta = {
+        "architecture": "bitmamba2",
+        "weights": "model.bin",
+        "tokenizer": "tokenizer.json",
+        "fim": {"prefix": FIM_TOKENS[0], "suffix": FIM_TOKENS[1], "middle": FIM_TOKENS[2], "order": "psm"},
+    }
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fim_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model that declares fill-in-the-middle (see write_fim_model)."""
+    return write_fim_model(tmp_path_factory.mktemp("fim-model"))

@@ -150,20 +150,50 @@ def _fitting(tok: Any, eos: int | None, rest: bytes) -> list[int]:
     return _ALLOWED[key]
 
 
+def reference_fim_ids(model: Any, text: str, offset: int, suffix_lines: int, suffix_tokens: int) -> list[int]:
+    """A FIM model's prompt, built from the text alone: <pre> the lines above the cursor's line
+    <suf> the rest of the line and `suffix_lines` lines below (at most `suffix_tokens` tokens)
+    <mid> the typed part of the line."""
+    tok, spec = model.tokenizer, model.fim
+    line_start = text.rfind("\n", 0, offset) + 1
+    lines = text[offset:].split("\n")
+    after = "\n".join(lines[: suffix_lines + 1]) + ("\n" if len(lines) > suffix_lines + 1 else "")
+    return [
+        spec.prefix_id,
+        *tok.encode(text[:line_start]),
+        spec.suffix_id,
+        *tok.encode(after)[:suffix_tokens],
+        spec.middle_id,
+        *tok.encode(text[line_start:offset]),
+    ]
+
+
 def expected_suggestion(
-    model: Any, text: str, offset: int, max_tokens: int, multiline: bool = True, healing: bool = True
+    model: Any,
+    text: str,
+    offset: int,
+    max_tokens: int,
+    multiline: bool = True,
+    healing: bool = True,
+    fim: tuple[int, int] | None = None,
 ) -> str | None:
     """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
     a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules.
     Token healing: the prompt's last token is dropped, generation must reproduce its bytes (each
     token starting with what is left of them, or being a prefix of it), and those bytes are not
-    part of the suggestion."""
+    part of the suggestion. `fim` = (suffix lines, suffix tokens): the prompt of a FIM model
+    (reference_fim_ids); a FIM sentinel ends the suggestion like the end of text."""
     before = text[:offset]
     ctx = CursorContext.at(text, offset, multiline=multiline, safety=False)  # PLAIN: suffixSafety off
     tok = model.tokenizer
-    ids = tok.encode(before) or [model.eos_id]
+    stops = {model.eos_id}
+    if fim is not None:
+        ids = reference_fim_ids(model, text, offset, *fim)
+        stops |= set(model.fim.sentinel_ids)
+    else:
+        ids = tok.encode(before) or [model.eos_id]
     heal, rest = "", b""
-    if healing and len(ids) >= 2 and ids[-1] != model.eos_id:
+    if healing and len(ids) >= 2 and ids[-1] not in stops and ids[-1] not in tok.special_ids:
         raw = tok.token_bytes(ids[-1])
         try:
             heal = raw.decode("utf-8")
@@ -183,7 +213,7 @@ def expected_suggestion(
             rest = rest[len(b) :] if rest.startswith(b) and len(b) < len(rest) else b""
         else:
             t = int(np.argmax(logits))
-        if t == model.eos_id:
+        if t in stops:
             break
         piece = dec.feed(t)
         if heal:

@@ -35,7 +35,9 @@ class Healed:
 class TokenHealer:
     def __init__(self, tokenizer, special_ids: Sequence[int] = ()) -> None:
         n = tokenizer.vocab_size
-        special = set(special_ids)
+        # the tokenizer's special tokens (end of text, FIM sentinels) are never text to heal or to
+        # generate as a healing piece
+        special = set(special_ids) | set(getattr(tokenizer, "special_ids", ()))
         pieces = [(b"" if i in special else tokenizer.token_bytes(i), i) for i in range(n)]
         pieces = [(b, i) for b, i in pieces if b]
         pieces.sort()

@@ -23,6 +23,7 @@ import numpy as np
 from bitmamba_lsp import _core
 from bitmamba_lsp.engine.decoding import GenerationConfig, TokenStream, generate_text
 from bitmamba_lsp.engine.errors import NoTokenizerError
+from bitmamba_lsp.engine.fim import FimSpec
 
 if TYPE_CHECKING:
     from bitmamba_lsp.engine.tokenizer import TextTokenizer
@@ -41,6 +42,7 @@ class Model:
     path: Path | None = None
     load_seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+    fim: FimSpec | None = None  # the fill-in-the-middle sentinels, when the model declares them
     _keep: object = None  # the mapped file behind the embedding
 
     # ------------------------------------------------------------------ properties

@@ -71,6 +71,7 @@ def line_decoder(
         make_sampler(model, cfg),
         max_tokens=job.max_tokens,
         eos=model.eos_id,
+        stop_ids=model.fim.sentinel_ids if model.fim is not None else frozenset(),  # a sentinel ends it too
         stream=model.require_tokenizer().stream_decoder(),
         text_stop=rules,
         skip=skip,

@@ -13,7 +13,7 @@ from bitmamba_lsp.lsp.candidates import Candidate, partial_word
 from bitmamba_lsp.lsp.choice import Option
 from bitmamba_lsp.lsp.completion import CursorContext, StopRule, Suggestion
 from bitmamba_lsp.lsp.documents import TrackedDocument
-from bitmamba_lsp.lsp.prompt import Prompt, prompt_at, token_prompt
+from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, prompt_at, token_prompt
 from bitmamba_lsp.lsp.settings import Settings
 
 
@@ -84,14 +84,20 @@ def cancelled_result(job: CompletionJob) -> CompletionResult:
 
 
 def job_at(
-    uri: str, doc: TrackedDocument, offset: int, settings: Settings, workspace_lines: Any = None, **extra: Any
+    uri: str,
+    doc: TrackedDocument,
+    offset: int,
+    settings: Settings,
+    workspace_lines: Any = None,
+    fim: FimLayout | None = None,
+    **extra: Any,
 ) -> CompletionJob:
     """The job of a completion request at `offset` in `doc`, as the session builds it (the
-    benchmarks build theirs the same way)."""
+    benchmarks build theirs the same way); `fim`: the model's FIM layout (worker.fim)."""
     s = settings
     return CompletionJob(
         uri=uri,
-        prompt=prompt_at(doc, offset),
+        prompt=prompt_at(doc, offset, fim=fim),
         ctx=CursorContext.at(
             doc.text, offset, multiline=s.multiline, max_lines=s.max_lines, safety=s.suffix_safety
         ),

@@ -1,12 +1,19 @@
 """What the model reads for one request: a `Prompt`, an ordered list of segments.
 
-Today a prompt has one segment, the document's text before the cursor (`PREFIX`). The order is
-the point: the state after a segment that did not change since the last request is restored from
-a checkpoint, never recomputed, so the parts that change least go first. Later segments kinds slot
-in here without the worker, healing or the server knowing more than "a prompt":
+For a left-to-right model a prompt has one segment, the document's text before the cursor
+(`PREFIX`). For a model that declares fill-in-the-middle (engine/fim.py) it is
 
-- context chunks from other files before the document (stable while the user types),
-- a suffix (the text after the cursor) and the typed part of the line for fill-in-the-middle models.
+    LEAD    <pre>                                   (the document track starts with it)
+    PREFIX  the lines above the cursor's line       (the document's own tokens, then a re-tokenized tail)
+    SUFFIX  <suf> the rest of the cursor's line and up to N lines below (N lines, at most T tokens)
+    MIDDLE  <mid> the typed part of the cursor's line
+
+and the model writes the rest of the middle, ending it with its end-of-text token. The order is
+the point: the state after a segment that did not change since the last request is restored from
+a checkpoint, never recomputed, so the parts that change least go first. A keystroke on the line
+changes only MIDDLE (a few tokens fed from the cursor track); moving to another line re-feeds the
+suffix window and the line from the prefix's end (a checkpoint of the document track, or the one
+kept at the end of PREFIX). (Context chunks from other files would go before LEAD.)
 
 Each segment carries its tokens and how many of them are the document's own (`own`): those are
 checkpointed sparsely on the document's track (background prefill fills the same track), while the
@@ -20,15 +27,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bitmamba_lsp.engine.fim import FimSpec
 from bitmamba_lsp.engine.healing import Healed, TokenHealer
 from bitmamba_lsp.lsp.documents import TrackedDocument
 
+if TYPE_CHECKING:
+    from bitmamba_lsp.engine.model import Model
+    from bitmamba_lsp.lsp.settings import Settings
+
 
 class SegmentKind(StrEnum):
-    PREFIX = "prefix"  # the document's text before the cursor
+    LEAD = "lead"  # tokens before the document on its track (a FIM model's <pre>)
+    PREFIX = "prefix"  # the document's text before the cursor (FIM: before the cursor's line)
+    SUFFIX = "suffix"  # FIM: <suf> and the text after the cursor (a window of it)
+    MIDDLE = "middle"  # FIM: <mid> and the typed part of the cursor's line
 
 
 @dataclass(frozen=True)
@@ -44,10 +60,11 @@ class CheckpointPlan:
 
     document: list[int]  # on the document track: every `spacing` tokens of the document's own tokens
     cursor: list[int]  # on the cursor track: after each of the prompt's last `dense` tokens
+    keep: list[int] = field(default_factory=list)  # on the cursor track, kept however far back (FIM: PREFIX's end)
 
     @property
     def positions(self) -> list[int]:
-        return sorted(set(self.document) | set(self.cursor))
+        return sorted(set(self.document) | set(self.cursor) | set(self.keep))
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,15 @@ class Prompt:
             if seg.own < len(seg.ids):
                 break
         return n
+
+    def text_ids(self) -> np.ndarray:
+        """The tokens of the document's text up to the cursor, in order: for a FIM prompt PREFIX and
+        MIDDLE without the sentinels (what an n-gram cache reads), else the whole prompt."""
+        if len(self.segments) == 1:
+            return self.ids
+        parts = [s.ids for s in self.segments if s.kind is SegmentKind.PREFIX]
+        parts += [s.ids[1:] for s in self.segments if s.kind is SegmentKind.MIDDLE]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def or_start(self, token: int) -> Prompt:
         """This prompt, or `token` alone (the model's document separator) when it is empty: the
@@ -99,14 +125,89 @@ class Prompt:
         end = len(self.ids)
         sparse = range((start // spacing + 1) * spacing, min(end, document_limit) + 1, spacing)
         tail = range(max(start + 1, end - dense + 1), end + 1)
-        return CheckpointPlan(list(sparse), list(tail))
+        keep = [b for b in self.boundaries() if start < b < end]
+        return CheckpointPlan(list(sparse), list(tail), keep)
+
+    def boundaries(self) -> list[int]:
+        """Where the state is worth keeping whatever follows: the end of a FIM prompt's PREFIX (the
+        cursor's line start), from which any position on the line is a suffix window away."""
+        out, n = [], 0
+        for seg in self.segments:
+            n += len(seg.ids)
+            if seg.kind is SegmentKind.PREFIX and len(self.segments) > 1:
+                out.append(n)
+        return out
 
 
-def prompt_at(doc: TrackedDocument, offset: int, insert: str = "") -> Prompt:
-    """The prompt for a cursor at `offset` in `doc` (with `insert` typed there first: the prompt
-    after accepting a suggestion)."""
-    ids, own = doc.prefix_ids(offset, insert)
-    return Prompt((Segment(SegmentKind.PREFIX, ids, own),))
+@dataclass(frozen=True)
+class FimLayout:
+    """How the daemon lays out a FIM prompt for a model (lsp/worker.py chooses the window)."""
+
+    spec: FimSpec
+    suffix_lines: int = 8  # lines below the cursor's line in the suffix
+    suffix_tokens: int = 96  # at most this many suffix tokens (the window re-fed on a line change)
+
+    @property
+    def lead(self) -> np.ndarray:
+        return np.asarray([self.spec.prefix_id], dtype=np.int32)
+
+
+FIM_SUFFIX_SECONDS = 0.012  # the suffix window's share of a line change (floor: 25 ms at the default model)
+
+
+def fim_layout(model: Model, settings: Settings, feed_rate: float) -> FimLayout | None:
+    """The FIM prompt layout for `model` (None: left to right). The suffix window's tokens are
+    what the model prefills in FIM_SUFFIX_SECONDS at its measured rate (`feed_rate` tokens/s),
+    within 16..256, unless the fimSuffixTokens setting says."""
+    if model.fim is None or not settings.fim or model.tokenizer is None:
+        return None
+    tokens = settings.fim_suffix_tokens or int(min(256, max(16, feed_rate * FIM_SUFFIX_SECONDS)))
+    return FimLayout(model.fim, suffix_lines=settings.fim_suffix_lines, suffix_tokens=tokens)
+
+
+def suffix_window(text: str, offset: int, lines: int) -> str:
+    """The rest of the cursor's line and up to `lines` lines below it."""
+    end = offset
+    for _ in range(lines + 1):
+        nl = text.find("\n", end)
+        if nl == -1:
+            return text[offset:]
+        end = nl + 1
+    return text[offset:end]
+
+
+def prompt_at(
+    doc: TrackedDocument, offset: int, insert: str = "", fim: FimLayout | None = None, replaced: int = 0
+) -> Prompt:
+    """The prompt for a cursor at `offset` in `doc` (with `insert` typed there first, over the next
+    `replaced` characters: the prompt after accepting a suggestion); with `fim`, in
+    fill-in-the-middle order (module docstring)."""
+    if fim is None:
+        ids, own = doc.prefix_ids(offset, insert)
+        return Prompt((Segment(SegmentKind.PREFIX, ids, own),))
+    tok = doc.tokenizer
+    if tok is None:
+        raise RuntimeError("document has no tokenizer")
+    offset = max(0, min(offset, len(doc.text)))
+    nl = insert.rfind("\n")
+    if nl == -1:  # the cursor's line starts in the document
+        line_start = doc.text.rfind("\n", 0, offset) + 1
+        prefix, own = doc.prefix_ids(line_start)
+        typed = doc.text[line_start:offset] + insert
+    else:  # the insert ends on a new line
+        prefix, own = doc.prefix_ids(offset, insert[: nl + 1])
+        typed = insert[nl + 1 :]
+    spec = fim.spec
+    after = tok.encode(suffix_window(doc.text, offset + replaced, fim.suffix_lines))[: max(0, fim.suffix_tokens)]
+    i32 = np.int32
+    return Prompt(
+        (
+            Segment(SegmentKind.LEAD, fim.lead, len(fim.lead)),
+            Segment(SegmentKind.PREFIX, prefix, own),
+            Segment(SegmentKind.SUFFIX, np.asarray([spec.suffix_id, *after], dtype=i32), 0),
+            Segment(SegmentKind.MIDDLE, np.asarray([spec.middle_id, *tok.encode(typed)], dtype=i32), 0),
+        )
+    )
 
 
 def token_prompt(ids: np.ndarray | list[int], own: int = 0) -> Prompt:

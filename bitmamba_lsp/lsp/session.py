@@ -231,7 +231,7 @@ class Session:
         if doc.tokenizer is None:  # a large document still being tokenized: a window of its text
             job = window_job(uri, doc, offset, model.tokenizer, self.settings)
         else:
-            job = job_at(uri, doc, offset, self.settings, self._workspace_lines())
+            job = job_at(uri, doc, offset, self.settings, self._workspace_lines(), fim=self.worker.fim)
         self.jobs[uri] = job
         epoch = doc.epoch
         try:
@@ -280,7 +280,7 @@ class Session:
         """Compute, in the background, the suggestion that follows accepting `text`."""
         job = CompletionJob(
             uri=doc.uri,
-            prompt=prompt_at(doc, offset, insert=text),
+            prompt=prompt_at(doc, offset, insert=text, fim=self.worker.fim, replaced=replaced),
             ctx=self.cursor_context(doc, offset, insert=text, replaced=replaced),
             max_tokens=self.settings.max_tokens,
             deadline_ms=10 * self.settings.time_budget_ms,
@@ -323,6 +323,10 @@ class Session:
             "memory_budget_bytes": None if store is None else store.budget,
             "evictions": 0 if store is None else store.evictions,
             "background_prefill_tokens": self.worker.background_tokens,
+            # the prompt order: fill-in-the-middle (with the suffix window chosen) or left to right
+            "fim": None
+            if self.worker.fim is None
+            else {"suffix_lines": self.worker.fim.suffix_lines, "suffix_tokens": self.worker.fim.suffix_tokens},
             "position_encoding": encoding,
             **self.stats.report(),
             "uptime_s": round(time.time() - self.started, 1),

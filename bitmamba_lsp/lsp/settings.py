@@ -48,6 +48,12 @@ class Settings:
     # chosen on the tune split by benchmarks/fit_choice.py); 0: show everything
     min_confidence: float = 0.35
     min_line_confidence: float = 0.001  # stop generating once the line's probability falls below this
+    # fill-in-the-middle (lsp/prompt.py), for models that declare it in model.json: the model reads
+    # the text after the cursor too; the suffix window is N lines, at most T tokens (0: chosen from
+    # the model's measured prefill rate, so a line change re-feeds it within ~12 ms)
+    fim: bool = True
+    fim_suffix_lines: int = 8
+    fim_suffix_tokens: int = 0
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -98,6 +104,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "line_branches": (0, 8),
     "workspace_max_tokens": (0, 100_000_000),
     "min_line_confidence": (0, 1),
+    "fim_suffix_lines": (0, 1000),
+    "fim_suffix_tokens": (0, 100_000),
 }
 
 

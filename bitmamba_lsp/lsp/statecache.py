@@ -141,13 +141,14 @@ class StateStore:
         # never push out the checkpoints of the prompt the user is actually at.
         track = d.spec if speculative else d.cursor
         track.truncate(track.lcp(ids), ids)
-        document, cursor = set(plan.document), set(plan.cursor)
+        document, cursor = set(plan.document), set(plan.cursor) | set(plan.keep)
         for p, snap in zip(positions, snaps, strict=True):
             if p in document:
                 d.doc.put(p, snap)
             if p in cursor:
                 track.put(p, snap)
-        track.drop([p for p in track.positions if p <= len(ids) - 2 * self.dense])
+        keep = set(prompt.boundaries())  # (kept from an earlier feed too, while the prompt agrees)
+        track.drop([p for p in track.positions if p <= len(ids) - 2 * self.dense and p not in keep])
         self.enforce_budget(uri)
         assert logits is not None
         return Restored(state, logits, n, len(rest))

@@ -79,7 +79,7 @@ def suggest(
         healer,
         raw,
         list(levels or []) if settings.cache_model else [],
-        prompt.ids[-HISTORY:].tolist(),  # the mixture reads only the last few tokens
+        prompt.text_ids()[-HISTORY:].tolist(),  # the mixture reads only the last few tokens of the text
         settings,
         scoring=bool(job.candidates) or job.known_words is not None or job.partial_word
         or (job.document is not None and settings.line_candidates),

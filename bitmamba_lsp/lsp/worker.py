@@ -28,7 +28,7 @@ from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
-from bitmamba_lsp.lsp.prompt import Prompt
+from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
 from bitmamba_lsp.lsp.suggest import suggest
@@ -55,6 +55,9 @@ def measure_prefill_rate(model: Model, tokens: int = 128) -> float:
     return tokens / max(time.perf_counter() - t0, 1e-6)
 
 
+_NO_LEAD = np.zeros(0, dtype=np.int32)
+
+
 class ModelWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -66,6 +69,7 @@ class ModelWorker:
         self._busy_uri: str | None = None
         self._stop = False
         self.memory: Memory | None = None  # the cache levels (memory.py), with the model
+        self.fim: FimLayout | None = None  # how prompts are laid out for the model (None: left to right)
         self.background_tokens = 0
         self.feed_rate = 1000.0  # prompt tokens/s of a foreground prefill (measured at load)
         self._bg_rate = 1000.0  # background prefill tokens/s (measured as it runs)
@@ -130,6 +134,7 @@ class ModelWorker:
         self.model = model
         self.feed_rate = measure_prefill_rate(model)
         self._bg_rate = self.feed_rate
+        self.fim = self.fim_layout_for(model, self.settings)
         s = self.settings
         self.memory = Memory(s.cache_order, model.vocab_size) if s.cache_model else None
         self.store = StateStore(
@@ -138,6 +143,14 @@ class ModelWorker:
             spacing=self.spacing_for(model),
             dense=self.settings.dense_checkpoints,
         )
+
+    def fim_layout_for(self, model: Model, settings: Settings) -> FimLayout | None:
+        return fim_layout(model, settings, self.feed_rate)
+
+    @property
+    def lead(self) -> np.ndarray:
+        """Tokens before the document on its track (a FIM model's <pre>)."""
+        return self.fim.lead if self.fim is not None else _NO_LEAD
 
     def budget_for(self, model: Model) -> int:
         """Bytes for all documents' checkpoints: the setting, or 512 of the model's states (a
@@ -158,6 +171,16 @@ class ModelWorker:
             self.settings = settings
             if self.store is not None and self.model is not None:
                 self.store.budget = self.budget_for(self.model)
+                old = len(self.lead)
+                self.fim = self.fim_layout_for(self.model, settings)
+                if len(self.lead) != old:  # the document tracks start with the other lead now
+                    for d in self.store.docs.values():
+                        raw = d.doc.seq[old:]
+                        d.doc.truncate(0, np.concatenate([self.lead, raw]).astype(np.int32))
+                        d.cursor.clear()
+                        d.spec.clear()
+                        d.target = max(0, d.target - old + len(self.lead))
+                        d.open_target = 0
                 self.store.spacing = self.spacing_for(self.model)
                 self.store.dense = settings.dense_checkpoints
                 if settings.threads != self.model.threads and settings.threads >= 0:
@@ -172,10 +195,11 @@ class ModelWorker:
             if self.store is None:
                 return
             d = self.store.get(uri)
-            d.doc.truncate(0, ids)
+            seq = np.concatenate([self.lead, ids]).astype(np.int32) if len(self.lead) else ids
+            d.doc.truncate(0, seq)
             d.cursor.clear()
             d.spec.clear()
-            d.target = d.open_target = len(ids) if self.settings.prefill_on_open else 0
+            d.target = d.open_target = len(seq) if self.settings.prefill_on_open else 0
             d.touch()
             if self.memory is not None:
                 self.memory.opened(uri, ids)
@@ -187,10 +211,12 @@ class ModelWorker:
             if self.store is None:
                 return
             d = self.store.get(uri)
-            d.doc.truncate(first_changed, ids)
+            lead = len(self.lead)
+            seq = np.concatenate([self.lead, ids]).astype(np.int32) if lead else ids
+            d.doc.truncate(first_changed + lead, seq)
             if d.open_target:  # the prefill of the opened document has not finished: keep going
-                d.open_target = len(ids)
-            d.target = max(target, d.open_target)
+                d.open_target = len(seq)
+            d.target = max(target + lead, d.open_target)
             d.touch()
             if self.memory is not None:
                 self.memory.edited(uri, first_changed, ids)

@@ -28,6 +28,7 @@ import numpy as np
 
 from bitmamba_lsp import _core
 from bitmamba_lsp.engine.errors import ModelFormatError
+from bitmamba_lsp.engine.fim import read_fim
 from bitmamba_lsp.engine.formats.base import LoadOptions, ModelFormat, resolve_threads
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.engine.tokenizer import TextTokenizer, find_tokenizer
@@ -484,6 +485,7 @@ def hub_files(files: list[str]) -> list[str]:
 def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
     model = load_bin(file, threads=opts.threads, kernels=opts.kernels, name=name)
     model.tokenizer = find_tokenizer([file.parent, folder], model.vocab_size)
+    model.fim = read_fim(file.parent, model.tokenizer)
     return model
 
 
