@@ -7,7 +7,10 @@ as in an editor). For a random sample of lines with code on them, three requests
   kept), the cursor there; the truth is the line's code;
 - ``mid_line``: the line cut at a random point inside its code; the truth is the rest of the line;
 - ``inside_line``: the line left whole, the cursor at that point (the user moved into finished
-  code); nothing is missing, so any offer is noise: only the offer rate is scored.
+  code); nothing is missing, so any offer is noise: only the offer rate is scored;
+- ``middle``: a span removed inside the line (from the mid-line cut to a random point before the
+  line's end: the rest of the line stays after the cursor); the truth is the span, and a suggestion
+  is exact when the line it makes is the original line (for fill-in-the-middle models).
 
 The cut is a real edit through the session (``didChange``) and is undone after the request, so
 the incremental state, the checkpoints and everything else run exactly as in an editor.
@@ -32,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("line_start", "mid_line", "inside_line")
-SCORED_MODES = ("line_start", "mid_line")
+MODES = ("line_start", "mid_line", "inside_line", "middle")
+SCORED_MODES = ("line_start", "mid_line")  # the modes fit_choice.py learns from
 _LOOP = re.compile(r"(\S.{0,15}?)\1{3,}|(?:\\n){3,}")
 
 
@@ -48,9 +51,11 @@ class Case:
 
 
 def pick_cases(text: str, n_lines: int, seed: int, name: str) -> list[Case]:
-    """Up to n_lines random lines with code (4+ characters, not only a comment); three cases each."""
+    """Up to n_lines random lines with code (4+ characters, not only a comment); four cases each
+    (the middle spans come from their own random stream, so the other cases do not depend on them)."""
     h = int.from_bytes(hashlib.sha1(f"{seed}:{name}".encode()).digest()[:8], "big")
     rng = np.random.default_rng(h)
+    spans = np.random.default_rng([h, 1])
     lines = text.split("\n")
     usable = [
         i
@@ -70,6 +75,9 @@ def pick_cases(text: str, n_lines: int, seed: int, name: str) -> list[Case]:
         cut = int(rng.integers(indent + 1, len(code)))  # at least one character typed and one left
         out.append(Case(i, cut, "mid_line", code[indent:cut], code[cut:], end))
         out.append(Case(i, cut, "inside_line", code[indent:cut], code[cut:], end))
+        if cut + 1 < len(code):  # a span of at least one character, one character left after it
+            stop = int(spans.integers(cut + 1, len(code)))
+            out.append(Case(i, cut, "middle", code[indent:cut], code[cut:stop], stop))
     return out
 
 
@@ -183,6 +191,17 @@ class SourceFile:
     text: str
 
 
+def middle_of(text: str, replaced: int, after: str) -> str:
+    """What a suggestion puts between the cursor and the rest of the line `after` (`text` inserted
+    over the next `replaced` characters): the line it makes, cut before `after` when it still ends
+    with it; else the inserted text (it did not lead back to the line)."""
+    made = text + after[replaced:]
+    first = made.split("\n", 1)[0]
+    if "\n" not in made[: len(made) - len(after)] and first.endswith(after):
+        return first[: len(first) - len(after)]
+    return text
+
+
 async def _score_file(
     session: Any,
     f: SourceFile,
@@ -204,15 +223,16 @@ async def _score_file(
     for c in cases:
         prev_line = lines[c.line - 1] if c.line > 0 else ""
         deleted = lines[c.line][c.col : c.line_end] if c.kind != "inside_line" else ""
+        after = lines[c.line][c.line_end :] if c.kind == "middle" else ""
         if deleted:
             version += 1
             session.change(uri, version, [Change("", (c.line, c.col), (c.line, c.line_end))], "utf-32")
         session.pending.clear()  # each case stands alone: no suggestion carried over from the last
         session.last_result = None
         got = await session.complete(uri, (c.line, c.col), "utf-32")
-        if collect is not None and c.kind != "inside_line":
+        if collect is not None and c.kind in SCORED_MODES:
             collect.append({"kind": c.kind, "case": f"{uri}:{c.line}:{c.col}", "package": f.package, "marker": True})
-        if collect is not None and session.last_result is not None and c.kind != "inside_line":
+        if collect is not None and session.last_result is not None and c.kind in SCORED_MODES:
             for o in session.last_result.options:
                 collect.append(
                     {
@@ -229,6 +249,8 @@ async def _score_file(
             version += 1
             session.change(uri, version, [Change(deleted, (c.line, c.col), (c.line, c.col))], "utf-32")
         suggestion = got.text if got is not None else None
+        if c.kind == "middle" and got is not None:
+            suggestion = middle_of(got.text, (got.end[1] - c.col) if got.end is not None else 0, after)
         tallies.add("daemon", c.kind, suggestion, c.truth if c.kind != "inside_line" else "")
         if c.kind == "inside_line":
             continue
