@@ -456,3 +456,117 @@ def test_train_end_to_end_and_finetune(tmp_path):
         base = json.loads((shipped / "model.json").read_text())
         assert Path(meta3["init"]["from"]) == shipped and meta3["config"] == base["config"]
         assert (ft2 / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()
+
+
+# ------------------------------------------------------------------ fill-in-the-middle (issue 16)
+
+
+def test_fim_split_is_a_partition_with_the_daemons_shape():
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
+    opts = data_mod.FimOptions(max_middle_lines=3, max_suffix_lines=5)
+    rng = np.random.default_rng(0)
+    at_line_start = mid_word = empty = 0
+    for _ in range(400):
+        p, m, s = data_mod.fim_split(text, opts, rng)
+        assert text.startswith(p + m + s)  # prefix, middle, then the suffix window
+        assert m.count("\n") <= opts.max_middle_lines
+        rest_of_line = text[len(p) + len(m) :].split("\n", 1)[0]
+        assert s.startswith(rest_of_line) and s.count("\n") <= opts.max_suffix_lines + 1
+        at_line_start += p == "" or p.endswith("\n")
+        empty += m == ""
+        k = len(p) + len(m)
+        mid_word += 0 < k < len(text) and text[k - 1].isalnum() and text[k].isalnum()
+    assert 0.7 < at_line_start / 400 < 0.95  # line_start = 0.75, plus random cuts at a line start
+    assert mid_word > 20 and empty > 5  # splits inside words, and middles with nothing to write
+
+
+def test_encode_corpus_fim_lays_out_the_sentinels():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(__file__).resolve().parents[1] / "bitmamba_lsp" / "data" / "default" / "tokenizer.json"))
+    assert data_mod.add_fim_tokens(tok) in (0, 3) and data_mod.add_fim_tokens(tok) == 0
+    pre, suf, mid = data_mod.fim_ids(tok)
+    eot = data_mod.eot_id(tok)
+    docs = ["".join(f"x{i} = {i}\n" for i in range(300)), "print('<|fim_prefix|>')\n" * 40]
+    opts = data_mod.FimOptions(rate=1.0, chunk_chars=200)
+    arr = data_mod.encode_corpus_fim(tok, docs, opts, seed=0).tolist()
+    assert arr == data_mod.encode_corpus_fim(tok, docs, opts, seed=0).tolist()  # deterministic
+    # every piece: <pre> p <suf> s <mid> m <eot>, and the pieces' texts come from the documents
+    pieces, cur = [], []
+    for t in arr:
+        cur.append(t)
+        if t == eot and cur[0] == pre:
+            pieces.append(cur)
+            cur = []
+        elif t == eot:
+            cur = []  # a document's end
+    n_chunks = sum(len(data_mod.chunk_lines(d, 200)) for d in docs)
+    assert len(pieces) == n_chunks
+    for piece in pieces:
+        assert piece[0] == pre and piece.count(suf) == 1 and piece.count(mid) == 1 and piece[-1] == eot
+        i, j = piece.index(suf), piece.index(mid)
+        p, s, m = (tok.decode(piece[a:b], skip_special_tokens=False) for a, b in ((1, i), (i + 1, j), (j + 1, len(piece) - 1)))
+        assert any((p + m + s) in d for d in docs)
+    # the sentinel text in a document stays text
+    assert arr.count(pre) == len(pieces)
+    # rate 0: exactly the left-to-right encoding
+    plain = data_mod.encode_corpus_fim(tok, docs, data_mod.FimOptions(rate=0.0, chunk_chars=200), seed=0)
+    assert plain.tolist() == data_mod.encode_corpus(tok, docs).tolist()
+
+
+def test_registry_packages_from_a_local_cache(tmp_path):
+    """Packages as the cache holds them (no network): licenses checked per package, the
+    benchmark's held-out packages excluded, packages held out whole."""
+    from bitmamba_lsp.train import registry
+
+    cache = tmp_path / "cache"
+
+    def npm(name, license, files):
+        root = cache / "npm" / f"{name}-1.0.0"
+        for rel, text in files.items():
+            _write(root / "src" / "package" / rel, text)
+        _write(root / "src" / "package" / "package.json", json.dumps({"name": name, "license": license}))
+        (root / ".unpacked").write_text("local")
+
+    def pypi(name, license):
+        root = cache / "pypi" / f"{name}-1.0.0"
+        _write(root / "src" / f"{name}-1.0.0.dist-info" / "METADATA", f"Name: {name}\nLicense-Expression: {license}\n")
+        _write(root / "src" / name / "__init__.py", "".join(f"def {name}_{i}(a, b):\n    return a * {i} + b\n" for i in range(30)))
+        (root / ".unpacked").write_text("local")
+
+    body = "".join(f"export function f{i}(a, b) {{\n  return a * {i} + b;\n}}\n" for i in range(30))
+    npm("leftpad", "MIT", {"index.js": body, "lib/util.ts": body.replace("a, b", "a: number, b: number"),
+                           "dist/index.min.js": body})  # fmt: skip
+    npm("gplthing", "GPL-3.0", {"index.js": body + "// gpl\n"})
+    pypi("goodpkg", "BSD-3-Clause")
+    pypi("cachetools", "MIT")  # a benchmark package: never trained on
+    pkgs = [registry.Package("npm", "leftpad", "1.0.0"), registry.Package("npm", "gplthing", "1.0.0"),
+            registry.Package("pypi", "goodpkg", "1.0.0"), registry.Package("pypi", "cachetools", "1.0.0")]  # fmt: skip
+    opts = corpus_mod.CorpusOptions(extensions=corpus_mod.CODE_EXTENSIONS, heldout_package_permille=0)
+    c = corpus_mod.build_corpus(packages=pkgs, package_cache=cache, options=opts)
+    names = {d.name for d in c.documents}
+    assert names == {"npm/leftpad/package/index.js", "npm/leftpad/package/lib/util.ts", "pypi/goodpkg/goodpkg/__init__.py"}
+    assert c.skipped["license:npm:gplthing"] == 1 and c.skipped["excluded:pypi:cachetools"] == 1
+    # held out by package: all files of a held-out package on one side
+    opts.heldout_package_permille = 1000
+    c = corpus_mod.build_corpus(packages=pkgs, package_cache=cache, options=opts)
+    assert {d.split for d in c.documents} == {"heldout"}
+    # the shipped list parses and pins versions
+    shipped = registry.read_list()
+    assert {p.registry for p in shipped} == {"pypi", "npm"} and all(p.version[0].isdigit() for p in shipped)
+    assert not {p.name for p in shipped} & corpus_mod.BENCHMARK_PACKAGES
+
+
+@needs_torch
+def test_grow_vocabulary_keeps_the_old_rows():
+    from bitmamba_lsp.train.model import BitMamba2, ModelConfig
+    from bitmamba_lsp.train.trainer import grow_vocabulary
+
+    torch.manual_seed(0)
+    m = BitMamba2(ModelConfig(64, 32, 1, 2))
+    g = grow_vocabulary(m, 67)
+    assert g.embed.shape == (67, 32) and g.lm_head.weight.shape == (67, 32)
+    assert torch.equal(g.embed[:64], m.embed) and torch.allclose(g.embed[64], m.embed.mean(0))
+    assert torch.equal(g.lm_head.weight[:64], m.lm_head.weight)
+    old, new = m.state_dict(), g.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k not in ("embed", "lm_head.weight"))

@@ -45,6 +45,18 @@ def eot_id(tokenizer) -> int:
 
 
 def encode_texts(tokenizer, texts: Iterable[str], batch: int = 256) -> Iterator[list[int]]:
+    """Token ids of each text; special-token strings in a text (``<|endoftext|>``, the FIM
+    sentinels) are ordinary text, as the engine's tokenizer reads them: a file that mentions one
+    cannot end a document or open a FIM piece."""
+    saved = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        yield from _encode_texts(tokenizer, texts, batch)
+    finally:
+        tokenizer.encode_special_tokens = saved
+
+
+def _encode_texts(tokenizer, texts: Iterable[str], batch: int) -> Iterator[list[int]]:
     buf: list[str] = []
     for t in texts:
         buf.append(t)
