@@ -176,13 +176,15 @@ def expected_suggestion(
     multiline: bool = True,
     healing: bool = True,
     fim: tuple[int, int] | None = None,
+    context: list[int] | None = None,
 ) -> str | None:
     """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
     a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules.
     Token healing: the prompt's last token is dropped, generation must reproduce its bytes (each
     token starting with what is left of them, or being a prefix of it), and those bytes are not
     part of the suggestion. `fim` = (suffix lines, suffix tokens): the prompt of a FIM model
-    (reference_fim_ids); a FIM sentinel ends the suggestion like the end of text."""
+    (reference_fim_ids); a FIM sentinel ends the suggestion like the end of text. `context`: token
+    ids before the prompt (context chunks)."""
     before = text[:offset]
     ctx = CursorContext.at(text, offset, multiline=multiline, safety=False)  # PLAIN: suffixSafety off
     tok = model.tokenizer
@@ -192,6 +194,7 @@ def expected_suggestion(
         stops |= set(model.fim.sentinel_ids)
     else:
         ids = tok.encode(before) or [model.eos_id]
+    ids = [*(context or []), *ids]
     heal, rest = "", b""
     if healing and len(ids) >= 2 and ids[-1] not in stops and ids[-1] not in tok.special_ids:
         raw = tok.token_bytes(ids[-1])

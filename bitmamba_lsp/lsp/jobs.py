@@ -90,6 +90,7 @@ def job_at(
     settings: Settings,
     workspace_lines: Any = None,
     fim: FimLayout | None = None,
+    context: Any = None,
     **extra: Any,
 ) -> CompletionJob:
     """The job of a completion request at `offset` in `doc`, as the session builds it (the
@@ -97,7 +98,7 @@ def job_at(
     s = settings
     return CompletionJob(
         uri=uri,
-        prompt=prompt_at(doc, offset, fim=fim),
+        prompt=prompt_at(doc, offset, fim=fim, context=context),
         ctx=CursorContext.at(
             doc.text, offset, multiline=s.multiline, max_lines=s.max_lines, safety=s.suffix_safety
         ),

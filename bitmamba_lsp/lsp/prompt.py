@@ -95,7 +95,7 @@ class Prompt:
         MIDDLE without the sentinels (what an n-gram cache reads), else the whole prompt."""
         if len(self.segments) == 1:
             return self.ids
-        parts = [s.ids for s in self.segments if s.kind is SegmentKind.PREFIX]
+        parts = [s.ids for s in self.segments if s.kind is SegmentKind.PREFIX]  # (not the LEAD: other files)
         parts += [s.ids[1:] for s in self.segments if s.kind is SegmentKind.MIDDLE]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -131,10 +131,12 @@ class Prompt:
     def boundaries(self) -> list[int]:
         """Where the state is worth keeping whatever follows: the end of a FIM prompt's PREFIX (the
         cursor's line start), from which any position on the line is a suffix window away."""
+        if not any(s.kind is SegmentKind.SUFFIX for s in self.segments):
+            return []
         out, n = [], 0
         for seg in self.segments:
             n += len(seg.ids)
-            if seg.kind is SegmentKind.PREFIX and len(self.segments) > 1:
+            if seg.kind is SegmentKind.PREFIX:
                 out.append(n)
         return out
 
@@ -150,6 +152,9 @@ class FimLayout:
     @property
     def lead(self) -> np.ndarray:
         return np.asarray([self.spec.prefix_id], dtype=np.int32)
+
+    def report(self) -> dict[str, int]:
+        return {"suffix_lines": self.suffix_lines, "suffix_tokens": self.suffix_tokens}
 
 
 FIM_SUFFIX_SECONDS = 0.012  # the suffix window's share of a line change (floor: 25 ms at the default model)
@@ -177,14 +182,23 @@ def suffix_window(text: str, offset: int, lines: int) -> str:
 
 
 def prompt_at(
-    doc: TrackedDocument, offset: int, insert: str = "", fim: FimLayout | None = None, replaced: int = 0
+    doc: TrackedDocument,
+    offset: int,
+    insert: str = "",
+    fim: FimLayout | None = None,
+    replaced: int = 0,
+    context: np.ndarray | None = None,
 ) -> Prompt:
     """The prompt for a cursor at `offset` in `doc` (with `insert` typed there first, over the next
     `replaced` characters: the prompt after accepting a suggestion); with `fim`, in
-    fill-in-the-middle order (module docstring)."""
+    fill-in-the-middle order (module docstring); `context`: the document's context chunks' tokens
+    (lsp/context_chunks.py), first."""
+    ctx = context if context is not None and len(context) else None
     if fim is None:
         ids, own = doc.prefix_ids(offset, insert)
-        return Prompt((Segment(SegmentKind.PREFIX, ids, own),))
+        if ctx is None:
+            return Prompt((Segment(SegmentKind.PREFIX, ids, own),))
+        return Prompt((Segment(SegmentKind.LEAD, ctx, len(ctx)), Segment(SegmentKind.PREFIX, ids, own)))
     tok = doc.tokenizer
     if tok is None:
         raise RuntimeError("document has no tokenizer")
@@ -200,9 +214,10 @@ def prompt_at(
     spec = fim.spec
     after = tok.encode(suffix_window(doc.text, offset + replaced, fim.suffix_lines))[: max(0, fim.suffix_tokens)]
     i32 = np.int32
+    lead = fim.lead if ctx is None else np.concatenate([ctx, fim.lead]).astype(np.int32)
     return Prompt(
         (
-            Segment(SegmentKind.LEAD, fim.lead, len(fim.lead)),
+            Segment(SegmentKind.LEAD, lead, len(lead)),
             Segment(SegmentKind.PREFIX, prefix, own),
             Segment(SegmentKind.SUFFIX, np.asarray([spec.suffix_id, *after], dtype=i32), 0),
             Segment(SegmentKind.MIDDLE, np.asarray([spec.middle_id, *tok.encode(typed)], dtype=i32), 0),

@@ -25,6 +25,7 @@ from bitmamba_lsp import __version__, _core
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.candidates import WorkspaceLines
 from bitmamba_lsp.lsp.completion import CursorContext, finalize
+from bitmamba_lsp.lsp.context_chunks import ContextChoice
 from bitmamba_lsp.lsp.documents import Change, Position, PositionError, TrackedDocument
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, job_at, window_job
 from bitmamba_lsp.lsp.memory import uri_path
@@ -70,6 +71,7 @@ class Session:
         self.worker = ModelWorker(self.settings)
         self.slot = ModelSlot(self.worker, self.notify)
         self.docs: dict[str, TrackedDocument] = {}
+        self.context, self.context_ids = ContextChoice(), {}  # the documents' context chunks
         self.too_big: set[str] = set()
         self.jobs: dict[str, CompletionJob] = {}
         self.request_seq: dict[str, int] = {}
@@ -94,6 +96,8 @@ class Session:
         self.worker.reconfigure(new)
         if self.slot.requested and (new.model, new.revision) != (old.model, old.revision):
             self.start_model_load()
+        if new.context_chunks != old.context_chunks:
+            self._refresh_context()
         for w in warnings:
             self.notify("warning", f"bitmamba: {w}", False)
         return warnings
@@ -106,6 +110,8 @@ class Session:
         workspace again."""
         for uri, doc in list(self.docs.items()):
             self._track(uri, doc.text, doc.version)
+        self.context.chosen.clear()
+        self._refresh_context()
         self._scan_workspace()
 
     def set_workspace(self, folders: list[Path]) -> None:
@@ -151,6 +157,15 @@ class Session:
 
     def open(self, uri: str, text: str, version: int) -> None:
         self._track(uri, text, version)
+        self._refresh_context()
+
+    def _refresh_context(self) -> None:
+        """Choose the other open files' chunks for each document again (context_chunks.py)."""
+        docs = {u: d.text for u, d in self.docs.items() if d.tokenizer is not None}
+        for uri, ids in self.context.refresh_ids(docs, self.settings.context_chunks, self.slot.model).items():
+            self.context_ids[uri] = ids
+            self.pending.drop(uri)  # made from the old prompt
+            self.worker.set_context(uri, ids)
 
     def change(self, uri: str, version: int, changes: Iterable[Change], encoding: str) -> None:
         doc = self.docs.get(uri)
@@ -178,6 +193,8 @@ class Session:
         if job is not None:
             job.cancel.set()
         self.worker.doc_closed(uri)
+        self.context_ids.pop(uri, None)
+        self._refresh_context()
 
     def document_and_offset(self, uri: str, position: Position, encoding: str) -> tuple[TrackedDocument, int]:
         doc = self.docs.get(uri)
@@ -231,7 +248,8 @@ class Session:
         if doc.tokenizer is None:  # a large document still being tokenized: a window of its text
             job = window_job(uri, doc, offset, model.tokenizer, self.settings)
         else:
-            job = job_at(uri, doc, offset, self.settings, self._workspace_lines(), fim=self.worker.fim)
+            job = job_at(uri, doc, offset, self.settings, self._workspace_lines(), fim=self.worker.fim,
+                         context=self.context_ids.get(uri))  # fmt: skip
         self.jobs[uri] = job
         epoch = doc.epoch
         try:
@@ -280,7 +298,9 @@ class Session:
         """Compute, in the background, the suggestion that follows accepting `text`."""
         job = CompletionJob(
             uri=doc.uri,
-            prompt=prompt_at(doc, offset, insert=text, fim=self.worker.fim, replaced=replaced),
+            prompt=prompt_at(
+                doc, offset, insert=text, fim=self.worker.fim, replaced=replaced, context=self.context_ids.get(doc.uri)
+            ),
             ctx=self.cursor_context(doc, offset, insert=text, replaced=replaced),
             max_tokens=self.settings.max_tokens,
             deadline_ms=10 * self.settings.time_budget_ms,
@@ -323,10 +343,7 @@ class Session:
             "memory_budget_bytes": None if store is None else store.budget,
             "evictions": 0 if store is None else store.evictions,
             "background_prefill_tokens": self.worker.background_tokens,
-            # the prompt order: fill-in-the-middle (with the suffix window chosen) or left to right
-            "fim": None
-            if self.worker.fim is None
-            else {"suffix_lines": self.worker.fim.suffix_lines, "suffix_tokens": self.worker.fim.suffix_tokens},
+            "fim": self.worker.fim.report() if self.worker.fim is not None else None,  # None: left to right
             "position_encoding": encoding,
             **self.stats.report(),
             "uptime_s": round(time.time() - self.started, 1),

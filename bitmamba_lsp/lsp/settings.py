@@ -54,6 +54,8 @@ class Settings:
     fim: bool = True
     fim_suffix_lines: int = 8
     fim_suffix_tokens: int = 0
+    # snippets of other open files before the document (lsp/context_chunks.py): how many (0: none)
+    context_chunks: int = 0
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -106,6 +108,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "min_line_confidence": (0, 1),
     "fim_suffix_lines": (0, 1000),
     "fim_suffix_tokens": (0, 100_000),
+    "context_chunks": (0, 8),
 }
 
 

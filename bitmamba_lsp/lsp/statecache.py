@@ -50,6 +50,44 @@ class DocStates:
     last_used: float = field(default_factory=time.monotonic)
     target: int = 0  # how far background prefill should bring the document track
     open_target: int = 0  # while the opened document's first prefill runs: its length
+    context: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # context chunks' tokens
+    lead_len: int = 0  # tokens before the document's own on the document track (context, <pre>)
+
+    def set_document(self, lead: np.ndarray, ids: np.ndarray, prefill: bool) -> None:
+        """The document track along `lead` + the document's tokens `ids` (opened); `prefill`:
+        background prefill brings it to the end."""
+        seq = np.concatenate([lead, ids]).astype(np.int32) if len(lead) else ids
+        self.doc.truncate(0, seq)
+        self.cursor.clear()
+        self.spec.clear()
+        self.lead_len = len(lead)
+        self.target = self.open_target = len(seq) if prefill else 0
+        self.touch()
+
+    def edited(self, lead: np.ndarray, first_changed: int, ids: np.ndarray, target: int) -> None:
+        """The document's tokens are `ids`, changed from token `first_changed` on; background
+        prefill should reach token `target` of them."""
+        seq = np.concatenate([lead, ids]).astype(np.int32) if len(lead) else ids
+        self.doc.truncate(first_changed + len(lead), seq)
+        self.lead_len = len(lead)
+        if self.open_target:  # the prefill of the opened document has not finished: keep going
+            self.open_target = len(seq)
+        self.target = max(target + len(lead), self.open_target)
+        self.touch()
+
+    def relead(self, lead: np.ndarray) -> None:
+        """Put `lead` before the document's tokens: the checkpoints up to where the track agrees
+        with the new one are kept, background prefill redoes the rest."""
+        old = self.doc.seq
+        seq = np.concatenate([lead, old[self.lead_len :]]).astype(np.int32)
+        keep = self.doc.lcp(seq)
+        if keep == len(old) == len(seq):
+            return
+        self.doc.truncate(keep, seq)
+        self.cursor.clear()
+        self.spec.clear()
+        self.target = max(0, self.target - self.lead_len + len(lead))
+        self.lead_len = len(lead)
 
     def touch(self) -> None:
         self.last_used = time.monotonic()

@@ -30,7 +30,7 @@ from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_res
 from bitmamba_lsp.lsp.memory import Memory, release_memory
 from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
 from bitmamba_lsp.lsp.settings import Settings
-from bitmamba_lsp.lsp.statecache import StateStore
+from bitmamba_lsp.lsp.statecache import DocStates, StateStore
 from bitmamba_lsp.lsp.suggest import suggest
 
 log = logging.getLogger(__name__)
@@ -171,16 +171,9 @@ class ModelWorker:
             self.settings = settings
             if self.store is not None and self.model is not None:
                 self.store.budget = self.budget_for(self.model)
-                old = len(self.lead)
                 self.fim = self.fim_layout_for(self.model, settings)
-                if len(self.lead) != old:  # the document tracks start with the other lead now
-                    for d in self.store.docs.values():
-                        raw = d.doc.seq[old:]
-                        d.doc.truncate(0, np.concatenate([self.lead, raw]).astype(np.int32))
-                        d.cursor.clear()
-                        d.spec.clear()
-                        d.target = max(0, d.target - old + len(self.lead))
-                        d.open_target = 0
+                for d in self.store.docs.values():  # the tracks start with the new lead
+                    d.relead(self.lead_of(d))
                 self.store.spacing = self.spacing_for(self.model)
                 self.store.dense = settings.dense_checkpoints
                 if settings.threads != self.model.threads and settings.threads >= 0:
@@ -190,17 +183,18 @@ class ModelWorker:
         self.post(do)
 
     # ------------------------------------------------------------------ documents (posted in order)
-    def doc_opened(self, uri: str, ids: np.ndarray) -> None:
+    def lead_of(self, d: DocStates) -> np.ndarray:
+        """What goes before a document on its track: its context chunks, then the FIM <pre>."""
+        return np.concatenate([d.context, self.lead]).astype(np.int32) if len(d.context) else self.lead
+
+    def doc_opened(self, uri: str, ids: np.ndarray, context: np.ndarray | None = None) -> None:
         def do() -> None:
             if self.store is None:
                 return
             d = self.store.get(uri)
-            seq = np.concatenate([self.lead, ids]).astype(np.int32) if len(self.lead) else ids
-            d.doc.truncate(0, seq)
-            d.cursor.clear()
-            d.spec.clear()
-            d.target = d.open_target = len(seq) if self.settings.prefill_on_open else 0
-            d.touch()
+            if context is not None:
+                d.context = context
+            d.set_document(self.lead_of(d), ids, self.settings.prefill_on_open)
             if self.memory is not None:
                 self.memory.opened(uri, ids)
 
@@ -211,15 +205,23 @@ class ModelWorker:
             if self.store is None:
                 return
             d = self.store.get(uri)
-            lead = len(self.lead)
-            seq = np.concatenate([self.lead, ids]).astype(np.int32) if lead else ids
-            d.doc.truncate(first_changed + lead, seq)
-            if d.open_target:  # the prefill of the opened document has not finished: keep going
-                d.open_target = len(seq)
-            d.target = max(target + lead, d.open_target)
-            d.touch()
+            d.edited(self.lead_of(d), first_changed, ids, target)
             if self.memory is not None:
                 self.memory.edited(uri, first_changed, ids)
+
+        self.post(do)
+
+    def set_context(self, uri: str, context: np.ndarray) -> None:
+        """New context chunks for a document (lsp/context_chunks.py): its track is re-led."""
+
+        def do() -> None:
+            if self.store is None or uri not in self.store.docs:
+                return
+            d = self.store.docs[uri]
+            if np.array_equal(d.context, context):
+                return
+            d.context = context
+            d.relead(self.lead_of(d))
 
         self.post(do)
 
