@@ -107,6 +107,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="", help="suffix for the result file names")
+    ap.add_argument("--open-siblings", type=int, default=0, help="other files of the package open meanwhile")
     args = ap.parse_args()
 
     options: dict = {"threads": args.threads}
@@ -133,7 +134,7 @@ def main() -> int:
                 files += got
                 packages.append({"name": name, "version": version, "licence": licence, "py_files": len(got)})
         files = cap(files, args.files_per_package)
-        res = run_scoring(files, options, lines_per_file=args.lines_per_file, seed=args.seed)
+        res = run_scoring(files, options, lines_per_file=args.lines_per_file, seed=args.seed, open_siblings=args.open_siblings)
         res.update(
             split=split,
             packages=packages,
@@ -141,6 +142,7 @@ def main() -> int:
             settings=options,
             seed=args.seed,
             lines_per_file=args.lines_per_file,
+            open_siblings=args.open_siblings,
             seconds=round(time.perf_counter() - t0, 1),
             machine=info,
         )

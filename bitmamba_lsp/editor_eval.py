@@ -271,9 +271,11 @@ async def score_files(
     seed: int,
     workspace: bool = True,
     collect: list[dict] | None = None,
+    open_siblings: int = 0,
 ) -> dict[str, Any]:
     """Score every file's cases in a daemon session (settings `options`), one session per package
-    whose workspace folder holds that package's files (workspace=False: no workspace folder)."""
+    whose workspace folder holds that package's files (workspace=False: no workspace folder);
+    `open_siblings`: that many other files of the package are open in the editor meanwhile."""
     import tempfile
 
     from bitmamba_lsp.lsp.session import Session
@@ -304,9 +306,15 @@ async def score_files(
                     others = [ln for g in pfiles if g is not f for ln in g.text.split("\n")]
                     cases = pick_cases(f.text, lines_per_file, seed, f"{package}/{f.name}")
                     n_cases += len(cases)
+                    k = pfiles.index(f)
+                    siblings = [g for g in pfiles[k + 1 :] + pfiles[:k] if g is not f][:open_siblings]
+                    for g in siblings:
+                        session.open((root / g.name).as_uri(), g.text, 1)
                     await _score_file(
                         session, f, cases, others, tallies, uri=(root / f.name).as_uri(), collect=collect
                     )
+                    for g in siblings:
+                        session.close((root / g.name).as_uri())
             finally:
                 session.shutdown()
     return {"cases": n_cases, "results": tallies.report(), "model": model_name}
@@ -319,9 +327,12 @@ def run_scoring(
     lines_per_file: int,
     seed: int,
     collect: list[dict] | None = None,
+    open_siblings: int = 0,
 ) -> dict:
     return asyncio.run(
-        score_files(list(files), options, lines_per_file=lines_per_file, seed=seed, collect=collect)
+        score_files(
+            list(files), options, lines_per_file=lines_per_file, seed=seed, collect=collect, open_siblings=open_siblings
+        )
     )
 
 
