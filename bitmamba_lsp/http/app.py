@@ -8,6 +8,10 @@ The `model` field must name what this server serves (its id, the model's name, a
 else 404 model_not_found. A prompt over --max-prompt-tokens keeps its last tokens (reported in
 usage.prompt_tokens_truncated and the X-Prompt-Truncated header) unless the server or the request
 says `error` (the old 400). Completions are token-healed by default (`token_healing`), chat is not.
+
+Fill-in-the-middle (a model whose model.json declares "fim"): `/v1/completions` with a `suffix`, and
+llama.cpp's `POST /infill` (llama.vim, llama.vscode; infill.py). A model without FIM answers those
+with a 400 (`suffix`) or a 501 (`/infill`) that names it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ from bitmamba_lsp import _core
 from bitmamba_lsp.engine.decoding import GenerationConfig, make_sampler
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.http.chat import ChatFormatter
+from bitmamba_lsp.http.infill import (
+    InfillFormat,
+    InfillRequest,
+    InfillText,
+    fit_fim,
+    fit_infill,
+    parse_infill,
+)
 from bitmamba_lsp.http.schemas import (
     MODEL_ALIASES,
     OVERFLOW,
@@ -83,6 +95,7 @@ class Server:
             )
         )
         self.chat = ChatFormatter(model)
+        self.fim = getattr(model, "fim", None)  # the model's FimSpec, or None
         self.worker = GenerationWorker(
             model,
             max_batch=settings.max_batch,
@@ -100,6 +113,7 @@ class Server:
             model_ids=self.model_ids,
             prompt_overflow=settings.prompt_overflow,
             token_healing=settings.token_healing,
+            fim=self.fim is not None,
         )
         tok = model.tokenizer
         self._special_ids = frozenset(tok.special_ids) | (
@@ -152,10 +166,39 @@ class Server:
         except (ValueError, RecursionError):
             raise bad("the request body is not valid JSON", None, "invalid_json") from None
 
+    def no_fim(self) -> str:
+        return (
+            f"model '{self.model_id}' does not declare fill-in-the-middle (no \"fim\" sentinels in its "
+            "model.json): it only continues text left to right"
+        )
+
+    def check_suffix(self, req: GenRequest) -> None:
+        if req.suffix and self.fim is None:
+            raise bad(
+                f"'suffix' (fill-in-the-middle) cannot be used: {self.no_fim()}; send the text before the "
+                "cursor as 'prompt' only",
+                "suffix",
+                "unsupported_value",
+            )
+
+    def check_fim_overflow(self, n: int, overflow: str | None, param: str) -> None:
+        """The 400 for a FIM prompt of `n` tokens over --max-prompt-tokens when prompt_overflow
+        'error' asks for it (or when not even the three sentinels fit)."""
+        limit = self.limits.max_prompt_tokens
+        if n > limit and ((overflow or self.settings.prompt_overflow) == "error" or limit < 3):
+            raise bad(
+                f"the fill-in-the-middle prompt has {n} tokens, more than this server's limit of {limit} "
+                "(--max-prompt-tokens; send prompt_overflow: 'truncate' to keep the end of the prefix "
+                "and the start of the suffix)",
+                param,
+                "context_length_exceeded",
+            )
+
     def prepare(self, req: GenRequest) -> Job:
         """Tokenize and build the job (runs in a thread pool: tokenizing can take a while)."""
         stops = req.stop
         stop_ids: frozenset[int] = frozenset()
+        fim = req.kind == "completion" and bool(req.suffix)
         if req.kind == "chat":
             assert req.messages is not None
             ids = self.chat.encode(self.chat.render(req.messages))
@@ -165,13 +208,19 @@ class Server:
         else:
             ids = req.prompt if isinstance(req.prompt, list) else self.model.encode(req.prompt)
             param = "prompt"
-        if not ids:
+        limit = self.limits.max_prompt_tokens
+        truncated = 0
+        if fim:  # <pre> prompt <suf> suffix <mid>: the model writes the middle
+            assert self.fim is not None and req.suffix is not None
+            suffix = self.model.encode(req.suffix)
+            self.check_fim_overflow(3 + len(ids) + len(suffix), req.prompt_overflow, param)
+            ids, truncated = fit_fim(self.fim, list(ids), suffix, [], limit)
+            stop_ids = self.fim.sentinel_ids  # a sentinel ends the middle as the end-of-text does
+        elif not ids:
             if self.model.eos_id is None:
                 raise bad("the prompt is empty", param)
             ids = [self.model.eos_id]  # an empty prompt starts from the document separator
-        limit = self.limits.max_prompt_tokens
-        truncated = 0
-        if len(ids) > limit:
+        if not fim and len(ids) > limit:
             if (req.prompt_overflow or self.settings.prompt_overflow) == "error":
                 raise bad(
                     f"the prompt has {len(ids)} tokens, more than this server's limit of {limit} "
@@ -201,6 +250,10 @@ class Server:
         heal = req.token_healing
         if heal is None:
             heal = self.settings.token_healing and req.kind == "completion"
+        if fim:
+            # not healed: the prefix is tokenized on its own, as FIM training pieces were (cut at
+            # any character), and the prompt ends with the <mid> sentinel, a token boundary
+            heal = False
         return Job(
             ids=list(ids),
             cfg=cfg,
@@ -273,6 +326,7 @@ class Server:
         parse = parse_chat if kind == "chat" else parse_completion
         req = parse(body, self.limits, self.model.vocab_size)
         self.check_model(req.model)
+        self.check_suffix(req)
         job = await run_in_threadpool(self.prepare, req)
         self.submit(job)
         fmt = ChunkFormat(req, self.model_id, job.truncated)
@@ -282,6 +336,70 @@ class Server:
         result = await _until_done_or_disconnect(job, request.receive)
         if result is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(fmt.full(result), headers=headers)
+
+    # ------------------------------------------------------------------ llama.cpp's /infill
+    def prepare_infill(self, req: InfillRequest) -> Job:
+        """<pre> extra + input_prefix <suf> input_suffix <mid> prompt, as a job (thread pool)."""
+        assert self.fim is not None
+        enc = self.model.encode
+        suffix, middle = enc(req.input_suffix), enc(req.prompt)
+        limit = self.limits.max_prompt_tokens
+        # whole extra chunks go first, then the prefix's start and the suffix's end (infill.fit_infill)
+        ids, truncated = fit_infill(self.fim, enc, req.input_extra, req.input_prefix, suffix, middle, limit)
+        self.check_fim_overflow(len(ids) + truncated, req.prompt_overflow, "input_prefix")
+        cfg = GenerationConfig(
+            max_tokens=req.n_predict,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty,
+            penalty_window=req.penalty_window,
+            stop=req.stop,
+            seed=req.seed,
+        )
+        try:
+            make_sampler(self.model, cfg)
+        except ValueError as e:
+            raise bad(str(e), None, "invalid_value") from None
+        heal = self.settings.token_healing if req.token_healing is None else req.token_healing
+        return Job(
+            ids=ids,
+            cfg=cfg,
+            stop_ids=self.fim.sentinel_ids,
+            ignore_eos=req.ignore_eos,
+            # healing takes back the last token of `prompt` (the typed part of the line), as the
+            # daemon does; an empty `prompt` ends with <mid>, which is never healed
+            heal=heal and bool(req.prompt) and req.n_predict > 0,
+            truncated=truncated,
+            text_stop=InfillText(req.stop, req.n_indent, req.t_max_predict_ms),
+        )
+
+    async def infill(self, request: Request) -> Response:
+        self.check_auth(request)
+        if self.fim is None:
+            raise APIError(
+                501,
+                f"Infill is not supported by this model: {self.no_fim()}",
+                type="not_supported_error",
+                code="fim_not_supported",
+            )
+        body = await self.read_json(request)
+        req = parse_infill(body, self.limits, self.model.vocab_size)
+        job = await run_in_threadpool(self.prepare_infill, req)
+        fmt = InfillFormat(req, self.model_id, len(job.ids), job.truncated, job.text_stop)
+        headers = {"X-Prompt-Truncated": str(job.truncated)} if job.truncated else {}
+        if req.n_predict == 0 and not req.cache_prompt:  # nothing to generate nor to keep
+            return JSONResponse(
+                fmt.full(Result("length", len(job.ids), 0, "", 0, [], reason="length")), headers=headers
+            )
+        self.submit(job)
+        if req.stream:
+            return EventStream(job, fmt, headers)
+        result = await _until_done_or_disconnect(job, request.receive)
+        if result is None:
+            return Response(status_code=499)
         return JSONResponse(fmt.full(result), headers=headers)
 
 
@@ -380,7 +498,7 @@ class ChunkFormat:
     @staticmethod
     def error(message: str) -> bytes:
         body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+        return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -433,7 +551,9 @@ async def _until_done_or_disconnect(job: Job, receive: Receive) -> Result | None
 class EventStream(Response):
     """Server-sent events relayed from the worker: a chunk per generated token as it is produced."""
 
-    def __init__(self, job: Job, fmt: ChunkFormat, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, job: Job, fmt: ChunkFormat | InfillFormat, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.job = job
         self.fmt = fmt
@@ -465,7 +585,7 @@ class EventStream(Response):
             await _race(pump(), receive, self.job)
 
 
-async def _batches(job: Job, fmt: ChunkFormat) -> AsyncIterator[bytes]:
+async def _batches(job: Job, fmt: ChunkFormat | InfillFormat) -> AsyncIterator[bytes]:
     """Whatever the worker has produced since the last send, as SSE bytes (one event per token)."""
     assert job.channel is not None
     while True:
@@ -479,7 +599,7 @@ async def _batches(job: Job, fmt: ChunkFormat) -> AsyncIterator[bytes]:
                     yield b"".join(out)
                 return
             elif kind == "error":
-                out.append(fmt.error(value) + b"data: [DONE]\n\n")
+                out.append(fmt.error(value))
                 yield b"".join(out)
                 return
         yield b"".join(out)
@@ -526,6 +646,7 @@ def create_app(model: Model, settings: ServerSettings | None = None) -> Starlett
             Route("/v1/models/{model_id:path}", api(server.retrieve_model), methods=["GET"]),
             Route("/v1/completions", api(server.completions), methods=["POST"]),
             Route("/v1/chat/completions", api(server.chat_completions), methods=["POST"]),
+            Route("/infill", api(server.infill), methods=["POST"]),  # llama.cpp's (llama.vim, llama.vscode)
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,

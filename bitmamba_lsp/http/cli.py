@@ -11,7 +11,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "serve", help="run the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)"
+        "serve",
+        help="run the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions; llama.cpp's "
+        "/infill for fill-in-the-middle models)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"bitmamba serve: model {server.model_id} ({model.kernel_level}, {model.threads} threads, "
         f"chat template: {server.chat.source}) on http://{args.host}:{args.port}/v1"
+        + (", fill-in-the-middle on /infill" if server.fim is not None else "")
         + (" (API key required)" if args.api_key else ""),
         file=sys.stderr,
         flush=True,

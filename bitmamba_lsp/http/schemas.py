@@ -75,6 +75,7 @@ class GenRequest:
     ignore_eos: bool
     token_healing: bool | None = None  # None: the server's default (completions on, chat off)
     prompt_overflow: str | None = None  # None: the server's --prompt-overflow
+    suffix: str | None = None  # completions: the text after the cursor (fill-in-the-middle models only)
 
 
 # ------------------------------------------------------------------------------------------ fields
@@ -171,8 +172,6 @@ def _unsupported(body: dict[str, Any]) -> None:
         raise bad("top_logprobs is not supported", "top_logprobs", "unsupported_value")
     if body.get("echo") not in (None, False):
         raise bad("echo is not supported", "echo", "unsupported_value")
-    if body.get("suffix") not in (None, ""):
-        raise bad("suffix (fill-in-the-middle) is not supported by this model", "suffix", "unsupported_value")
     if body.get("logit_bias") not in (None, {}):
         raise bad("logit_bias is not supported", "logit_bias", "unsupported_value")
     for name in ("tools", "functions"):
@@ -194,6 +193,12 @@ def _common(body: dict[str, Any], kind: Literal["completion", "chat"], limits: L
     max_tokens = _int(body, "max_tokens", None, 1, limits.max_tokens_limit)
     if max_tokens is None and kind == "chat":
         max_tokens = _int(body, "max_completion_tokens", None, 1, limits.max_tokens_limit)
+    if max_tokens is None and body.get("n_predict") is not None:
+        # llama.cpp's name (llama.vim sends it): 0 only evaluates the prompt (a cache warm-up),
+        # a negative value is the default, more than the limit is the limit
+        n = _int(body, "n_predict", None, -(1 << 62), 1 << 62)
+        assert n is not None
+        max_tokens = default_max if n < 0 else min(n, limits.max_tokens_limit)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p < 1e-6:
@@ -248,8 +253,15 @@ def parse_completion(body: Any, limits: Limits, vocab: int) -> GenRequest:
         raise bad("only one prompt per request is supported (n=1)", "prompt", "unsupported_value")
     else:
         raise bad("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise bad("'suffix' must be a string", "suffix", "invalid_type")
     return GenRequest(
-        kind="completion", prompt=prompt, messages=None, **_common(body, "completion", limits, vocab)
+        kind="completion",
+        prompt=prompt,
+        messages=None,
+        suffix=suffix or None,
+        **_common(body, "completion", limits, vocab),
     )
 
 
@@ -315,9 +327,11 @@ def openapi_schema(
     model_ids: Sequence[str] = (),
     prompt_overflow: str = "truncate",
     token_healing: bool = True,
+    fim: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing this server (limits and defaults from its settings).
-    `model_ids`: every accepted `model` value (default: `model_id` and the aliases)."""
+    `model_ids`: every accepted `model` value (default: `model_id` and the aliases); `fim`: the model
+    declares fill-in-the-middle (`suffix` is accepted)."""
     num = {"type": ["number", "null"]}
     accepted = list(dict.fromkeys(model_ids or (model_id, *MODEL_ALIASES)))
     sampling = {
@@ -519,6 +533,17 @@ def openapi_schema(
                         },
                         **sampling,
                         "token_healing": healing["completion"],
+                        "suffix": {
+                            "type": ["string", "null"],
+                            "description": (
+                                "fill-in-the-middle: the text after the insertion point; the prompt is "
+                                "<pre> prompt <suf> suffix <mid> and the answer is the middle (not "
+                                "token-healed). This model declares FIM"
+                                if fim
+                                else "fill-in-the-middle: this model does not declare it, so a non-empty "
+                                "suffix is a 400"
+                            ),
+                        },
                     },
                 },
                 "ChatRequest": {

@@ -20,6 +20,11 @@ which the decoder then removes from the output (`skip`), as the daemon does. Wha
 the prefix cache keys on, is the healed prompt. While the hook is active a run's logits go through
 `Decoder.choose` (never `step_sample`). Tokens that only re-create the dropped bytes are not
 counted as completion tokens nor against `max_tokens`, and send no event.
+
+A job with `max_tokens` 0 is only prefilled (the prefix cache keeps its states: a client warming the
+cache, as llama.vim's /infill requests with `n_predict: 0` do) and ends with nothing generated. A job
+may bring its own text stop (`Job.text_stop`, e.g. /infill's indentation and time rules) instead of
+the plain stop-sequence matcher.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ class Result:
     resumed_from: int  # prompt tokens covered by a cached state
     tokens: list[int]  # every generated token (the healed token's re-creation included)
     healed: str = ""  # the healed token's text (generated again, removed from `text`)
+    reason: str = ""  # the decoder's own StopReason (eos, stop, length, ...), finer than finish_reason
+    prompt_ms: float = 0.0  # from admission to the first token's logits (prefill, queue excluded)
+    predicted_ms: float = 0.0  # from then to the end
 
 
 @dataclass
@@ -101,7 +109,9 @@ class Job:
     stop_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
     heal: bool = False  # token healing: take back the last prompt token, regenerate it constrained
-    truncated: int = 0  # prompt tokens the server dropped from the front (reported, not used here)
+    truncated: int = 0  # prompt tokens the server dropped (reported, not used here)
+    # the text stop of this job (a StopMatcher-like object: feed/finish/take/text); None: stop sequences
+    text_stop: Any = None
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     on_done: Callable[[Result], None] | None = None  # called on the worker thread (tests, benchmarks)
@@ -126,7 +136,9 @@ class _Run:
         self.resumed = resumed
         self.pos = resumed  # prompt tokens fed so far
         tok = model.tokenizer
-        self.text = StopMatcher(job.cfg.stop)
+        self.text = job.text_stop if job.text_stop is not None else StopMatcher(job.cfg.stop)
+        self.started = time.perf_counter()
+        self.prefilled: float | None = None  # when the prompt's logits were there
         self.healing = healing
         self.healed = healed
         self.healing_tokens = 0  # generated tokens that only re-created the healed bytes
@@ -330,6 +342,10 @@ class GenerationWorker:
         if last:
             self.cache.store(run.ids, run.snapshots)
             run.snapshots = {}
+            run.prefilled = time.perf_counter()
+            if run.decoder.max_tokens <= 0:  # prefill only (a cache warm-up): nothing to generate
+                self._finish(run, StopReason.LENGTH)
+                return
             assert logits is not None
             self._accept(run, run.decoder.choose(logits))
 
@@ -404,6 +420,8 @@ class GenerationWorker:
             self.cache.store(seq, run.snapshots)
             run.snapshots = {}
         tokens = run.decoder.tokens
+        now = time.perf_counter()
+        prefilled = run.prefilled if run.prefilled is not None else now
         result = Result(
             run.finish_reason,
             len(run.job.ids),
@@ -412,6 +430,9 @@ class GenerationWorker:
             run.resumed,
             tokens,
             run.healed,
+            reason=str(reason),
+            prompt_ms=(prefilled - run.started) * 1000.0,
+            predicted_ms=(now - prefilled) * 1000.0,
         )
         with self._lock:
             key = {"cancelled": "cancelled", "error": "errors"}.get(run.finish_reason, "completed")
