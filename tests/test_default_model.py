@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bitmamba_lsp.engine.fim import FimSpec
 from bitmamba_lsp.engine.formats.bitmamba_bin import read_bin
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "bitmamba_lsp" / "data" / "default"
@@ -99,6 +100,16 @@ def test_shipped_files_and_limits():
     assert tok.eos_id == meta["eos_id"] == 0
     text = "def __init__(self, x):\n    self.x = x  # café\n"
     assert tok.decode(tok.encode(text)) == text
+    fim = FimSpec.from_metadata(meta, tok)  # a declared FIM must name special tokens of the tokenizer
+    if "fim" in meta:
+        assert fim is not None and fim.sentinel_ids <= tok.special_ids
+
+
+FIM_PROMPTS = (
+    ("def area(w, h):\n", "\n\nprint(area(2, 3))\n", "    return "),
+    ("import os\n\n", "\n", ""),
+    ("function add(a, b) {\n", "\n}\n", "  return a"),
+)
 
 
 def test_engine_matches_pytorch_on_prompts():
@@ -111,8 +122,13 @@ def test_engine_matches_pytorch_on_prompts():
     ref, _, _ = load_exported(MODEL_DIR)
     ref.eval()
     tok = _tokenizer()
-    for prompt in (*PROMPTS, *_heldout_prompts()):
-        ids = tok.encode(prompt)
+    sequences = [(p, tok.encode(p)) for p in (*PROMPTS, *_heldout_prompts())]
+    fim = FimSpec.from_metadata(json.loads((MODEL_DIR / "model.json").read_text("utf-8")), tok)
+    if fim is not None:  # the FIM sentinels too: <pre> prefix <suf> suffix <mid> middle
+        for prefix, suffix, middle in FIM_PROMPTS:
+            ids = fim.ids(tok.encode(prefix), tok.encode(suffix), tok.encode(middle))
+            sequences.append((f"FIM {prefix!r} | {suffix!r} | {middle!r}", ids))
+    for prompt, ids in sequences:
         with torch.no_grad():
             all_logits = ref(torch.tensor([ids]), exact=True)[0].numpy()
         state = engine.new_state()

@@ -42,9 +42,8 @@ from bitmamba_lsp.http.chat import ChatFormatter
 from bitmamba_lsp.http.infill import (
     InfillFormat,
     InfillRequest,
-    InfillText,
     fit_fim,
-    fit_infill,
+    infill_job,
     parse_infill,
 )
 from bitmamba_lsp.http.schemas import (
@@ -340,41 +339,10 @@ class Server:
 
     # ------------------------------------------------------------------ llama.cpp's /infill
     def prepare_infill(self, req: InfillRequest) -> Job:
-        """<pre> extra + input_prefix <suf> input_suffix <mid> prompt, as a job (thread pool)."""
+        """The job of an /infill request (infill.infill_job; runs in the thread pool)."""
         assert self.fim is not None
-        enc = self.model.encode
-        suffix, middle = enc(req.input_suffix), enc(req.prompt)
-        limit = self.limits.max_prompt_tokens
-        # whole extra chunks go first, then the prefix's start and the suffix's end (infill.fit_infill)
-        ids, truncated = fit_infill(self.fim, enc, req.input_extra, req.input_prefix, suffix, middle, limit)
-        self.check_fim_overflow(len(ids) + truncated, req.prompt_overflow, "input_prefix")
-        cfg = GenerationConfig(
-            max_tokens=req.n_predict,
-            temperature=req.temperature,
-            top_k=req.top_k,
-            top_p=req.top_p,
-            min_p=req.min_p,
-            repetition_penalty=req.repetition_penalty,
-            penalty_window=req.penalty_window,
-            stop=req.stop,
-            seed=req.seed,
-        )
-        try:
-            make_sampler(self.model, cfg)
-        except ValueError as e:
-            raise bad(str(e), None, "invalid_value") from None
-        heal = self.settings.token_healing if req.token_healing is None else req.token_healing
-        return Job(
-            ids=ids,
-            cfg=cfg,
-            stop_ids=self.fim.sentinel_ids,
-            ignore_eos=req.ignore_eos,
-            # healing takes back the last token of `prompt` (the typed part of the line), as the
-            # daemon does; an empty `prompt` ends with <mid>, which is never healed
-            heal=heal and bool(req.prompt) and req.n_predict > 0,
-            truncated=truncated,
-            text_stop=InfillText(req.stop, req.n_indent, req.t_max_predict_ms),
-        )
+        return infill_job(self.fim, self.model, req, self.limits.max_prompt_tokens, self.settings.token_healing,
+                          lambda n: self.check_fim_overflow(n, req.prompt_overflow, "input_prefix"))  # fmt: skip
 
     async def infill(self, request: Request) -> Response:
         self.check_auth(request)

@@ -559,3 +559,44 @@ class InfillFormat:
 
 def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def infill_job(
+    fim: Any, model: Any, req: Any, max_prompt_tokens: int, token_healing: bool, check_overflow: Callable[[int], None]
+) -> Any:
+    """<pre> extra + input_prefix <suf> input_suffix <mid> prompt, as a generation job."""
+    from bitmamba_lsp.engine.decoding import GenerationConfig, make_sampler
+    from bitmamba_lsp.http.worker import Job
+
+    enc = model.encode
+    suffix, middle = enc(req.input_suffix), enc(req.prompt)
+    # whole extra chunks go first, then the prefix's start and the suffix's end (fit_infill)
+    ids, truncated = fit_infill(fim, enc, req.input_extra, req.input_prefix, suffix, middle, max_prompt_tokens)
+    check_overflow(len(ids) + truncated)
+    cfg = GenerationConfig(
+        max_tokens=req.n_predict,
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        penalty_window=req.penalty_window,
+        stop=req.stop,
+        seed=req.seed,
+    )
+    try:
+        make_sampler(model, cfg)
+    except ValueError as e:
+        raise bad(str(e), None, "invalid_value") from None
+    heal = token_healing if req.token_healing is None else req.token_healing
+    return Job(
+        ids=ids,
+        cfg=cfg,
+        stop_ids=fim.sentinel_ids,
+        ignore_eos=req.ignore_eos,
+        # healing takes back the last token of `prompt` (the typed part of the line), as the
+        # daemon does; an empty `prompt` ends with <mid>, which is never healed
+        heal=heal and bool(req.prompt) and req.n_predict > 0,
+        truncated=truncated,
+        text_stop=InfillText(req.stop, req.n_indent, req.t_max_predict_ms),
+    )

@@ -86,7 +86,10 @@ def export_model(
     with torch.no_grad():
         tensors = model_tensors(model)
     bin_path = out / WEIGHTS
-    write_bin(bin_path, bin_config(cfg), tensors)
+    # written beside and renamed over: a daemon serving the previous export keeps its mapping intact
+    tmp_bin = out / (WEIGHTS + ".tmp")
+    write_bin(tmp_bin, bin_config(cfg), tensors)
+    os.replace(tmp_bin, bin_path)
     tmp = out / (TOKENIZER + ".tmp")
     tokenizer.save(str(tmp))
     os.replace(tmp, out / TOKENIZER)
