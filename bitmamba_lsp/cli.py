@@ -246,8 +246,22 @@ def cmd_make_random(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ warmup
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from bitmamba_lsp.engine.tokenizer import bundled_gpt2_path, bundled_text_tokenizer, gpt2_cache_path
+
+    t0 = time.perf_counter()
+    bundled_text_tokenizer()
+    path = gpt2_cache_path(bundled_gpt2_path().read_bytes())
+    print(f"GPT-2 tokenizer cache: {path} ({time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `bitmamba` parser. With ``command`` (the subcommand about to run), only that command's
+    plugin module is imported (a built-in command imports none): a command's start pays for what
+    it uses, not for the daemon's, the server's or training's imports."""
     p = argparse.ArgumentParser(
         prog="bitmamba", description="1.58-bit Mamba engine: tools, daemon and server"
     )
@@ -300,7 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_make_random)
 
-    for register in _plugins():
+    s = sub.add_parser("warmup", help="build the GPT-2 tokenizer cache now (its first use does it otherwise)")
+    s.set_defaults(func=cmd_warmup)
+
+    if command in sub.choices:  # a built-in command: no plugin is needed
+        return p
+    for register in _plugins(command):
         register(sub)
     return p
 
@@ -311,15 +330,19 @@ _PLUGINS = {
     "bitmamba_lsp.train.cli": ("train",),
     "bitmamba_lsp.evaluation": ("eval",),
     "bitmamba_lsp.demo": ("demo",),
+    "bitmamba_lsp.scoring": ("logprob", "score"),
 }
 
 
-def _plugins() -> list:
-    """Subcommands that live with their feature (daemon, HTTP server, training, demo). A feature
-    whose module fails to import (a missing optional dependency, a broken install) does not take
-    the others down: its commands report the error when used."""
+def _plugins(command: str | None = None) -> list:
+    """Subcommands that live with their feature (daemon, HTTP server, training, demo): only the
+    module of ``command`` when a plugin provides it, else all of them (help, a mistyped command). A
+    feature whose module fails to import (a missing optional dependency, a broken install) does not
+    take the others down: its commands report the error when used."""
     out = []
-    for mod, commands in _PLUGINS.items():
+    wanted = [m for m, commands in _PLUGINS.items() if command in commands] or list(_PLUGINS)
+    for mod in wanted:
+        commands = _PLUGINS[mod]
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:
@@ -361,8 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         TokenizerFormatError,
     )
 
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     if argv and argv[0] in _BROKEN:  # before argparse, which would only say "unrecognized arguments"
         return _report(argv[0], _BROKEN[argv[0]])
     args = parser.parse_args(argv)
