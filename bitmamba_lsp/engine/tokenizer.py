@@ -15,6 +15,12 @@ from GPT-2's byte order and the 216 longer tokens from :data:`_GPT2_LOSSY_PATCHE
 bytes in GPT-2), each applied only where the stored record is exactly the lossy form of the
 patch. A file with raw bytes (like the package's own copy) needs no repair.
 
+Deriving the 50000 merges from the ranks takes a second or two in Python, so it is done once per
+file: the result is cached in the user's cache (``$XDG_CACHE_HOME/bitmamba-lsp/tokenizers/``,
+else ``~/.cache/...``), keyed by a hash of the file's bytes, written atomically and checked by a
+checksum when read (a damaged cache file is rebuilt, with a one-line warning). See
+:func:`gpt2_cache_path`.
+
 :class:`TextTokenizer` is what the rest of the project uses: encode without special tokens,
 character offsets, byte-exact decoding and a streaming decoder that never splits a character.
 """
@@ -22,9 +28,15 @@ character offsets, byte-exact decoding and a streaming decoder that never splits
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
+import hashlib
+import logging
+import marshal
+import os
 import re
 import struct
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -41,10 +53,14 @@ __all__ = [
     "bundled_gpt2_path",
     "bundled_gpt2_tokenizer",
     "bundled_text_tokenizer",
+    "gpt2_cache_path",
     "gpt2_tokenizer_from_bin",
     "load_tokenizer",
     "read_bin_vocab",
+    "user_cache_dir",
 ]
+
+log = logging.getLogger("bitmamba_lsp")
 
 GPT2_EOT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
@@ -125,7 +141,10 @@ def read_bin_vocab(path: str | Path) -> list[bytes]:
     ``FileNotFoundError`` if the file does not exist.
     """
     path = Path(path)
-    data = path.read_bytes()
+    return _parse_bin_vocab(path.read_bytes(), path)
+
+
+def _parse_bin_vocab(data: bytes, path: object) -> list[bytes]:
     tokens: list[bytes] = []
     off, end = 0, len(data)
     unpack = struct.Struct("<I").unpack_from
@@ -214,31 +233,149 @@ def _alias(raw: bytes) -> str:
     return raw.decode("latin-1").translate(_TO_ALIAS)
 
 
-def gpt2_tokenizer_from_tokens(tokens: Sequence[bytes], source: object = "<tokens>") -> Tokenizer:
-    """Build the byte-level BPE ``Tokenizer`` from validated ranked tokens (last one = EOT)."""
+# The merges of a tokenizer.bin, ready for ``models.BPE``: (vocab alias -> id, merges as alias
+# pairs, every id's exact bytes with the end-of-text token last).
+_Parts = tuple[dict[str, int], list[tuple[str, str]], list[bytes]]
+
+
+def _parts_from_tokens(tokens: Sequence[bytes], source: object) -> _Parts:
     ranked = tokens[:-1]
     merges = _derive_merges(ranked, source)
-    model = models.BPE(
-        vocab={_alias(tok): i for i, tok in enumerate(ranked)},
-        merges=[(_alias(a), _alias(b)) for a, b in merges],
-        byte_fallback=False,
-        ignore_merges=False,
-    )
+    vocab = {_alias(tok): i for i, tok in enumerate(ranked)}
+    return vocab, [(_alias(a), _alias(b)) for a, b in merges], list(tokens)
+
+
+def _tokenizer_from_parts(parts: _Parts, source: object) -> Tokenizer:
+    vocab, merges, table = parts
+    model = models.BPE(vocab=vocab, merges=merges, byte_fallback=False, ignore_merges=False)
     tok = Tokenizer(model)
     # ByteLevel with use_regex=True applies GPT-2's pre-tokenization regex.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(tokens[-1].decode("utf-8"), special=True, normalized=False)])
-    if tok.token_to_id(GPT2_EOT) != len(tokens) - 1:  # pragma: no cover - tokenizers invariant
-        raise TokenizerFormatError(f"{source}: {GPT2_EOT} did not get id {len(tokens) - 1}")
+    tok.add_special_tokens([AddedToken(table[-1].decode("utf-8"), special=True, normalized=False)])
+    if tok.token_to_id(GPT2_EOT) != len(table) - 1:  # pragma: no cover - tokenizers invariant
+        raise TokenizerFormatError(f"{source}: {GPT2_EOT} did not get id {len(table) - 1}")
     return tok
+
+
+def gpt2_tokenizer_from_tokens(tokens: Sequence[bytes], source: object = "<tokens>") -> Tokenizer:
+    """Build the byte-level BPE ``Tokenizer`` from validated ranked tokens (last one = EOT).
+
+    Derives the merges every time (no cache): :func:`gpt2_tokenizer_from_bin` caches them."""
+    return _tokenizer_from_parts(_parts_from_tokens(tokens, source), source)
+
+
+# --------------------------------------------------------------------------- the merges cache
+
+_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 1\n"  # then sha256(payload), then marshal payload
+
+
+def user_cache_dir() -> Path:
+    """bitmamba-lsp's folder in the user's cache: ``$XDG_CACHE_HOME/bitmamba-lsp`` (an absolute
+    XDG_CACHE_HOME only, as the XDG spec says), else ``~/.cache/bitmamba-lsp``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "bitmamba-lsp"
+
+
+def gpt2_cache_path(data: bytes) -> Path:
+    """Where the merges derived from a tokenizer.bin's bytes ``data`` are cached:
+    ``<user cache>/tokenizers/gpt2-<hash>.cache``. The hash covers the file's bytes, the cache
+    format and the Python version (the payload is ``marshal`` data)."""
+    h = hashlib.sha256(_CACHE_MAGIC)
+    h.update(b"python %d.%d\0" % sys.version_info[:2])
+    h.update(data)
+    return user_cache_dir() / "tokenizers" / f"gpt2-{h.hexdigest()[:20]}.cache"
+
+
+def _unpack_cache(blob: bytes) -> _Parts:
+    """The parts in a cache file's bytes; ValueError saying what is wrong with them."""
+    n = len(_CACHE_MAGIC)
+    if not blob.startswith(_CACHE_MAGIC):
+        raise ValueError("not a bitmamba-lsp merges cache")
+    digest, payload = blob[n : n + 32], blob[n + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError(f"checksum mismatch ({len(blob)} bytes: truncated or damaged)")
+    try:
+        vocab, merges, table = marshal.loads(payload)
+    except Exception as exc:
+        raise ValueError(f"unreadable payload: {exc}") from None
+    if not (
+        isinstance(vocab, dict)
+        and isinstance(merges, list)
+        and isinstance(table, list)
+        and len(vocab) >= 256
+        and len(table) == len(vocab) + 1
+        and len(merges) == len(vocab) - 256
+        and table[-1] == GPT2_EOT.encode()
+    ):
+        raise ValueError("unexpected contents")
+    return vocab, merges, table
+
+
+def _read_cache(path: Path) -> _Parts | None:
+    """The cached parts; None when there are none or when the file is damaged (one warning line:
+    the caller rebuilds it, the user never gets an error for a bad cache)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("bitmamba-lsp: cannot read the tokenizer cache %s (%s); rebuilding it", path, exc)
+        return None
+    try:
+        return _unpack_cache(blob)
+    except ValueError as exc:
+        log.warning("bitmamba-lsp: the tokenizer cache %s is damaged (%s); rebuilding it", path, exc)
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a private temporary file beside ``path`` and rename it over ``path``:
+    readers see the old file or the whole new one, and concurrent writers cannot mix their bytes."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_cache(path: Path, parts: _Parts) -> None:
+    payload = marshal.dumps(parts)
+    try:
+        _write_atomically(path, _CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
+    except OSError as exc:
+        log.warning(
+            "bitmamba-lsp: cannot write the tokenizer cache %s (%s); the merges are derived again next time",
+            path,
+            exc,
+        )
+
+
+def _gpt2_parts(path: Path) -> _Parts:
+    """The parts of a tokenizer.bin: from the user cache, else derived (about a second) and cached."""
+    data = path.read_bytes()
+    cache = gpt2_cache_path(data)
+    parts = _read_cache(cache)
+    if parts is None:
+        log.info("bitmamba-lsp: deriving the BPE merges of %s once (cached in %s)", path, cache)
+        parts = _parts_from_tokens(_parse_bin_vocab(data, path), path)
+        _write_cache(cache, parts)
+    return parts
 
 
 def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None = None) -> Tokenizer:
     """Build an exact GPT-2 BPE ``tokenizers.Tokenizer`` from a bitmamba ``tokenizer.bin``.
 
-    Building takes well under a second. With ``cache_path``, the result is also saved there as
-    ``tokenizer.json`` and reused while that file is newer than ``path``.
+    The merges are derived once per file and kept in the user cache (see :func:`gpt2_cache_path`).
+    With ``cache_path``, the result is also saved there as ``tokenizer.json`` and reused while
+    that file is newer than ``path``.
     """
     path = Path(path)
     if cache_path is not None:
@@ -248,13 +385,9 @@ def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None =
                 return Tokenizer.from_file(str(cache))
         except Exception:  # missing or unreadable cache: rebuild it
             pass
-    tok = gpt2_tokenizer_from_tokens(read_bin_vocab(path), path)
+    tok = _tokenizer_from_parts(_gpt2_parts(path), path)
     if cache_path is not None:
-        cache = Path(cache_path)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tok.save(str(tmp))
-        tmp.replace(cache)
+        _write_atomically(Path(cache_path), tok.to_str().encode("utf-8"))
     return tok
 
 
@@ -268,6 +401,21 @@ def _load_json(path: Path) -> Tokenizer:
         raise TokenizerFormatError(f"{path}: not a valid tokenizer.json: {exc}") from exc
 
 
+def _tokenizer_file(path_or_dir: str | Path) -> tuple[Path, bool]:
+    """(the file, whether it is JSON) for :func:`load_tokenizer`'s rules."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        for name in ("tokenizer.json", "tokenizer.bin"):
+            if (path / name).is_file():
+                return _tokenizer_file(path / name)
+        raise FileNotFoundError(f"{path}: directory has no tokenizer.json or tokenizer.bin")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
+    with path.open("rb") as f:
+        head = f.read(64).lstrip()
+    return path, head.startswith(b"{") or path.suffix == ".json"
+
+
 def load_tokenizer(path_or_dir: str | Path) -> Tokenizer:
     """Load a ``tokenizer.json``, a bitmamba ``tokenizer.bin``, or a directory holding one.
 
@@ -276,19 +424,8 @@ def load_tokenizer(path_or_dir: str | Path) -> Tokenizer:
     for a missing path or a directory with neither file, :class:`TokenizerFormatError`
     (a ``ValueError``) for a malformed file.
     """
-    path = Path(path_or_dir)
-    if path.is_dir():
-        for name in ("tokenizer.json", "tokenizer.bin"):
-            if (path / name).is_file():
-                return load_tokenizer(path / name)
-        raise FileNotFoundError(f"{path}: directory has no tokenizer.json or tokenizer.bin")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
-    with path.open("rb") as f:
-        head = f.read(64).lstrip()
-    if head.startswith(b"{") or path.suffix == ".json":
-        return _load_json(path)
-    return gpt2_tokenizer_from_bin(path)
+    path, is_json = _tokenizer_file(path_or_dir)
+    return _load_json(path) if is_json else gpt2_tokenizer_from_bin(path)
 
 
 def bundled_gpt2_path() -> Path:
@@ -298,7 +435,8 @@ def bundled_gpt2_path() -> Path:
 
 @functools.cache
 def bundled_gpt2_tokenizer() -> Tokenizer:
-    """The GPT-2 tokenizer built from the package's data file (built once per process).
+    """The GPT-2 tokenizer built from the package's data file (built once per process, its
+    merges derived once per user: see :func:`gpt2_cache_path`).
 
     The instance is shared: do not reconfigure it (wrap it in :class:`TextTokenizer`, which
     works on its own copy).
@@ -308,8 +446,8 @@ def bundled_gpt2_tokenizer() -> Tokenizer:
 
 @functools.cache
 def bundled_text_tokenizer() -> TextTokenizer:
-    """:class:`TextTokenizer` over :func:`bundled_gpt2_tokenizer` (built once per process)."""
-    return TextTokenizer(bundled_gpt2_tokenizer())
+    """:class:`TextTokenizer` over the bundled GPT-2 tokenizer (built once per process)."""
+    return TextTokenizer.from_path(bundled_gpt2_path())
 
 
 GPT2_VOCAB = 50257
@@ -383,7 +521,17 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        tok = Tokenizer.from_str(tokenizer.to_str())
+        self._setup(Tokenizer.from_str(tokenizer.to_str()), None)
+
+    @classmethod
+    def _adopt(cls, tok: Tokenizer, table: list[bytes] | None = None) -> TextTokenizer:
+        """Wrap a ``Tokenizer`` nobody else holds, without copying it; ``table``: each id's bytes
+        when already known (a tokenizer.bin's records)."""
+        self = cls.__new__(cls)
+        self._setup(tok, table)
+        return self
+
+    def _setup(self, tok: Tokenizer, table: list[bytes] | None) -> None:
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True
@@ -392,15 +540,14 @@ class TextTokenizer:
         added = tok.get_added_tokens_decoder()
         self.special_ids: frozenset[int] = frozenset(i for i, t in added.items() if t.special)
         self._byte_level = isinstance(tok.decoder, decoders.ByteLevel)
-        table: list[bytes] = []
-        for i in range(self._vocab_size):
-            piece = tok.id_to_token(i)
-            if piece is None:
-                table.append(b"")
-            elif i in added:
-                table.append(piece.encode("utf-8"))
-            else:
-                table.append(self._piece_bytes(piece))
+        if table is None or len(table) != self._vocab_size:
+            table = [b""] * self._vocab_size  # ids without a piece stay empty
+            for piece, i in tok.get_vocab(with_added_tokens=False).items():
+                if 0 <= i < self._vocab_size:
+                    table[i] = self._piece_bytes(piece)
+            for i, t in added.items():
+                if 0 <= i < self._vocab_size:
+                    table[i] = t.content.encode("utf-8")
         self._table = table
         self._lens = np.fromiter((len(b) for b in table), dtype=np.int64, count=len(table))
         # Offsets from byte arithmetic are exact when the tokens spell the input's bytes.
@@ -415,7 +562,7 @@ class TextTokenizer:
     def _piece_bytes(self, piece: str) -> bytes:
         if self._byte_level:
             try:
-                return bytes([_FROM_ALIAS[c] for c in piece])
+                return bytes(map(_FROM_ALIAS.__getitem__, piece))
             except KeyError:
                 return piece.encode("utf-8")
         m = _BYTE_FALLBACK.fullmatch(piece)
@@ -425,7 +572,12 @@ class TextTokenizer:
 
     @classmethod
     def from_path(cls, path_or_dir: str | Path) -> TextTokenizer:
-        return cls(load_tokenizer(path_or_dir))
+        """A ``tokenizer.json``, a ``tokenizer.bin`` or a folder holding one (:func:`load_tokenizer`)."""
+        path, is_json = _tokenizer_file(path_or_dir)
+        if is_json:
+            return cls._adopt(_load_json(path))
+        parts = _gpt2_parts(path)
+        return cls._adopt(_tokenizer_from_parts(parts, path), parts[2])
 
     @property
     def tokenizer(self) -> Tokenizer:
