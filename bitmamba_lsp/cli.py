@@ -331,6 +331,7 @@ _PLUGINS = {
     "bitmamba_lsp.evaluation": ("eval",),
     "bitmamba_lsp.demo": ("demo",),
     "bitmamba_lsp.scoring": ("logprob", "score"),
+    "bitmamba_lsp.chat_cli": ("chat",),
 }
 
 
