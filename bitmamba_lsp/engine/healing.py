@@ -38,12 +38,12 @@ class TokenHealer:
         # the tokenizer's special tokens (end of text, FIM sentinels) are never text to heal or to
         # generate as a healing piece
         special = set(special_ids) | set(getattr(tokenizer, "special_ids", ()))
-        pieces = [(b"" if i in special else tokenizer.token_bytes(i), i) for i in range(n)]
-        pieces = [(b, i) for b, i in pieces if b]
-        pieces.sort()
-        self._bytes = [b for b, _ in pieces]
-        self._ids = np.asarray([i for _, i in pieces], dtype=np.int64)
-        self._by_bytes = {b: i for b, i in pieces}
+        table = list(map(tokenizer.token_bytes, range(n)))
+        ids = [i for i in range(n) if table[i] and i not in special]
+        ids.sort(key=table.__getitem__)  # by bytes, then id (the sort is stable)
+        self._bytes = [table[i] for i in ids]
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._by_bytes = dict(zip(self._bytes, ids, strict=True))  # equal bytes: the last id
         self._tok = tokenizer
         self._special = special
         self.allowed = lru_cache(maxsize=4096)(self._allowed)

@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     logging.getLogger("pygls").setLevel(logging.WARNING if args.log_level != "DEBUG" else logging.DEBUG)
 
+    if args.model is not None:  # overrides the settings: load it while pygls is imported
+        from bitmamba_lsp.lsp import preload
+
+        preload.start(args.model, args.threads)
+
     from bitmamba_lsp.lsp.server import create_server
 
     # Threads that hold the GIL for long (tokenizing a large document) must not starve the event

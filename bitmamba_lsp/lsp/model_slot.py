@@ -13,6 +13,7 @@ import numpy as np
 from bitmamba_lsp import _core
 from bitmamba_lsp.engine.errors import NoTokenizerError
 from bitmamba_lsp.engine.model import Model
+from bitmamba_lsp.lsp import preload
 from bitmamba_lsp.lsp.documents import clean_start_table
 from bitmamba_lsp.lsp.notify import Notify
 from bitmamba_lsp.lsp.settings import Settings
@@ -46,7 +47,11 @@ class ModelSlot:
         def loader() -> Model:
             from bitmamba_lsp.engine import load
 
-            model = load(name, threads=threads, revision=revision)
+            model = preload.take(name, revision)  # loaded from the process's start (--model)
+            if model is None:
+                model = load(name, threads=threads, revision=revision)
+            elif threads and model.threads != threads:
+                model.threads = threads
             if model.tokenizer is None:  # refused before the worker installs it
                 raise NoTokenizerError(
                     f"{model.name} has no tokenizer (a tokenizer.json beside the model file): the daemon "

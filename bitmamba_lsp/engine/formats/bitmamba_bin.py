@@ -21,8 +21,11 @@ import math
 import mmap
 import os
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +35,8 @@ from bitmamba_lsp.engine.fim import read_fim
 from bitmamba_lsp.engine.formats.base import LoadOptions, ModelFormat, resolve_threads
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.engine.tokenizer import TextTokenizer, find_tokenizer
+
+_T = TypeVar("_T")
 
 MAGIC = 0x42495432
 TYPE_F32 = 0
@@ -483,10 +488,37 @@ def hub_files(files: list[str]) -> list[str]:
 
 
 def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
-    model = load_bin(file, threads=opts.threads, kernels=opts.kernels, name=name)
-    model.tokenizer = find_tokenizer([file.parent, folder], model.vocab_size)
+    binmodel = read_bin(file)
+    # The tokenizer (tens of ms of Python) is read while the core repacks the weights (C++, without
+    # the GIL): part of a cold start.
+    tokenizer = _in_background(find_tokenizer, [file.parent, folder], binmodel.config.vocab_size)
+    model = build_from_bin(binmodel, threads=opts.threads, kernels=opts.kernels, name=name)
+    model.tokenizer = tokenizer()
     model.fim = read_fim(file.parent, model.tokenizer)
     return model
+
+
+def _in_background(fn: Callable[..., _T], *args: object) -> Callable[[], _T]:
+    """Start fn(*args) on a thread; the returned function waits for its result (or raises its error)."""
+    out: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:
+            out.append((False, exc))
+
+    thread = threading.Thread(target=run, name="bitmamba-tokenizer", daemon=True)
+    thread.start()
+
+    def result() -> _T:
+        thread.join()
+        ok, value = out[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
 
 
 FORMAT = ModelFormat("bitmamba.cpp .bin", find, hub_files, load)

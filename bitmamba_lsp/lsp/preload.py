@@ -1,0 +1,51 @@
+"""The model the command line names (`bitmamba-lsp --model M`), loaded from the daemon's first
+instant, while the main thread still imports pygls and lsprotocol (most of the daemon's start).
+
+The settings cannot change a model given on the command line (it overrides them), so it can be
+loaded before `initialize` arrives. The C++ parts (building the weights, the prefill-rate
+measurement of worker.py) release the GIL and run beside those imports; ModelSlot takes the result
+instead of loading again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from typing import Any
+
+_pending: dict[str, cf.Future[Any]] = {}
+_lock = threading.Lock()
+
+PREFILL_RATE = "_prefill_rate"  # model.extra key: (threads, tokens/s) measured by the preload
+
+
+def start(name: str, threads: int | None) -> None:
+    """Begin loading `name` (what `engine.load` takes) on a background thread."""
+    # imported here, on the caller's thread: two threads importing the same modules at once could
+    # meet in the import locks
+    from bitmamba_lsp.engine import load
+    from bitmamba_lsp.lsp.worker import measure_prefill_rate
+
+    fut: cf.Future[Any] = cf.Future()
+
+    def run() -> None:
+        try:
+            model = load(name, threads=threads)
+            model.extra[PREFILL_RATE] = (model.threads, measure_prefill_rate(model))
+            fut.set_result(model)
+        except BaseException as exc:  # given to whoever takes the model, as loading there would
+            fut.set_exception(exc)
+
+    with _lock:
+        _pending[name] = fut
+    threading.Thread(target=run, name="bitmamba-preload", daemon=True).start()
+
+
+def take(name: str | None, revision: str | None) -> Any:
+    """The preloaded model for the `name` setting (waiting for it; its load error is raised here),
+    or None when none was started for it. A model is taken once."""
+    if name is None or revision is not None:
+        return None
+    with _lock:
+        fut = _pending.pop(name, None)
+    return None if fut is None else fut.result()
