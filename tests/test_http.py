@@ -357,7 +357,7 @@ def _err(exc: Any) -> dict[str, Any]:
         ({"top_p": 1.5}, "top_p"),
         ({"extra_body": {"min_p": 1.0}}, "min_p"),
         ({"stop": ""}, "stop"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),  # 0..5 (OpenAI's legacy limit)
         ({"extra_body": {"top_k": -1}}, "top_k"),
         ({"extra_body": {"repetition_penalty": "x"}}, "repetition_penalty"),
     ],

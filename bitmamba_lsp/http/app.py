@@ -46,6 +46,7 @@ from bitmamba_lsp.http.infill import (
     infill_job,
     parse_infill,
 )
+from bitmamba_lsp.http.logprobs import Entry, Scoring, completion_logprobs, full_logprobs, plan
 from bitmamba_lsp.http.schemas import (
     MODEL_ALIASES,
     OVERFLOW,
@@ -247,8 +248,9 @@ class Server:
         except ValueError as e:
             raise bad(str(e), None, "invalid_value") from None
         heal = req.token_healing
-        if heal is None:
+        if heal is None:  # logprobs and echo describe the prompt's tokens as given: not healed
             heal = self.settings.token_healing and req.kind == "completion"
+            heal = heal and req.logprobs is None and not req.echo
         if fim:
             # not healed: the prefix is tokenized on its own, as FIM training pieces were (cut at
             # any character), and the prompt ends with the <mid> sentinel, a token boundary
@@ -260,6 +262,7 @@ class Server:
             ignore_eos=req.ignore_eos,
             heal=heal,
             truncated=truncated,
+            scoring=plan(self.model, req.logprobs, req.echo, list(ids), req.prompt, fim),
         )
 
     def submit(self, job: Job) -> None:
@@ -328,7 +331,7 @@ class Server:
         self.check_suffix(req)
         job = await run_in_threadpool(self.prepare, req)
         self.submit(job)
-        fmt = ChunkFormat(req, self.model_id, job.truncated)
+        fmt = ChunkFormat(req, self.model_id, job.truncated, job.scoring)
         headers = {"X-Prompt-Truncated": str(job.truncated)} if job.truncated else {}
         if req.stream:
             return EventStream(job, fmt, headers)
@@ -374,8 +377,12 @@ class Server:
 class ChunkFormat:
     """OpenAI response bodies: whole (`full`) and streamed chunks."""
 
-    def __init__(self, req: GenRequest, model_id: str, truncated: int = 0) -> None:
+    def __init__(
+        self, req: GenRequest, model_id: str, truncated: int = 0, scoring: Scoring | None = None
+    ) -> None:
         self.chat = req.kind == "chat"
+        self.scoring = scoring  # logprobs / echo (completions)
+        self.echo = scoring.echo if scoring is not None and scoring.echo is not None else ""
         self.truncated = truncated
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -404,7 +411,8 @@ class ChunkFormat:
                 "finish_reason": r.finish_reason,
             }
             return {**head, "object": "chat.completion", "choices": [choice], "usage": self.usage(r)}
-        choice = {"index": 0, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+        lp = full_logprobs(r.logprobs) if self.scoring is not None and self.scoring.top is not None else None
+        choice = {"index": 0, "text": self.echo + r.text, "logprobs": lp, "finish_reason": r.finish_reason}
         return {**head, "object": "text_completion", "choices": [choice], "usage": self.usage(r)}
 
     def _chunk(self, choice: dict[str, Any]) -> bytes:
@@ -421,8 +429,9 @@ class ChunkFormat:
         return b"data: " + json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
     def start(self) -> bytes:
-        if not self.chat:
-            return b""
+        if not self.chat:  # an echoed prompt comes first (with logprobs: when the worker has scored it)
+            scored = self.scoring is not None and self.scoring.prompt
+            return self.text(self.echo) if self.echo and not scored else b""
         return self._chunk(
             {
                 "index": 0,
@@ -444,6 +453,12 @@ class ChunkFormat:
             self._text_template = (head, tail)
         head, tail = self._text_template
         return head + json.dumps(text, ensure_ascii=False).encode() + tail
+
+    def logprobs(self, text: str, entries: list[Entry]) -> bytes:
+        """A completion chunk of text with the logprobs of its tokens."""
+        return self._chunk(
+            {"index": 0, "text": text, "logprobs": completion_logprobs(entries), "finish_reason": None}
+        )
 
     def end(self, r: Result) -> bytes:
         if self.chat:
@@ -561,6 +576,10 @@ async def _batches(job: Job, fmt: ChunkFormat | InfillFormat) -> AsyncIterator[b
         for kind, value in await job.channel.get():
             if kind in ("token", "text"):
                 out.append(fmt.text(value))
+            elif kind == "lp":  # text and the logprobs of its tokens
+                out.append(fmt.logprobs(*value))  # type: ignore[union-attr]
+            elif kind == "prompt":  # echo with logprobs: the prompt, scored
+                out.append(fmt.logprobs(fmt.echo, value))  # type: ignore[union-attr]
             elif kind == "done":
                 if value.finish_reason != "cancelled":
                     out.append(fmt.end(value))

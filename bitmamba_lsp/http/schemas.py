@@ -21,6 +21,7 @@ OVERFLOW = ("truncate", "error")  # what a prompt longer than --max-prompt-token
 # Model ids accepted besides the served id and the model's name (an omitted, null or empty
 # `model` is accepted too); anything else is a 404 model_not_found, as OpenAI answers.
 MODEL_ALIASES = ("default",)
+MAX_LOGPROBS = 5  # OpenAI's legacy completions limit for `logprobs`
 
 
 class APIError(Exception):
@@ -76,6 +77,8 @@ class GenRequest:
     token_healing: bool | None = None  # None: the server's default (completions on, chat off)
     prompt_overflow: str | None = None  # None: the server's --prompt-overflow
     suffix: str | None = None  # completions: the text after the cursor (fill-in-the-middle models only)
+    logprobs: int | None = None  # completions: N alternatives per token (0..MAX_LOGPROBS); None: none
+    echo: bool = False  # completions: the prompt is put before the answer (and scored, with logprobs)
 
 
 # ------------------------------------------------------------------------------------------ fields
@@ -146,7 +149,37 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _unsupported(body: dict[str, Any]) -> None:
+def _logprobs(body: dict[str, Any]) -> tuple[int | None, bool]:
+    """/v1/completions' `logprobs` (an integer 0..5; null or false: none) and `echo`."""
+    v = body.get("logprobs")
+    if v is True:
+        raise bad(
+            f"'logprobs' on /v1/completions is the number of alternatives per token (0..{MAX_LOGPROBS}), "
+            "not a boolean",
+            "logprobs",
+            "invalid_type",
+        )
+    top = None if v is False else _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+    if body.get("top_logprobs") not in (None, 0):
+        raise bad(
+            "'top_logprobs' belongs to chat completions; on /v1/completions send 'logprobs': N",
+            "top_logprobs",
+            "unsupported_value",
+        )
+    echo = _bool(body, "echo", False)
+    if echo and isinstance(body.get("suffix"), str) and body["suffix"]:
+        raise bad("'echo' cannot be combined with 'suffix' (fill-in-the-middle)", "echo", "unsupported_value")
+    if (top is not None or echo) and body.get("token_healing") is True:
+        raise bad(
+            "'token_healing' cannot be combined with 'logprobs' or 'echo': the logprobs describe the prompt's "
+            "tokens as given, which healing would take back (send token_healing false or omit it)",
+            "token_healing",
+            "unsupported_value",
+        )
+    return top, echo
+
+
+def _unsupported(body: dict[str, Any], kind: str) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise bad("only n=1 is supported (one choice per request)", "n", "unsupported_value")
@@ -166,12 +199,21 @@ def _unsupported(body: dict[str, Any]) -> None:
                 name,
                 "unsupported_value",
             )
-    if body.get("logprobs") not in (None, False, 0):
-        raise bad("logprobs are not supported", "logprobs", "unsupported_value")
-    if body.get("top_logprobs") not in (None, 0):
-        raise bad("top_logprobs is not supported", "top_logprobs", "unsupported_value")
-    if body.get("echo") not in (None, False):
-        raise bad("echo is not supported", "echo", "unsupported_value")
+    if kind == "chat":
+        if body.get("logprobs") not in (None, False, 0):
+            raise bad(
+                "logprobs are not supported on chat completions: /v1/completions has them ('logprobs': N)",
+                "logprobs",
+                "unsupported_value",
+            )
+        if body.get("top_logprobs") not in (None, 0):
+            raise bad(
+                "top_logprobs is not supported on chat completions: /v1/completions has them ('logprobs': N)",
+                "top_logprobs",
+                "unsupported_value",
+            )
+        if body.get("echo") not in (None, False):
+            raise bad("echo is not supported on chat completions", "echo", "unsupported_value")
     if body.get("logit_bias") not in (None, {}):
         raise bad("logit_bias is not supported", "logit_bias", "unsupported_value")
     for name in ("tools", "functions"):
@@ -184,13 +226,20 @@ def _unsupported(body: dict[str, Any]) -> None:
         )
 
 
-def _common(body: dict[str, Any], kind: Literal["completion", "chat"], limits: Limits, vocab: int) -> dict:
+def _common(
+    body: dict[str, Any],
+    kind: Literal["completion", "chat"],
+    limits: Limits,
+    vocab: int,
+    zero_ok: bool = False,
+) -> dict:
+    """The fields both endpoints share; `zero_ok`: max_tokens 0 is accepted (echo: score the prompt)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("'model' must be a string", "model", "invalid_type")
-    _unsupported(body)
+    _unsupported(body, kind)
     default_max = min(16 if kind == "completion" else limits.default_max_tokens, limits.max_tokens_limit)
-    max_tokens = _int(body, "max_tokens", None, 1, limits.max_tokens_limit)
+    max_tokens = _int(body, "max_tokens", None, 0 if zero_ok else 1, limits.max_tokens_limit)
     if max_tokens is None and kind == "chat":
         max_tokens = _int(body, "max_completion_tokens", None, 1, limits.max_tokens_limit)
     if max_tokens is None and body.get("n_predict") is not None:
@@ -256,12 +305,15 @@ def parse_completion(body: Any, limits: Limits, vocab: int) -> GenRequest:
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise bad("'suffix' must be a string", "suffix", "invalid_type")
+    top, echo = _logprobs(body)
     return GenRequest(
         kind="completion",
         prompt=prompt,
         messages=None,
         suffix=suffix or None,
-        **_common(body, "completion", limits, vocab),
+        logprobs=top,
+        echo=echo,
+        **_common(body, "completion", limits, vocab, zero_ok=echo),
     )
 
 
@@ -425,7 +477,28 @@ def openapi_schema(
             "required": ["id", "object", "created", "model", "choices"],
         }
 
-    completion_resp = response("text_completion", {"text": {"type": "string"}})
+    nums = {"type": "array", "items": {"type": ["number", "null"]}}
+    completion_resp = response(
+        "text_completion",
+        {
+            "text": {"type": "string"},
+            "logprobs": {
+                "type": ["object", "null"],
+                "description": "with 'logprobs': N, one entry per token of the answer (with echo, the "
+                "prompt's first): log-softmax of the model's raw logits (before temperature, top-k/top-p/"
+                "min-p and the repetition penalty)",
+                "properties": {
+                    "tokens": {"type": "array", "items": {"type": "string"}},
+                    "token_logprobs": nums,
+                    "top_logprobs": {
+                        "type": "array",
+                        "items": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
+                    },
+                    "text_offset": {"type": "array", "items": {"type": "integer"}},
+                },
+            },
+        },
+    )
     chat_resp = response(
         "chat.completion",
         {
@@ -532,7 +605,26 @@ def openapi_schema(
                             ]
                         },
                         **sampling,
+                        "max_tokens": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": limits.max_tokens_limit,
+                            "description": "default 16; 0 only with echo (score the prompt)",
+                        },
                         "token_healing": healing["completion"],
+                        "logprobs": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": MAX_LOGPROBS,
+                            "description": "the log-probability of each answer token and of the N most "
+                            "likely tokens at its position (OpenAI's legacy completions logprobs; the prompt's "
+                            "tokens too with echo); token healing is then off by default",
+                        },
+                        "echo": {
+                            "type": ["boolean", "null"],
+                            "description": "put the prompt before the answer in 'text' (and its tokens in "
+                            "'logprobs'); with max_tokens 0 a text is scored without generating",
+                        },
                         "suffix": {
                             "type": ["string", "null"],
                             "description": (

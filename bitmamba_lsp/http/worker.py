@@ -45,6 +45,7 @@ import numpy as np
 from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, StopMatcher, StopReason, make_sampler
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.http.logprobs import PROMPT_SLICE, Scoring, Tracker
 from bitmamba_lsp.http.prefixcache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Result:
     reason: str = ""  # the decoder's own StopReason (eos, stop, length, ...), finer than finish_reason
     prompt_ms: float = 0.0  # from admission to the first token's logits (prefill, queue excluded)
     predicted_ms: float = 0.0  # from then to the end
+    logprobs: Tracker | None = None  # the request's logprobs (http/logprobs.py), when it asked
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Job:
     truncated: int = 0  # prompt tokens the server dropped (reported, not used here)
     # the text stop of this job (a StopMatcher-like object: feed/finish/take/text); None: stop sequences
     text_stop: Any = None
+    scoring: Scoring | None = None  # logprobs / echo (http/logprobs.py); None: neither
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     on_done: Callable[[Result], None] | None = None  # called on the worker thread (tests, benchmarks)
@@ -157,6 +160,52 @@ class _Run:
         self.next: int | None = None  # sampled, not yet fed
         self.snapshots: dict[int, State] = {}
         self.finish_reason: str | None = None
+        sc = job.scoring
+        self.lp = Tracker(tok, sc) if sc is not None and sc.top is not None and tok is not None else None
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Every prompt position's logits are needed (echo with logprobs): no cached state resumes it."""
+        return self.job.scoring is not None and self.job.scoring.prompt
+
+    @property
+    def wants_logits(self) -> bool:
+        """A hook or the logprobs must see each step's logits (the core must not sample by itself)."""
+        return self.lp is not None or self.decoder.hooked
+
+    def prefill(
+        self, model: Model, a: int, b: int, positions: list[int], last: bool
+    ) -> tuple[np.ndarray | None, list[State]]:
+        """Feed prompt tokens a..b-1, with state copies after `positions` (relative to a); the logits
+        after b-1 when `last`. Scoring the prompt keeps every row (PROMPT_SLICE tokens at a time)."""
+        if not self.scores_prompt or self.lp is None:
+            return model.prefill_snapshots(self.state, self.ids[a:b], positions, logits=last)
+        rows, snaps = model.core.prefill(self.state, self.ids[a:b], True, True, positions)
+        self.lp.prompt_rows(self.ids, a, b, rows)
+        if last:
+            self.emit("prompt", self.lp.prompt_entries)
+        return rows[-1], snaps
+
+    def choose(self, logits: np.ndarray) -> int:
+        if self.lp is not None:
+            self.lp.observe(logits)
+        return self.decoder.choose(logits)
+
+    def emit_text(self, kept: int | None, final: bool = False) -> None:
+        """Send the text released since the last call (with its tokens' logprobs); `kept`: the token
+        just accepted as part of the answer (None: nothing new, or a token without text)."""
+        text = self.text.take()
+        if self.lp is None:
+            if text or not final:
+                self.emit("token" if not final else "text", text)
+            return
+        if kept is not None:
+            self.lp.add(kept)
+        n = len(self.text.text)
+        stopped = bool(getattr(self.text, "stopped", False))  # a stop sequence cut the text
+        entries = self.lp.finish(n, stopped) if final else self.lp.release(n)
+        if text or entries or not final:
+            self.emit("lp", (text, entries))
 
     @property
     def prefilling(self) -> bool:
@@ -311,7 +360,8 @@ class GenerationWorker:
                 if h.raw:
                     ids, healed = np.asarray(h.ids, dtype=np.int64), h.text
                     healing = HealingConstraint(self.healer, h.raw)
-            n, cached = self.cache.lookup(ids)  # keyed on what is fed
+            # keyed on what is fed; scoring the prompt needs all of its logits: nothing is resumed
+            n, cached = (0, None) if job.scoring and job.scoring.prompt else self.cache.lookup(ids)
             state = cached.copy() if cached is not None else self.model.new_state()
             run = _Run(job, self.model, ids, state, n, healing, healed)
         except Exception as e:  # e.g. settings the sampler refuses: fail this request only
@@ -328,12 +378,10 @@ class GenerationWorker:
 
     def _prefill_slice(self, run: _Run) -> None:
         a = run.pos
-        b = min(len(run.ids), a + self.prefill_chunk)
+        b = min(len(run.ids), a + (PROMPT_SLICE if run.scores_prompt else self.prefill_chunk))
         positions = self.cache.positions(a, b, len(run.ids))
         last = b == len(run.ids)
-        logits, snaps = self.model.prefill_snapshots(
-            run.state, run.ids[a:b], [p - a for p in positions], logits=last
-        )
+        logits, snaps = run.prefill(self.model, a, b, [p - a for p in positions], last)
         for p, s in zip(positions, snaps, strict=True):
             run.snapshots[p] = s
         run.pos = b
@@ -347,15 +395,15 @@ class GenerationWorker:
                 self._finish(run, StopReason.LENGTH)
                 return
             assert logits is not None
-            self._accept(run, run.decoder.choose(logits))
+            self._accept(run, run.choose(logits))
 
     def _decode(self, runs: list[_Run]) -> None:
         if len(runs) == 1:
             run = runs[0]
             tok = run.next
             assert tok is not None
-            if run.decoder.hooked:  # a hook (healing) must see the logits
-                nxt = run.decoder.choose(self.model.step(run.state, tok))
+            if run.wants_logits:  # a hook (healing) or the logprobs must see the logits
+                nxt = run.choose(self.model.step(run.state, tok))
             else:
                 nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
             run.fed.append(tok)
@@ -367,7 +415,7 @@ class GenerationWorker:
                 tok = toks[i]
                 assert tok is not None
                 run.fed.append(tok)
-                self._accept(run, run.decoder.choose(logits[i]))
+                self._accept(run, run.choose(logits[i]))
         spacing = self.cache.spacing
         if self.cache.enabled:
             for run in runs:  # checkpoints along the answer too: a follow-up turn may resume inside it
@@ -391,7 +439,7 @@ class GenerationWorker:
                 self.counters["generated_tokens"] += 1
             run.healing_tokens += silent
             if tok not in run.job.stop_ids and not silent:
-                run.emit("token", run.text.take())  # one event per generated token ("" while held back)
+                run.emit_text(tok)  # one event per generated token ("" while held back)
         if run.decoder.finished:
             self._finish(run, run.decoder.reason or StopReason.STOP)
         else:
@@ -411,9 +459,8 @@ class GenerationWorker:
         run.decoder.finish(reason)
         reason = run.decoder.reason or reason
         run.finish_reason = _FINISH.get(reason, str(reason))
-        rest = run.text.take()
-        if rest and reason is not StopReason.CANCELLED:
-            run.emit("text", rest)
+        if reason is not StopReason.CANCELLED:
+            run.emit_text(None, final=True)
         if not run.prefilling:
             seq = np.concatenate([run.ids, np.asarray(run.fed, dtype=np.int64)])
             run.snapshots[len(seq)] = run.state
@@ -433,6 +480,7 @@ class GenerationWorker:
             reason=str(reason),
             prompt_ms=(prefilled - run.started) * 1000.0,
             predicted_ms=(now - prefilled) * 1000.0,
+            logprobs=run.lp,
         )
         with self._lock:
             key = {"cancelled": "cancelled", "error": "errors"}.get(run.finish_reason, "completed")
