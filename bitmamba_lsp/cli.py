@@ -30,6 +30,10 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
         default="int8",
         help="float output layers (bitmamba-student): quantize to int8 per row at load (default) or keep fp32",
     )
+    g = p.add_argument_group("layer repetition (RYS, bitmamba.cpp's flags)")
+    g.add_argument("--repeat-start", type=int, default=None, metavar="S", help="first layer of the repeated slice")
+    g.add_argument("--repeat-end", type=int, default=None, metavar="E", help="last layer of the slice (inclusive)")
+    g.add_argument("--repeat-count", type=int, default=1, metavar="N", help="extra passes of the slice (default 1)")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -50,8 +54,22 @@ def _load(args: argparse.Namespace):
     from bitmamba_lsp.engine import load
 
     return load(
-        args.model, threads=args.threads, revision=getattr(args, "revision", None), lm_head=args.lm_head
+        args.model,
+        threads=args.threads,
+        revision=getattr(args, "revision", None),
+        lm_head=args.lm_head,
+        repeat=repeat_of(args),
     )
+
+
+def repeat_of(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    """--repeat-start/--repeat-end/--repeat-count as load()'s `repeat` (None: no repetition)."""
+    start, end = getattr(args, "repeat_start", None), getattr(args, "repeat_end", None)
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise SystemExit("error: --repeat-start and --repeat-end go together")
+    return (start, end, args.repeat_count)
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -332,6 +350,7 @@ _PLUGINS = {
     "bitmamba_lsp.demo": ("demo",),
     "bitmamba_lsp.scoring": ("logprob", "score"),
     "bitmamba_lsp.chat_cli": ("chat",),
+    "bitmamba_lsp.convert": ("convert",),
 }
 
 

@@ -32,6 +32,21 @@ def is_default(source: str | os.PathLike[str] | None) -> bool:
     return source is None or str(source) in ("", "default")
 
 
+def check_repeat(repeat: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """The repetition as (start, end, count), or None for none; a clear error for a bad one."""
+    if repeat is None:
+        return None
+    try:
+        start, end, count = (int(x) for x in repeat)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"repeat must be (start, end, count), got {repeat!r}") from None
+    if count == 0:
+        return None
+    if count < 0 or start < 0 or end < start:
+        raise ModelFormatError(f"repeat: need 0 <= start <= end and count >= 0, got start={start} end={end} count={count}")
+    return (start, end, count)
+
+
 def load(
     source: str | os.PathLike[str] | None = None,
     *,
@@ -39,6 +54,7 @@ def load(
     kernels: str = "simd",
     revision: str | None = None,
     lm_head: str = "int8",
+    repeat: tuple[int, int, int] | None = None,
 ) -> Model:
     """Load a model.
 
@@ -51,10 +67,13 @@ def load(
     and the tokenizer files only, whatever else the repository holds). threads: worker threads
     (0/None: one per core, or $BITMAMBA_THREADS). kernels: "simd" (the level built for this CPU)
     or "scalar" (the reference). lm_head: for checkpoints with a float output layer
-    (bitmamba-student): "int8" (per-row quantized at load, 4x smaller) or "f32".
+    (bitmamba-student): "int8" (per-row quantized at load, 4x smaller) or "f32". repeat: (start,
+    end, count): layers start..end (inclusive, 0-based) run `count` extra times right after `end`,
+    each pass with its own state and no extra weight memory (bitmamba.cpp's --repeat-start/-end/
+    -count; BitMamba-2 models only).
     """
     t0 = time.perf_counter()
-    opts = LoadOptions(threads=threads, kernels=kernels, lm_head=lm_head)
+    opts = LoadOptions(threads=threads, kernels=kernels, lm_head=lm_head, repeat=check_repeat(repeat))
     if is_default(source):
         if not (DEFAULT_MODEL_DIR / "model.bin").is_file():
             raise ModelNotFoundError(

@@ -5,6 +5,10 @@
 // s = s * decay + xa * B * dt; y = (s * C + xa * D) * silu(z); h += bitlinear(y, out_proj).
 // logits = bitlinear(rmsnorm(h, norm_f), lm_head).
 //
+// Layer repetition (RYS, as bitmamba.cpp's --repeat-start S --repeat-end E --repeat-count N): the
+// layers run in `schedule_` order, layers S..E N extra times right after E (4 layers, S=1, E=2, N=2:
+// 0 1 2 1 2 1 2 3); each pass has its own slot in the state, the weights are shared.
+//
 // The batched path (Model::prefill / step_batch around layers_batch here) computes exactly the same
 // float operations per token as step(): the integer products are exact and every float expression
 // is shared, so a prefill of T tokens leaves a state bit-identical to T calls of step().
@@ -25,7 +29,7 @@ constexpr float kNormEps = 1e-6f;
 class BitMamba2 final : public Model {
 public:
     BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, int n_heads, int n_threads,
-              const KernelSet* kernels);
+              const KernelSet* kernels, const LayerRepeat& repeat);
 
     void step(State& st, int32_t token, float* logits) override;
 
@@ -45,15 +49,33 @@ private:
 
     int d_, di_, H_, hd_, dproj_, V_;
     std::vector<Layer> layers_;
+    std::vector<int> schedule_;  // the layer each pass runs (pass i uses state slot i)
     // single-token scratch
     AlignedBuffer<float> p_, y_, z_;
     // batched scratch (kChunk tokens)
     AlignedBuffer<float> Pb_, Yb_, Zb_;
 };
 
+std::vector<int> layer_schedule(int n_layers, const LayerRepeat& r) {
+    std::vector<int> s;
+    for (int l = 0; l < n_layers; ++l) {
+        s.push_back(l);
+        if (r.count > 0 && l == r.end)
+            for (int k = 0; k < r.count; ++k)
+                for (int m = r.start; m <= r.end; ++m) s.push_back(m);
+    }
+    return s;
+}
+
 BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, int n_heads, int n_threads,
-                     const KernelSet* kernels)
+                     const KernelSet* kernels, const LayerRepeat& repeat)
     : Model(n_threads, kernels) {
+    if (repeat.count < 0 || (repeat.count > 0 && !(0 <= repeat.start && repeat.start <= repeat.end &&
+                                                   repeat.end < n_layers)))
+        throw FormatError("layer repetition: the slice " + std::to_string(repeat.start) + ".." +
+                          std::to_string(repeat.end) + " (x" + std::to_string(repeat.count) +
+                          ") must lie within layers 0.." + std::to_string(n_layers - 1));
+    if (repeat.count > 64) throw FormatError("layer repetition: at most 64 extra passes");
     if (vocab <= 0 || d_model <= 0 || n_layers <= 0 || n_heads <= 0)
         throw FormatError("config: every dimension must be positive");
     d_ = d_model;
@@ -98,12 +120,19 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
     info_.vocab_size = V_;
     info_.d_model = d_;
     info_.n_layers = n_layers;
-    info_.dims = {{"n_heads", H_}, {"d_inner", di_}, {"head_dim", hd_}, {"d_state", 1}, {"d_conv", 4}};
-    layout_.n_layers = n_layers;
+    schedule_ = layer_schedule(n_layers, repeat);
+    const int passes = static_cast<int>(schedule_.size());
+    info_.dims = {{"n_heads", H_}, {"d_inner", di_}, {"head_dim", hd_}, {"d_state", 1}, {"d_conv", 4},
+                  {"layer_passes", passes}};
+    layout_.n_layers = passes;
     layout_.conv_floats = 3 * di_;
     layout_.ssm_floats = di_;
-    layout_.signature = fnv1a("bitmamba2:" + std::to_string(V_) + ":" + std::to_string(d_) + ":" +
-                              std::to_string(n_layers) + ":" + std::to_string(H_));
+    std::string sig = "bitmamba2:" + std::to_string(V_) + ":" + std::to_string(d_) + ":" +
+                      std::to_string(n_layers) + ":" + std::to_string(H_);
+    if (repeat.count > 0)  // a state of the repeated model is not one of the plain model
+        sig += ":rys" + std::to_string(repeat.start) + "-" + std::to_string(repeat.end) + "x" +
+               std::to_string(repeat.count);
+    layout_.signature = fnv1a(sig);
 
     run_.reserve(std::max(d_, di_), std::max({dproj_, d_, V_}), kChunk, std::max(dproj_, d_));
     init_shared_scratch();
@@ -193,8 +222,8 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     const int64_t ts = ck ? StageClock::now() : 0;
     run_.set_clock(ck);
     embed(&token, 1, h_.data());
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const Layer& ly = layers_[l];
+    for (std::size_t l = 0; l < schedule_.size(); ++l) {
+        const Layer& ly = layers_[schedule_[l]];
         float* sl = st.layer(static_cast<int>(l));
         run_.apply(ly.in_proj, h_.data(), p_.data());
         const int64_t tm = ck ? StageClock::now() : 0;
@@ -206,7 +235,8 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
         });
         if (ck) ck->add(kStageMix, tm, StageClock::now());
         // the next in_proj's norm weights, while out_proj streams its weights
-        const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].in_proj.norm.data() : lm_head_.norm.data();
+        const float* next_norm =
+            l + 1 < schedule_.size() ? layers_[schedule_[l + 1]].in_proj.norm.data() : lm_head_.norm.data();
         for (int c = 0; c < d_; c += 16) __builtin_prefetch(next_norm + c, 0, 3);
         run_.apply(ly.out_proj, y_.data(), h_.data(), true);
     }
@@ -222,8 +252,8 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
 // The chunk's tokens through every layer (Model::prefill / step_batch): the projections batched
 // over the chunk, the mixer per token in order (each token reads the state its predecessor left).
 void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) {
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const Layer& ly = layers_[l];
+    for (std::size_t l = 0; l < schedule_.size(); ++l) {
+        const Layer& ly = layers_[schedule_[l]];
         run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
         const int li = static_cast<int>(l);
         for_channels(*pool_, di_, [&](int c0, int c1, int) {
@@ -245,8 +275,8 @@ void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& 
 }  // namespace
 
 std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
-                                      int n_threads, const KernelSet* kernels) {
-    return std::make_unique<BitMamba2>(tensors, vocab, d_model, n_layers, n_heads, n_threads, kernels);
+                                      int n_threads, const KernelSet* kernels, const LayerRepeat& repeat) {
+    return std::make_unique<BitMamba2>(tensors, vocab, d_model, n_layers, n_heads, n_threads, kernels, repeat);
 }
 
 }  // namespace bm

@@ -20,6 +20,7 @@ class LoadOptions:
     threads: int | None = None  # None/0: one per core, or $BITMAMBA_THREADS
     kernels: str = "simd"  # "simd" (the level built for this CPU) or "scalar" (the reference)
     lm_head: str = "int8"  # float output layers: "int8" (per-row quantized at load) or "f32"
+    repeat: tuple[int, int, int] | None = None  # (start, end, count): layer repetition (RYS), BitMamba-2 only
 
 
 @dataclass(frozen=True)

@@ -434,8 +434,10 @@ def build_from_bin(
     kernels: str = "simd",
     tokenizer: TextTokenizer | None = None,
     name: str | None = None,
+    repeat: tuple[int, int, int] | None = None,
 ) -> Model:
     cfg = binmodel.config
+    rys = {} if not repeat else dict(zip(("repeat_start", "repeat_end", "repeat_count"), repeat, strict=True))
     try:
         core = _core.build_bitmamba2(
             core_tensors(binmodel),
@@ -445,6 +447,7 @@ def build_from_bin(
             cfg.n_heads,
             threads=resolve_threads(threads),
             level=kernels,
+            **rys,
         )
     except _core.FormatError as e:
         raise ModelFormatError(f"{binmodel.path}: {e}") from None
@@ -455,6 +458,7 @@ def build_from_bin(
         tokenizer=tokenizer,
         name=name or binmodel.path.name,
         path=binmodel.path,
+        extra={"repeat": list(repeat)} if repeat else {},
         _keep=binmodel,
     )
 
@@ -466,9 +470,12 @@ def load_bin(
     kernels: str = "simd",
     tokenizer: TextTokenizer | None = None,
     name: str | None = None,
+    repeat: tuple[int, int, int] | None = None,
 ) -> Model:
     """Load a bitmamba.cpp ``.bin`` file (memory-mapped; ternary weights repacked)."""
-    return build_from_bin(read_bin(path), threads=threads, kernels=kernels, tokenizer=tokenizer, name=name)
+    return build_from_bin(
+        read_bin(path), threads=threads, kernels=kernels, tokenizer=tokenizer, name=name, repeat=repeat
+    )
 
 
 def find(path: Path) -> Path | None:
@@ -492,7 +499,7 @@ def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
     # The tokenizer (tens of ms of Python) is read while the core repacks the weights (C++, without
     # the GIL): part of a cold start.
     tokenizer = _in_background(find_tokenizer, [file.parent, folder], binmodel.config.vocab_size)
-    model = build_from_bin(binmodel, threads=opts.threads, kernels=opts.kernels, name=name)
+    model = build_from_bin(binmodel, threads=opts.threads, kernels=opts.kernels, name=name, repeat=opts.repeat)
     model.tokenizer = tokenizer()
     model.fim = read_fim(file.parent, model.tokenizer)
     return model

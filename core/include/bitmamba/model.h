@@ -174,7 +174,15 @@ struct Mamba1Config {
 std::unique_ptr<Model> make_mamba1(const TensorMap& tensors, const Mamba1Config& cfg, int n_threads,
                                    const KernelSet* kernels);
 
+// Layer repetition (RYS): layers start..end run `count` extra times right after `end`, each pass
+// with its own state (count 0: none).
+struct LayerRepeat {
+    int start = 0;
+    int end = -1;
+    int count = 0;
+};
+
 std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
-                                      int n_threads, const KernelSet* kernels);
+                                      int n_threads, const KernelSet* kernels, const LayerRepeat& repeat = {});
 
 }  // namespace bm

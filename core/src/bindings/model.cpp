@@ -184,12 +184,13 @@ py::dict info(const Model& md) {
 // ------------------------------------------------------------------ building
 
 std::unique_ptr<Model> build_bitmamba2(py::dict tensors, int vocab, int d_model, int n_layers, int n_heads, int threads,
-                                       const std::string& level) {
+                                       const std::string& level, int repeat_start, int repeat_end, int repeat_count) {
     std::vector<py::object> keep;
     TensorMap tm = tensor_map(tensors, keep);
     const KernelSet* k = &kernels_by_name(level);
+    LayerRepeat r{repeat_start, repeat_end, repeat_count};
     py::gil_scoped_release nogil;
-    return make_bitmamba2(tm, vocab, d_model, n_layers, n_heads, threads, k);
+    return make_bitmamba2(tm, vocab, d_model, n_layers, n_heads, threads, k, r);
 }
 
 Mamba1Config mamba1_config(const py::dict& config) {
@@ -254,8 +255,10 @@ void bind_model(py::module_& m) {
 
     m.def("build_bitmamba2", &build_bitmamba2, py::arg("tensors"), py::arg("vocab_size"), py::arg("d_model"),
           py::arg("n_layers"), py::arg("n_heads"), py::arg("threads") = 0, py::arg("level") = "simd",
+          py::arg("repeat_start") = 0, py::arg("repeat_end") = -1, py::arg("repeat_count") = 0,
           py::keep_alive<0, 1>(),
-          "Build a BitMamba-2 model. Keeps `tensors` alive: the embedding stays a view of the mapped file.");
+          "Build a BitMamba-2 model. Keeps `tensors` alive: the embedding stays a view of the mapped file. "
+          "repeat_*: layers repeat_start..repeat_end run repeat_count extra times (RYS).");
     m.def("build_mamba1", &build_mamba1, py::arg("tensors"), py::arg("config"), py::arg("threads") = 0,
           py::arg("level") = "simd", py::keep_alive<0, 1>(),
           "Build a Mamba-1 model with BitLinear projections (bitmamba-student).");
