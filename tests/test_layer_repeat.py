@@ -12,6 +12,7 @@ import pytest
 from reference import RefBitMamba2, Ties
 
 import bitmamba_lsp
+import bitmamba_lsp.engine.loader
 from bitmamba_lsp.engine.errors import ModelFormatError
 from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
@@ -112,3 +113,32 @@ def test_the_cli_flags(model_factory) -> None:
     assert r.returncode != 0 and "go together" in r.stderr
     r = subprocess.run([*base, "--repeat-start", "1", "--repeat-end", "9"], capture_output=True, text=True)
     assert r.returncode == 1 and "layer repetition" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_the_daemon_setting(model_factory, tmp_path) -> None:
+    """repeatStart/repeatEnd/repeatCount reload the model with the repetition (bitmamba/status)."""
+    import shutil
+
+    from lsp_client import start_server, status, stop_server, wait_for_model
+    from lsprotocol import types as T
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(bitmamba_lsp.engine.loader.DEFAULT_MODEL_DIR / "model.bin", folder / "model.bin")
+    shutil.copy(bitmamba_lsp.engine.loader.DEFAULT_MODEL_DIR / "tokenizer.json", folder / "tokenizer.json")
+    lc, _ = await start_server(folder, options={"repeatStart": 1, "repeatEnd": 2, "repeatCount": 2, "threads": 1})
+    try:
+        st = await status(lc)
+        plain = bitmamba_lsp.load(folder, threads=1)
+        assert st["state_bytes"] == plain.state_bytes * 8 // 4  # 4 layers -> 8 passes
+        lc.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"repeatStart": -1}))
+        st = await wait_for_model(lc)
+        for _ in range(100):
+            st = await status(lc)
+            if st["state_bytes"] == plain.state_bytes:
+                break
+            await __import__("asyncio").sleep(0.1)
+        assert st["state_bytes"] == plain.state_bytes
+    finally:
+        await stop_server(lc)

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--lm-head", choices=["int8", "f32"], default="int8", help="float output layers: int8 or fp32"
     )
+    p.add_argument("--repeat-start", type=int, default=None, metavar="S", help="layer repetition (RYS): first layer")
+    p.add_argument("--repeat-end", type=int, default=None, metavar="E", help="layer repetition: last layer")
+    p.add_argument("--repeat-count", type=int, default=1, metavar="N", help="layer repetition: extra passes")
     p.add_argument(
         "--model-id", default=None, help="the id reported by /v1/models (default: the model's name)"
     )
@@ -107,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
     warning = bind_warning(args.host, args.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    model = load(args.model, threads=args.threads, revision=args.revision, lm_head=args.lm_head)
+    from bitmamba_lsp.cli import repeat_of
+
+    model = load(
+        args.model, threads=args.threads, revision=args.revision, lm_head=args.lm_head, repeat=repeat_of(args)
+    )
     if model.tokenizer is None:
         print(f"error: model {model.name} has no tokenizer; the HTTP API needs text", file=sys.stderr)
         return 1

@@ -43,13 +43,15 @@ class ModelSlot:
         self.state = "loading"
         self.error = None
         name, threads, revision = settings.model, settings.threads or None, settings.revision
+        repeat = settings.repeat()
 
         def loader() -> Model:
             from bitmamba_lsp.engine import load
 
-            model = preload.take(name, revision)  # loaded from the process's start (--model)
+            # loaded from the process's start (--model); not with a layer repetition
+            model = preload.take(name, revision) if repeat is None else None
             if model is None:
-                model = load(name, threads=threads, revision=revision)
+                model = load(name, threads=threads, revision=revision, repeat=repeat)
             elif threads and model.threads != threads:
                 model.threads = threads
             if model.tokenizer is None:  # refused before the worker installs it

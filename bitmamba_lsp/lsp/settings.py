@@ -16,6 +16,10 @@ from typing import Any
 class Settings:
     model: str | None = None  # path, folder or Hub repo id; None: the shipped default model
     revision: str | None = None  # Hub revision to pin
+    # layer repetition (RYS, BitMamba-2): layers repeatStart..repeatEnd run repeatCount more times
+    repeat_start: int = -1  # -1: no repetition
+    repeat_end: int = -1
+    repeat_count: int = 1
     threads: int = 0  # 0: one per core
     max_tokens: int = 64  # per completion
     temperature: float = 0.0  # 0: greedy (deterministic suggestions)
@@ -80,6 +84,12 @@ class Settings:
                 warnings.append(f"setting '{key}': {e}")
         return warnings
 
+    def repeat(self) -> tuple[int, int, int] | None:
+        """The layer repetition for engine.load (None: none)."""
+        if self.repeat_start < 0 or self.repeat_end < 0:
+            return None
+        return (self.repeat_start, self.repeat_end, self.repeat_count)
+
     def copy(self) -> Settings:
         return dataclasses.replace(self)
 
@@ -107,6 +117,9 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "workspace_max_tokens": (0, 100_000_000),
     "min_line_confidence": (0, 1),
     "fim_suffix_lines": (0, 1000),
+    "repeat_start": (-1, 1023),
+    "repeat_end": (-1, 1023),
+    "repeat_count": (0, 64),
     "fim_suffix_tokens": (0, 100_000),
     "context_chunks": (0, 8),
 }
