@@ -30,6 +30,12 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
         default="int8",
         help="float output layers (bitmamba-student): quantize to int8 per row at load (default) or keep fp32",
     )
+    p.add_argument(
+        "--lora",
+        default=None,
+        metavar="FILE",
+        help="apply a LoRA adapter (bitmamba.cpp's .lora.bin format; `bitmamba train --lora` writes one)",
+    )
     g = p.add_argument_group("layer repetition (RYS, bitmamba.cpp's flags)")
     g.add_argument("--repeat-start", type=int, default=None, metavar="S", help="first layer of the repeated slice")
     g.add_argument("--repeat-end", type=int, default=None, metavar="E", help="last layer of the slice (inclusive)")
@@ -59,6 +65,7 @@ def _load(args: argparse.Namespace):
         revision=getattr(args, "revision", None),
         lm_head=args.lm_head,
         repeat=repeat_of(args),
+        lora=getattr(args, "lora", None),
     )
 
 

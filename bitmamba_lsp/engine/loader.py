@@ -55,6 +55,7 @@ def load(
     revision: str | None = None,
     lm_head: str = "int8",
     repeat: tuple[int, int, int] | None = None,
+    lora: str | os.PathLike[str] | None = None,
 ) -> Model:
     """Load a model.
 
@@ -70,7 +71,9 @@ def load(
     (bitmamba-student): "int8" (per-row quantized at load, 4x smaller) or "f32". repeat: (start,
     end, count): layers start..end (inclusive, 0-based) run `count` extra times right after `end`,
     each pass with its own state and no extra weight memory (bitmamba.cpp's --repeat-start/-end/
-    -count; BitMamba-2 models only).
+    -count; BitMamba-2 models only). lora: a LoRA adapter file in bitmamba.cpp's format
+    (``--lora FILE``; engine/lora.py), applied to every block's in_proj and out_proj (BitMamba-2
+    models only; with a repetition, on every pass of a layer).
     """
     t0 = time.perf_counter()
     opts = LoadOptions(threads=threads, kernels=kernels, lm_head=lm_head, repeat=check_repeat(repeat))
@@ -105,6 +108,10 @@ def load(
             raise ModelNotFoundError(
                 f"model '{source}' not found: not a file, a folder or a Hub repo id (owner/name)"
             )
+    if lora is not None and str(lora) != "":
+        from bitmamba_lsp.engine.lora import attach
+
+        attach(model, lora)
     model.load_seconds = time.perf_counter() - t0
     return model
 

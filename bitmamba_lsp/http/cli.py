@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--lm-head", choices=["int8", "f32"], default="int8", help="float output layers: int8 or fp32"
     )
+    p.add_argument(
+        "--lora", default=None, metavar="FILE", help="a LoRA adapter for the model (bitmamba.cpp's .lora.bin format)"
+    )
     p.add_argument("--repeat-start", type=int, default=None, metavar="S", help="layer repetition (RYS): first layer")
     p.add_argument("--repeat-end", type=int, default=None, metavar="E", help="layer repetition: last layer")
     p.add_argument("--repeat-count", type=int, default=1, metavar="N", help="layer repetition: extra passes")
@@ -113,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
     from bitmamba_lsp.cli import repeat_of
 
     model = load(
-        args.model, threads=args.threads, revision=args.revision, lm_head=args.lm_head, repeat=repeat_of(args)
+        args.model,
+        threads=args.threads,
+        revision=args.revision,
+        lm_head=args.lm_head,
+        repeat=repeat_of(args),
+        lora=args.lora,
     )
     if model.tokenizer is None:
         print(f"error: model {model.name} has no tokenizer; the HTTP API needs text", file=sys.stderr)

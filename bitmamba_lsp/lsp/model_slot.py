@@ -44,14 +44,15 @@ class ModelSlot:
         self.error = None
         name, threads, revision = settings.model, settings.threads or None, settings.revision
         repeat = settings.repeat()
+        lora = settings.lora
 
         def loader() -> Model:
             from bitmamba_lsp.engine import load
 
-            # loaded from the process's start (--model); not with a layer repetition
-            model = preload.take(name, revision) if repeat is None else None
+            # loaded from the process's start (--model); not with a layer repetition or an adapter
+            model = preload.take(name, revision) if repeat is None and lora is None else None
             if model is None:
-                model = load(name, threads=threads, revision=revision, repeat=repeat)
+                model = load(name, threads=threads, revision=revision, repeat=repeat, lora=lora)
             elif threads and model.threads != threads:
                 model.threads = threads
             if model.tokenizer is None:  # refused before the worker installs it

@@ -94,7 +94,7 @@ class Session:
         old, self.settings = self.settings, new
         self.pending.clear()  # suggestions made under the old settings
         self.worker.reconfigure(new)
-        if self.slot.requested and (new.model, new.revision, new.repeat()) != (old.model, old.revision, old.repeat()):
+        if self.slot.requested and new.model_key() != old.model_key():
             self.start_model_load()
         if new.context_chunks != old.context_chunks:
             self._refresh_context()

@@ -20,6 +20,7 @@ class Settings:
     repeat_start: int = -1  # -1: no repetition
     repeat_end: int = -1
     repeat_count: int = 1
+    lora: str | None = None  # a LoRA adapter file (bitmamba.cpp's .lora.bin) for the model; None: none
     threads: int = 0  # 0: one per core
     max_tokens: int = 64  # per completion
     temperature: float = 0.0  # 0: greedy (deterministic suggestions)
@@ -89,6 +90,10 @@ class Settings:
         if self.repeat_start < 0 or self.repeat_end < 0:
             return None
         return (self.repeat_start, self.repeat_end, self.repeat_count)
+
+    def model_key(self) -> tuple[object, ...]:
+        """What the loaded model depends on: a change reloads it."""
+        return (self.model, self.revision, self.repeat(), self.lora)
 
     def copy(self) -> Settings:
         return dataclasses.replace(self)

@@ -9,6 +9,8 @@ Examples::
     bitmamba train --corpus ~/src/myproject --out ~/.cache/bitmamba/myproject --minutes 10 --lr 1e-3
         (fine-tunes the shipped model on your repository; use it with --model ~/.cache/bitmamba/myproject)
     bitmamba train --from-scratch --corpus ~/src --out ./mine --minutes 45
+    bitmamba train --lora --corpus ~/src/myproject --out myproject.lora.bin --minutes 20
+        (a LoRA adapter for the shipped model, or --init MODEL.bin; use it with --lora myproject.lora.bin)
     python -m bitmamba_lsp.train train --from-scratch --stdlib --site-packages --out bitmamba_lsp/data/default
 """
 
@@ -19,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+LR, LORA_LR = 3e-3, 1e-3
 INSTALL_HINT = "training needs PyTorch: pip install 'bitmamba-lsp[train]'  (installs torch==2.13.0)"
 
 
@@ -84,7 +87,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="model directory to write (model.bin, tokenizer.json, model.json)",
+        help="model directory to write (model.bin, tokenizer.json, model.json); with --lora the adapter "
+        "file (a directory: DIR/adapter.lora.bin)",
     )
     io.add_argument(
         "--run-dir", metavar="DIR", help="work directory for caches, checkpoints and logs (default: OUT.run)"
@@ -94,7 +98,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         default="default",
         help="fine-tune from an exported model directory (keeps its size and tokenizer); "
-        "'default' (the default) means the model shipped with the package",
+        "'default' (the default) means the model shipped with the package; with --lora also a .bin "
+        "or a Hub repo id",
     )
     io.add_argument(
         "--from-scratch",
@@ -102,6 +107,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="train a new model (sizes below, a new tokenizer) instead of fine-tuning",
     )
     io.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+
+    lo = p.add_argument_group("LoRA adapter (bitmamba.cpp's format)")
+    lo.add_argument(
+        "--lora",
+        action="store_true",
+        help="train only a LoRA adapter (A, B on every block's in_proj and out_proj) for the --init model, "
+        "which stays frozen; --out names the adapter file",
+    )
+    lo.add_argument("--lora-rank", type=int, default=16, metavar="R", help="adapter rank (default 16)")
+    lo.add_argument(
+        "--lora-alpha", type=float, default=32.0, metavar="A", help="scale = alpha / rank (default 32)"
+    )
 
     m = p.add_argument_group("model (only with --from-scratch)")
     m.add_argument("--vocab-size", type=int, default=4096)
@@ -116,7 +133,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--steps", type=int, default=3000, help="step budget")
     t.add_argument("--seq-len", type=int, default=512)
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument(
+        "--lr", type=float, default=None, help=f"peak learning rate (default {LR}; {LORA_LR} with --lora)"
+    )
     t.add_argument("--min-lr-ratio", type=float, default=0.1)
     t.add_argument("--warmup-steps", type=int, default=100)
     t.add_argument("--weight-decay", type=float, default=0.05)
@@ -154,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
     if not (args.corpus or args.stdlib or args.site_packages or args.packages):
         print("bitmamba train: give --corpus DIR (or --stdlib / --site-packages / --packages)", file=sys.stderr)
         return 2
+    if args.lora and args.from_scratch:
+        print(
+            "bitmamba train: --lora trains an adapter for an existing model (--init), not --from-scratch",
+            file=sys.stderr,
+        )
+        return 2
     init = None if args.from_scratch else args.init
     if init is not None and init.lower() == "default":
         init = str(default_model_dir())
@@ -180,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         n_heads=args.n_heads,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else (LORA_LR if args.lora else LR),
         min_lr_ratio=args.min_lr_ratio,
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
@@ -193,9 +218,17 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         compile=args.compile,
         resume=args.resume,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
         command=getattr(args, "command_line", None) or "bitmamba " + " ".join(map(shlex.quote, sys.argv[1:])),
     )
-    train(cfg)
+    if cfg.lora:
+        from .lora import train_lora
+
+        train_lora(cfg)
+    else:
+        train(cfg)
     return 0
 
 

@@ -84,14 +84,35 @@ def activation_quantize(xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xq, sx
 
 
+class LoRA(nn.Module):
+    """A low-rank float correction of a BitLinear, as bitmamba.cpp applies its adapters
+    (``docs/formats.md``, LoRA adapters): ``(alpha / rank) * B (A xn)``, ``xn`` the BitLinear's input
+    after its RMSNorm (before the int8 quantization). A [rank, in] starts random (PEFT's Kaiming
+    uniform), B [out, rank] at zero: a new adapter changes nothing until it is trained."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, d_in))
+        self.B = nn.Parameter(torch.zeros(d_out, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.rank, self.alpha = rank, float(alpha)
+        # float32 alpha / rank, the factor the engine (and bitmamba.cpp) computes from the file
+        self.scale = float(torch.tensor(self.alpha, dtype=torch.float32) / rank)
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(xn, self.A), self.B) * self.scale
+
+
 class BitLinear(nn.Module):
-    """RMSNorm + int8 activations + ternary weights, trained with the straight-through estimator."""
+    """RMSNorm + int8 activations + ternary weights, trained with the straight-through estimator.
+    ``lora`` (None unless attached, ``train/lora.py``) adds a :class:`LoRA` term."""
 
     def __init__(self, d_in: int, d_out: int, std: float = 0.02) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_out, d_in))
         self.norm = nn.Parameter(torch.ones(d_in))
         nn.init.normal_(self.weight, std=std)
+        self.lora: LoRA | None = None
 
     def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         xn = rms_norm(x, self.norm)
@@ -100,10 +121,12 @@ class BitLinear(nn.Module):
         if exact:
             # Engine form: exact integer products, one float multiply by 1 / (sx * s).
             acc = torch.matmul(xq, q.t())
-            return acc * (1.0 / (sx * s))
-        x_ste = xn + (xq / sx - xn).detach()
-        w_ste = self.weight + (q / s - self.weight).detach()
-        return F.linear(x_ste, w_ste)
+            out = acc * (1.0 / (sx * s))
+        else:
+            x_ste = xn + (xq / sx - xn).detach()
+            w_ste = self.weight + (q / s - self.weight).detach()
+            out = F.linear(x_ste, w_ste)
+        return out if self.lora is None else out + self.lora(xn)
 
 
 # ----------------------------------------------------------------------------------------- scan

@@ -91,6 +91,10 @@ class TrainConfig:
     compile: bool = True
     resume: bool = True
     command: str | None = None
+    # --lora (train/lora.py): train a LoRA adapter for the --init model instead of the model itself
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: float = 32.0  # scale = alpha / rank (bitmamba.cpp's export default is 32)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(self.vocab_size, self.d_model, self.n_layers, self.n_heads)

@@ -9,11 +9,16 @@
 // layers run in `schedule_` order, layers S..E N extra times right after E (4 layers, S=1, E=2, N=2:
 // 0 1 2 1 2 1 2 3); each pass has its own slot in the state, the weights are shared.
 //
+// LoRA (bitmamba.cpp's --lora adapters, set_lora): weight layer l's in_proj and out_proj get
+// out += scale * B (A xn) added after the ternary product (xn: the projection's input after its
+// RMSNorm), in step() and in the batched path alike, on every pass of l in the schedule.
+//
 // The batched path (Model::prefill / step_batch around layers_batch here) computes exactly the same
 // float operations per token as step(): the integer products are exact and every float expression
 // is shared, so a prefill of T tokens leaves a state bit-identical to T calls of step().
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -32,6 +37,7 @@ public:
               const KernelSet* kernels, const LayerRepeat& repeat);
 
     void step(State& st, int32_t token, float* logits) override;
+    void set_lora(const std::vector<LoraLayerViews>& layers, float scale) override;
 
 private:
     struct Layer {
@@ -50,6 +56,13 @@ private:
     int d_, di_, H_, hd_, dproj_, V_;
     std::vector<Layer> layers_;
     std::vector<int> schedule_;  // the layer each pass runs (pass i uses state slot i)
+    std::string signature_;      // what the state signature hashes (without an adapter)
+    struct LoraLayer {
+        LoraMatrix in_proj, out_proj;
+    };
+    std::vector<LoraLayer> lora_;  // per weight layer; empty: no adapter
+    float lora_scale_ = 0.0f;
+    std::size_t lora_bytes_ = 0;
     // single-token scratch
     AlignedBuffer<float> p_, y_, z_;
     // batched scratch (kChunk tokens)
@@ -132,6 +145,7 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
     if (repeat.count > 0)  // a state of the repeated model is not one of the plain model
         sig += ":rys" + std::to_string(repeat.start) + "-" + std::to_string(repeat.end) + "x" +
                std::to_string(repeat.count);
+    signature_ = sig;
     layout_.signature = fnv1a(sig);
 
     run_.reserve(std::max(d_, di_), std::max({dproj_, d_, V_}), kChunk, std::max(dproj_, d_));
@@ -225,7 +239,9 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
     for (std::size_t l = 0; l < schedule_.size(); ++l) {
         const Layer& ly = layers_[schedule_[l]];
         float* sl = st.layer(static_cast<int>(l));
+        const LoraLayer* lo = lora_.empty() ? nullptr : &lora_[schedule_[l]];
         run_.apply(ly.in_proj, h_.data(), p_.data());
+        if (lo) run_.apply_lora(ly.in_proj, lo->in_proj, lora_scale_, h_.data(), d_, 1, p_.data(), dproj_);
         const int64_t tm = ck ? StageClock::now() : 0;
         // Split over the pool: the state and conv weights arrive from memory (the weight stream
         // evicts them every token), so two cores fetch them faster than one.
@@ -239,6 +255,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
             l + 1 < schedule_.size() ? layers_[schedule_[l + 1]].in_proj.norm.data() : lm_head_.norm.data();
         for (int c = 0; c < d_; c += 16) __builtin_prefetch(next_norm + c, 0, 3);
         run_.apply(ly.out_proj, y_.data(), h_.data(), true);
+        if (lo) run_.apply_lora(ly.out_proj, lo->out_proj, lora_scale_, y_.data(), di_, 1, h_.data(), d_);
     }
     if (logits) head(h_.data(), logits);
     if (ck) {
@@ -254,7 +271,9 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
 void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) {
     for (std::size_t l = 0; l < schedule_.size(); ++l) {
         const Layer& ly = layers_[schedule_[l]];
+        const LoraLayer* lo = lora_.empty() ? nullptr : &lora_[schedule_[l]];
         run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
+        if (lo) run_.apply_lora(ly.in_proj, lo->in_proj, lora_scale_, Hb_.data(), d_, n, Pb_.data(), dproj_);
         const int li = static_cast<int>(l);
         for_channels(*pool_, di_, [&](int c0, int c1, int) {
             std::size_t si = 0;
@@ -269,7 +288,78 @@ void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& 
             }
         });
         run_.apply_rows(ly.out_proj, Yb_.data(), di_, n, Hb_.data(), d_, true);
+        if (lo) run_.apply_lora(ly.out_proj, lo->out_proj, lora_scale_, Yb_.data(), di_, n, Hb_.data(), d_);
     }
+}
+
+void BitMamba2::set_lora(const std::vector<LoraLayerViews>& views, float scale) {
+    std::lock_guard<std::mutex> lk(mutex_);  // no forward pass is running
+    const int n_layers = static_cast<int>(layers_.size());
+    if (views.empty()) {
+        lora_.clear();
+        weight_bytes_ -= lora_bytes_;
+        lora_bytes_ = 0;
+        layout_.signature = fnv1a(signature_);
+        info_.dims.erase("lora_rank");
+        return;
+    }
+    if (static_cast<int>(views.size()) != n_layers)
+        throw FormatError("LoRA: the adapter has " + std::to_string(views.size()) + " layers, this model has " +
+                          std::to_string(n_layers));
+    if (!std::isfinite(scale)) throw FormatError("LoRA: the scale is not a finite number");
+    std::vector<LoraLayer> ls(n_layers);
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the shapes and the values' bits, word by word
+    auto mix = [&h](uint32_t w) { h = (h ^ w) * 1099511628211ull; };
+    int max_rank = 0;
+    std::size_t bytes = 0;
+    for (int l = 0; l < n_layers; ++l) {
+        for (int t = 0; t < 2; ++t) {
+            const Linear& L = t == 0 ? layers_[l].in_proj : layers_[l].out_proj;
+            const LoraView& v = views[l][t];
+            const std::string what = "LoRA: layer " + std::to_string(l) + (t == 0 ? " in_proj" : " out_proj");
+            if (!v.A || !v.B || v.rank <= 0 || v.in != L.cols || v.out != L.rows)
+                throw FormatError(what + " is " + std::to_string(v.out) + "x" + std::to_string(v.in) + " rank " +
+                                  std::to_string(v.rank) + ", the model's projection is " + std::to_string(L.rows) +
+                                  "x" + std::to_string(L.cols));
+            LoraMatrix& m = t == 0 ? ls[l].in_proj : ls[l].out_proj;
+            m.rank = v.rank;
+            m.in = v.in;
+            m.out = v.out;
+            const std::size_t na = static_cast<std::size_t>(v.rank) * v.in, nb = static_cast<std::size_t>(v.out) * v.rank;
+            m.A.reset(na);
+            m.Bt.reset(nb);
+            std::memcpy(m.A.data(), v.A, sizeof(float) * na);
+            for (int o = 0; o < v.out; ++o)
+                for (int r = 0; r < v.rank; ++r)
+                    m.Bt[static_cast<std::size_t>(r) * v.out + o] = v.B[static_cast<std::size_t>(o) * v.rank + r];
+            for (std::size_t i = 0; i < na; ++i)
+                if (!std::isfinite(m.A[i])) throw FormatError(what + " A contains NaN or Inf");
+            for (std::size_t i = 0; i < nb; ++i)
+                if (!std::isfinite(m.Bt[i])) throw FormatError(what + " B contains NaN or Inf");
+            mix(static_cast<uint32_t>(v.rank));
+            mix(static_cast<uint32_t>(v.in));
+            mix(static_cast<uint32_t>(v.out));
+            for (const AlignedBuffer<float>* buf : {&m.A, &m.Bt}) {
+                uint32_t w;
+                for (std::size_t i = 0; i < buf->size(); ++i) {
+                    std::memcpy(&w, buf->data() + i, sizeof w);
+                    mix(w);
+                }
+            }
+            max_rank = std::max(max_rank, v.rank);
+            bytes += m.bytes();
+        }
+    }
+    uint32_t sb;
+    std::memcpy(&sb, &scale, sizeof sb);
+    mix(sb);
+    run_.reserve_lora(std::max(d_, di_), max_rank, kChunk);
+    lora_ = std::move(ls);
+    lora_scale_ = scale;
+    weight_bytes_ = weight_bytes_ - lora_bytes_ + bytes;
+    lora_bytes_ = bytes;
+    layout_.signature = fnv1a(signature_ + ":lora:" + std::to_string(h));
+    info_.dims["lora_rank"] = max_rank;
 }
 
 }  // namespace

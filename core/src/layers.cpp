@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <stdexcept>
 #include <string>
 
 namespace bm {
@@ -225,6 +227,53 @@ void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n
                 o[r] = accumulate ? o[r] + v : v;
             }
         }
+    });
+}
+
+// ------------------------------------------------------------------ LoRA (bitmamba.cpp's adapters)
+
+void LinearRunner::reserve_lora(int max_in, int max_rank, int chunk) {
+    lora_in_ = max_in;
+    lora_rank_ = max_rank;
+    lora_chunk_ = chunk;
+    lora_xn_.reset(static_cast<std::size_t>(chunk) * max_in);
+    lora_a_.reset(static_cast<std::size_t>(chunk) * max_rank);
+}
+
+namespace {
+constexpr int kLoraRows = 64;     // output rows per unit of the second product (ranges start at multiples)
+constexpr int kLoraWork = 65536;  // multiply-adds per pool chunk (below that a dispatch costs more)
+}  // namespace
+
+void LinearRunner::apply_lora(const Linear& L, const LoraMatrix& m, float scale, const float* in, int ld_in, int n,
+                              float* out, int ld_out) {
+    if (n <= 0) return;
+    if (m.in != L.cols || m.out != L.rows || m.in > lora_in_ || m.rank > lora_rank_ || n > lora_chunk_)
+        throw std::logic_error("apply_lora: the adapter or the batch does not fit the reserved scratch");
+    const KernelSet& k = *kernels_;
+    ThreadPool& pool = *pool_;
+    const int cols = m.in, R = m.rank, rows = m.out;
+    float* xn = lora_xn_.data();
+    float* a = lora_a_.data();
+    // per token: xn_t, exactly what apply()/apply_rows() quantize, then a_t = A xn_t (fgemv)
+    pool.parallel_for(n, std::max(1, kLoraWork / (R * cols)), [&](int t0, int t1, int) {
+        for (int t = t0; t < t1; ++t) {
+            const float* x = in + static_cast<std::size_t>(t) * ld_in;
+            float* v = xn + static_cast<std::size_t>(t) * lora_in_;
+            if (L.norm.size())
+                k.rmsnorm(x, L.norm.data(), cols, L.norm_eps, v);
+            else
+                std::memcpy(v, x, sizeof(float) * cols);
+            k.fgemv(m.A.data(), cols, cols, v, a + static_cast<std::size_t>(t) * lora_rank_, 0, R);
+        }
+    });
+    // out_t += scale * B a_t over blocks of output rows (fgemv_t_acc on B transposed)
+    const int units = (rows + kLoraRows - 1) / kLoraRows;
+    pool.parallel_for(units, std::max(1, kLoraWork / (kLoraRows * R * n)), [&](int b0, int b1, int) {
+        const int j0 = b0 * kLoraRows, j1 = std::min(rows, b1 * kLoraRows);
+        for (int t = 0; t < n; ++t)
+            k.fgemv_t_acc(m.Bt.data(), rows, R, a + static_cast<std::size_t>(t) * lora_rank_, scale,
+                          out + static_cast<std::size_t>(t) * ld_out, j0, j1);
     });
 }
 

@@ -28,6 +28,10 @@ void Model::set_threads(int n) {
     }
 }
 
+void Model::set_lora(const std::vector<LoraLayerViews>&, float) {
+    throw FormatError("LoRA adapters apply to BitMamba-2 models, this model is " + info_.arch);
+}
+
 void Model::check_state(const State& st) const {
     if (!(st.layout() == layout_)) throw std::invalid_argument("state belongs to a different model");
 }

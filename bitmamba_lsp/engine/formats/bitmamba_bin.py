@@ -39,6 +39,7 @@ from bitmamba_lsp.engine.tokenizer import TextTokenizer, find_tokenizer
 _T = TypeVar("_T")
 
 MAGIC = 0x42495432
+LORA_MAGIC = 0x4C4F5232  # a LoRA adapter (engine/lora.py), not a model
 TYPE_F32 = 0
 TYPE_TERNARY = 2
 
@@ -193,6 +194,11 @@ def parse_bin(buf, size: int, path: Path | str = "<buffer>") -> BinModel:
     where = str(path)
     cur = _Cursor(buf, size, where)
     magic = cur.i32("header")
+    if magic & 0xFFFFFFFF == LORA_MAGIC:
+        raise ModelFormatError(
+            f"{where} is a LoRA adapter (bitmamba.cpp's LOR2 format), not a model: give it with --lora FILE "
+            "(load(model, lora=FILE)) next to the model it adapts"
+        )
     if magic & 0xFFFFFFFF != MAGIC:
         raise ModelFormatError(
             f"{where}: wrong magic 0x{magic & 0xFFFFFFFF:08x} (expected 0x{MAGIC:08x}): not a BitMamba-2 .bin file"
@@ -413,7 +419,8 @@ NOT_OUR_BIN = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_
 
 def is_model_bin(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return base.endswith(".bin") and not base.startswith(NOT_OUR_BIN)
+    # *.lora.bin: bitmamba.cpp's name for LoRA adapters (engine/lora.py), which may sit beside a model
+    return base.endswith(".bin") and not base.startswith(NOT_OUR_BIN) and not base.endswith(".lora.bin")
 
 
 def core_tensors(binmodel: BinModel) -> dict[str, object]:

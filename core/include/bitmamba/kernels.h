@@ -80,6 +80,11 @@ struct KernelSet {
     int (*argmax)(const float* x, int n) = nullptr;
     // y[r] = sum_c W[r * ld + c] * x[c] for r in [r0, r1): float weights (x_proj, dt_proj, float layers).
     void (*fgemv)(const float* W, int ld, int cols, const float* x, float* y, int r0, int r1) = nullptr;
+    // y[j] += alpha * (sum_r a[r] * Wt[r * ld + j]) for j in [j0, j1), the sum over r = 0..rank-1 in
+    // order: a float matrix stored transposed, for a short `a` (the up-projection of a LoRA term).
+    // Every level gives each element the same operations wherever the range starts.
+    void (*fgemv_t_acc)(const float* Wt, int ld, int rank, const float* a, float alpha, float* y, int j0,
+                        int j1) = nullptr;
     // y[r] = sum_c W[r * ld + c] * x[c], exact int32, for int8 weights (per-row quantized float
     // layers such as a large lm_head). ld and cols are multiples of 32; W and x are zero padded.
     void (*i8gemv)(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) = nullptr;

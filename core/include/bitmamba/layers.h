@@ -8,6 +8,10 @@
 // where xq is the per-token absmax int8 quantization of the input (after the optional internal
 // RMSNorm, as BitMamba-2's BitLinear does). The single-token and the batched paths evaluate the
 // same float expressions, so their results are bit-identical.
+//
+// A LoraMatrix is a low-rank float correction of a Linear (bitmamba.cpp's LoRA adapters, its
+// src/lora.cpp): out += scale * B (A xn), xn the Linear's input after its RMSNorm and before the
+// int8 quantization (LinearRunner::apply_lora).
 #pragma once
 
 #include <cmath>
@@ -50,6 +54,14 @@ struct Linear {
     void scale_rows(const float* v);
 };
 
+// A [rank][in] row-major; B [out][rank] is kept transposed (Bt [rank][out]) so that the second
+// product runs along the output rows.
+struct LoraMatrix {
+    int rank = 0, in = 0, out = 0;
+    AlignedBuffer<float> A, Bt;
+    std::size_t bytes() const { return (A.size() + Bt.size()) * sizeof(float); }
+};
+
 class LinearRunner {
 public:
     LinearRunner(std::unique_ptr<ThreadPool>& pool, const KernelSet*& kernels) : pool_(pool), kernels_(kernels) {}
@@ -62,6 +74,15 @@ public:
     void apply(const Linear& L, const float* x, float* out, bool accumulate = false, Stage stage = kStageMatmul);
     // out[t*ld_out + r] = L(in[t*ld_in + .]) for t < n <= chunk.
     void apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out, bool accumulate = false);
+    // Scratch for apply_lora: inputs up to max_in columns, ranks up to max_rank, up to `chunk` tokens.
+    void reserve_lora(int max_in, int max_rank, int chunk);
+    // out[t*ld_out + o] += scale * sum_r B[o][r] * a_t[r], a_t[r] = sum_i A[r][i] * xn_t[i], for t < n,
+    // xn_t = rmsnorm(in[t*ld_in + .], L.norm) as apply() computes it before quantizing; a_t by the
+    // level's fgemv, the second product by its fgemv_t_acc. Per element the same float operations
+    // whatever n, the thread count or the split: a token gets the same result alone (step) and in a
+    // batch (prefill, step_batch).
+    void apply_lora(const Linear& L, const LoraMatrix& m, float scale, const float* in, int ld_in, int n, float* out,
+                    int ld_out);
 
     ThreadPool& pool() { return *pool_; }
     const KernelSet& kernels() const { return *kernels_; }
@@ -81,6 +102,8 @@ private:
     AlignedBuffer<int8_t> xq_, X_;
     AlignedBuffer<int32_t> acc_, sum_, Acc_;
     AlignedBuffer<uint8_t> panels_;
+    int lora_in_ = 0, lora_rank_ = 0, lora_chunk_ = 0;
+    AlignedBuffer<float> lora_xn_, lora_a_;  // [chunk][max_in], [chunk][max_rank]
 };
 
 // Run f(c0, c1, slot) over [0, n) in ranges whose bounds are multiples of 16 (keeps SIMD tails of

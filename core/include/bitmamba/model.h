@@ -3,6 +3,7 @@
 // daemon checkpoint a document and resume from any checkpoint.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,15 @@ struct TensorView {
 };
 using TensorMap = std::unordered_map<std::string, TensorView>;
 
+// One LoRA matrix pair as the caller hands it over (views; set_lora copies them).
+// A [rank][in], B [out][rank], both row-major float32.
+struct LoraView {
+    const float* A = nullptr;
+    const float* B = nullptr;
+    int rank = 0, in = 0, out = 0;
+};
+using LoraLayerViews = std::array<LoraView, 2>;  // {in_proj, out_proj} of one layer
+
 struct ModelInfo {
     std::string arch;
     int vocab_size = 0;
@@ -102,6 +112,11 @@ public:
                  const std::vector<std::pair<int, State*>>& snapshots);
     // Several independent sequences, one token each, in one batched step. logits: n*vocab.
     void step_batch(State* const* states, const int32_t* tokens, int n, float* logits);
+    // Attach a LoRA adapter (bitmamba.cpp's): per weight layer, out += scale * B (A xn) on in_proj
+    // and out_proj, in every forward path and on every pass of the layer (RYS). Empty: detach. The
+    // state signature names the adapter, so states made before (or by another adapter) are refused.
+    // Throws FormatError for shapes that do not fit; architectures without it throw too.
+    virtual void set_lora(const std::vector<LoraLayerViews>& layers, float scale);
 
     int threads() const { return pool_->size(); }
     void set_threads(int n);

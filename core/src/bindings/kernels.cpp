@@ -125,6 +125,22 @@ void bind_kernel_functions(py::module_& m) {
         },
         py::arg("W"), py::arg("x"), py::arg("level") = "simd", "y = W @ x in float32.");
     m.def(
+        "fgemv_t_acc",
+        [](carray<float> Wt, carray<float> a, carray<float> y, float alpha, int j0, int j1, const std::string& level) {
+            if (Wt.ndim() != 2 || a.ndim() != 1 || y.ndim() != 1 || Wt.shape(0) != a.shape(0) ||
+                Wt.shape(1) != y.shape(0))
+                throw std::invalid_argument("Wt [rank, cols], a [rank], y [cols]");
+            const int rank = static_cast<int>(Wt.shape(0)), cols = static_cast<int>(Wt.shape(1));
+            if (j1 < 0) j1 = cols;
+            if (j0 < 0 || j0 > j1 || j1 > cols) throw std::invalid_argument("need 0 <= j0 <= j1 <= cols");
+            py::array_t<float> out(cols);
+            std::memcpy(out.mutable_data(), y.data(), sizeof(float) * cols);
+            kernels_by_name(level).fgemv_t_acc(Wt.data(), cols, rank, a.data(), alpha, out.mutable_data(), j0, j1);
+            return out;
+        },
+        py::arg("Wt"), py::arg("a"), py::arg("y"), py::arg("alpha") = 1.0f, py::arg("j0") = 0, py::arg("j1") = -1,
+        py::arg("level") = "simd", "y + alpha * (a @ Wt) on columns [j0, j1) (a copy of y), float32.");
+    m.def(
         "i8gemv",
         [](carray<int8_t> W, carray<int8_t> x, const std::string& level) {
             if (W.ndim() != 2 || x.ndim() != 1 || W.shape(1) != x.shape(0)) throw std::invalid_argument("W [rows, cols], x [cols]");

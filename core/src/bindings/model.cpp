@@ -153,6 +153,41 @@ py::array_t<float> step_batch(Model& md, std::vector<State*> states, py::handle 
     return logits;
 }
 
+// ------------------------------------------------------------------ LoRA
+
+// layers: None (detach) or one (A_in, B_in, A_out, B_out) tuple per weight layer, A [rank, in] and
+// B [out, rank] float32 (other dtypes are converted). The model copies them.
+void set_lora(Model& md, py::object layers, float scale) {
+    std::vector<LoraLayerViews> views;
+    std::vector<py::object> keep;
+    if (!layers.is_none()) {
+        int l = 0;
+        for (py::handle item : layers) {
+            if (!py::isinstance<py::tuple>(item) || py::len(item) != 4)
+                throw std::invalid_argument("set_lora: layer " + std::to_string(l) +
+                                            " must be a tuple (A_in, B_in, A_out, B_out)");
+            py::tuple t = py::reinterpret_borrow<py::tuple>(item);
+            LoraLayerViews lv;
+            for (int k = 0; k < 2; ++k) {
+                auto A = carray<float>::ensure(t[2 * k]);
+                auto B = carray<float>::ensure(t[2 * k + 1]);
+                if (!A || !B || A.ndim() != 2 || B.ndim() != 2 || B.shape(1) != A.shape(0))
+                    throw FormatError("LoRA: layer " + std::to_string(l) + (k == 0 ? " in_proj" : " out_proj") +
+                                      ": A must be [rank, in] and B [out, rank]");
+                lv[k] = LoraView{A.data(), B.data(), static_cast<int>(A.shape(0)), static_cast<int>(A.shape(1)),
+                                 static_cast<int>(B.shape(0))};
+                keep.push_back(A);
+                keep.push_back(B);
+            }
+            views.push_back(lv);
+            ++l;
+        }
+        if (views.empty()) throw FormatError("LoRA: the adapter has no layers");
+    }
+    py::gil_scoped_release nogil;
+    md.set_lora(views, scale);
+}
+
 // ------------------------------------------------------------------ profiling and facts
 
 void set_profiling(Model& md, bool on) {
@@ -238,6 +273,10 @@ void bind_model(py::module_& m) {
              "snapshot_at[i] tokens]).")
         .def("step_batch", &step_batch, py::arg("states"), py::arg("tokens"),
              "One token for each of several states, batched: logits [n, vocab].")
+        .def("set_lora", &set_lora, py::arg("layers"), py::arg("scale") = 1.0f,
+             "Attach a LoRA adapter (bitmamba.cpp's): layers = [(A_in, B_in, A_out, B_out)] per weight layer "
+             "(A [rank, in], B [out, rank]); every projection gets out += scale * B (A xn), xn its input after "
+             "its RMSNorm. None detaches it. Changes the state signature (earlier states are refused).")
         .def_property("threads", &Model::threads, [](Model& md, int n) {
             py::gil_scoped_release nogil;
             md.set_threads(n);

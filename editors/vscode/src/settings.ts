@@ -35,6 +35,7 @@ export const SERVER_SETTINGS = [
   'repeatStart',
   'repeatEnd',
   'repeatCount',
+  'lora',
   'fim',
   'fimSuffixLines',
   'fimSuffixTokens',

@@ -81,6 +81,21 @@ void fgemv_scalar(const float* W, int ld, int cols, const float* x, float* y, in
     }
 }
 
+void fgemv_t_acc_scalar(const float* Wt, int ld, int rank, const float* a, float alpha, float* y, int j0, int j1) {
+    constexpr int kB = 64;  // a block of sums the compiler can keep in vector registers
+    for (int jb = j0; jb < j1; jb += kB) {
+        const int m = std::min(kB, j1 - jb);
+        float acc[kB];
+        for (int j = 0; j < kB; ++j) acc[j] = 0.0f;
+        for (int r = 0; r < rank; ++r) {
+            const float ar = a[r];
+            const float* w = Wt + static_cast<std::size_t>(r) * ld + jb;
+            for (int j = 0; j < m; ++j) acc[j] += ar * w[j];
+        }
+        for (int j = 0; j < m; ++j) y[jb + j] += alpha * acc[j];
+    }
+}
+
 void i8gemv_scalar(const int8_t* W, int ld, int cols, const int8_t* x, int32_t* y, int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
         const int8_t* w = W + static_cast<std::size_t>(r) * ld;
@@ -105,6 +120,7 @@ const KernelSet& scalar_kernels() {
         s.exp = exp_scalar;
         s.argmax = argmax_scalar;
         s.fgemv = fgemv_scalar;
+        s.fgemv_t_acc = fgemv_t_acc_scalar;
         s.i8gemv = i8gemv_scalar;
         s.gemm_min_tokens = kGemmTokens;
         return s;

@@ -364,7 +364,7 @@ void exp_avx512(float* x, int n) {
 }  // namespace
 
 // The avx512 level (avx512-vnni with -mavx512vnni) builds on the avx2 set (itself built from
-// scalar): it keeps AVX2's argmax, fgemv and i8gemv and overrides the rest.
+// scalar): it keeps AVX2's argmax, fgemv, fgemv_t_acc and i8gemv and overrides the rest.
 const KernelSet& avx512_kernels() {
     static const KernelSet k = [] {
         KernelSet s = avx2_kernels();  // x86/kernels_avx2.cpp: the avx512 rows carry avx2
