@@ -16,7 +16,6 @@ from typing import Any
 _pending: dict[str, cf.Future[Any]] = {}
 _lock = threading.Lock()
 
-PREFILL_RATE = "_prefill_rate"  # model.extra key: (threads, tokens/s) measured by the preload
 
 
 def start(name: str, threads: int | None) -> None:
@@ -24,7 +23,7 @@ def start(name: str, threads: int | None) -> None:
     # imported here, on the caller's thread: two threads importing the same modules at once could
     # meet in the import locks
     from bitmamba_lsp.engine import load
-    from bitmamba_lsp.lsp.worker import measure_prefill_rate
+    from bitmamba_lsp.lsp.worker import PREFILL_RATE, measure_prefill_rate
 
     fut: cf.Future[Any] = cf.Future()
 

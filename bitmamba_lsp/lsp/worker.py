@@ -28,7 +28,6 @@ from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
-from bitmamba_lsp.lsp.preload import PREFILL_RATE
 from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import DocStates, StateStore
@@ -57,6 +56,7 @@ def measure_prefill_rate(model: Model, tokens: int = 128) -> float:
 
 
 _NO_LEAD = np.zeros(0, dtype=np.int32)
+PREFILL_RATE = "_prefill_rate"  # model.extra key: (threads, tokens/s) measured by the preload (preload.py)
 
 
 class ModelWorker:
