@@ -55,7 +55,7 @@ def test_the_choice_changes_only_when_documents_come_and_go() -> None:
     assert choice.refresh(docs, 1) == {"file:///a.py": ()}
 
 
-OPTIONS = {**PLAIN, "maxTokens": 10, "debounceMs": 0, "speculative": False, "threads": 1, "tokenHealing": False,
+OPTIONS = {**PLAIN, "fim": True, "maxTokens": 10, "debounceMs": 0, "speculative": False, "threads": 1, "tokenHealing": False,
            "fimSuffixLines": 4, "fimSuffixTokens": 32, "timeBudgetMs": 60000, "contextChunks": 1,
            "cacheOpenFiles": False}  # fmt: skip
 

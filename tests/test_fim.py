@@ -104,7 +104,7 @@ def test_the_prompt_after_accepting_a_suggestion(fim_model, insert: str) -> None
     assert got == reference_fim_ids(fim_model, replaced, off2 + 3, LINES, TOKENS)
 
 
-OPTIONS = {**PLAIN, "maxTokens": 12, "debounceMs": 0, "speculative": False, "threads": 1,
+OPTIONS = {**PLAIN, "fim": True, "maxTokens": 12, "debounceMs": 0, "speculative": False, "threads": 1,
            "fimSuffixLines": LINES, "fimSuffixTokens": TOKENS, "timeBudgetMs": 60000}  # fmt: skip
 
 

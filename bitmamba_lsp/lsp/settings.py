@@ -51,12 +51,13 @@ class Settings:
     line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
     # show a suggestion only when its calibrated probability of being right reaches this (choice.py;
     # chosen on the tune split by benchmarks/fit_choice.py); 0: show everything
-    min_confidence: float = 0.35
+    min_confidence: float = 0.3
     min_line_confidence: float = 0.001  # stop generating once the line's probability falls below this
     # fill-in-the-middle (lsp/prompt.py), for models that declare it in model.json: the model reads
     # the text after the cursor too; the suffix window is N lines, at most T tokens (0: chosen from
-    # the model's measured prefill rate, so a line change re-feeds it within ~12 ms)
-    fim: bool = True
+    # the model's measured prefill rate, so a line change re-feeds it within ~12 ms). Off by default:
+    # on the tune split it made the shipped model's suggestions worse (README, "The default model")
+    fim: bool = False
     fim_suffix_lines: int = 8
     fim_suffix_tokens: int = 0
     # snippets of other open files before the document (lsp/context_chunks.py): how many (0: none)
