@@ -153,7 +153,12 @@ def busy_note() -> str | None:
     except OSError:
         return None
     jobs = [ln for ln in out.splitlines() if "bitmamba_lsp.train" in ln or "train_fim_model" in ln]
-    return f"measured while a training job used the CPU cores ({len(jobs)} process(es))" if jobs else None
+    if jobs:
+        return f"measured while a training job used the CPU cores ({len(jobs)} process(es))"
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        return f"measured while other processes kept the machine busy (1-minute load average {load:.1f})"
+    return None
 
 
 def main() -> int:
@@ -188,9 +193,11 @@ def main() -> int:
         inits.append(a)
         firsts.append(b)
 
+    note = note or busy_note()  # the load while this ran, not only before
     res = {
         "machine": info,
         "note": note,
+        "load_average_1min": os.getloadavg()[0],
         "model": str(model),
         "threads": threads,
         "floor_s": FLOOR_S,

@@ -11,6 +11,7 @@ import json
 import logging
 import marshal
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,10 @@ def test_tokens_identical_with_and_without_the_cache(cache_home: Path, derivatio
     built = T.TextTokenizer.from_path(BUNDLED)  # derives and writes the cache
     cached = T.TextTokenizer.from_path(BUNDLED)  # reads it
     assert len(derivations) == 1
+    # the BPE is built on first use; the strings every load encodes are known before
+    assert cached._tok is None
+    assert {s: cached.encode(s) for s in T._PRECOMPUTED} == {s: reference.encode(s) for s in T._PRECOMPUTED}
+    assert cached._tok is None and cached.eos_id == reference.eos_id and cached.decode([15496, 995]) == "Hello world"
     same_tokens(built, reference)
     same_tokens(cached, reference)
     hf = T.load_tokenizer(BUNDLED)  # the plain tokenizers.Tokenizer, from the cache
@@ -116,7 +121,8 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(
     path = cache_file()
     blob = path.read_bytes()
     n = len(T._CACHE_MAGIC)
-    foreign = marshal.dumps(({"a": 0}, [], [b"a", b"<|endoftext|>"]))
+    head = marshal.dumps(([b"a", b"<|endoftext|>"], {}))  # too few ids for a GPT-2 vocabulary
+    foreign = struct.pack("<Q", len(head)) + head + marshal.dumps(({}, []))
     damaged = {
         "truncated": blob[: len(blob) // 2],
         "garbage": b"\x00\xffnot a cache" * 100,
@@ -138,6 +144,25 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(
     assert path.read_bytes()[:n] == T._CACHE_MAGIC
     T.TextTokenizer.from_path(BUNDLED)
     assert len(derivations) == 2
+
+
+def test_a_bad_bpe_part_behind_a_good_checksum_is_rebuilt_on_first_use(
+    cache_home: Path, derivations: list, reference, caplog: pytest.LogCaptureFixture
+) -> None:
+    T.TextTokenizer.from_path(BUNDLED)
+    path = cache_file()
+    table, encoded, _ = T._unpack_cache(path.read_bytes())
+    head = marshal.dumps((table, encoded))
+    body = struct.pack("<Q", len(head)) + head + marshal.dumps(({"a": 0}, []))
+    path.write_bytes(T._CACHE_MAGIC + hashlib.sha256(body).digest() + body)
+    tok = T.TextTokenizer.from_path(BUNDLED)  # the head is fine: nothing is noticed yet
+    assert len(derivations) == 1
+    with caplog.at_level(logging.WARNING, logger="bitmamba_lsp"):
+        same_tokens(tok, reference)  # the first encode builds the BPE: the tail is bad, rebuilt
+    assert len(derivations) == 2
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.WARNING]
+    _, _, tail = T._unpack_cache(path.read_bytes())
+    T._unpack_tail(tail, len(table))  # rewritten whole
 
 
 def test_an_unwritable_cache_only_warns(tmp_path: Path, monkeypatch, derivations: list, reference, caplog) -> None:
@@ -197,6 +222,28 @@ def test_generate_imports_only_what_it_needs(model_factory, cache_home: Path) ->
     ours = [m for m in modules if m.startswith(("bitmamba_lsp.lsp", "bitmamba_lsp.http", "bitmamba_lsp.train"))]
     assert heavy == [] and ours == []
     assert "tokenizers" in modules and cache_file().is_file()  # the bundled tokenizer, now cached
+
+
+def test_generate_with_ids_never_builds_the_bpe(model_factory, cache_home: Path) -> None:
+    """With the cache warm, `generate --ids` takes its ids, end of text and protected tokens from the
+    cache's head: the BPE (the cost of a tokenizer load) is never built."""
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=1)
+    code = (
+        "import sys\n"
+        "from bitmamba_lsp.engine import tokenizer as T\n"
+        "T.TextTokenizer.from_path(T.bundled_gpt2_path()).encode('warm the cache')\n"
+        "builds = []\n"
+        "real = T._tokenizer_from_parts\n"
+        "T._tokenizer_from_parts = lambda *a: builds.append(1) or real(*a)\n"
+        "from bitmamba_lsp.cli import main\n"
+        f"rc = main(['generate', '--model', {str(path)!r}, '--ids', '1 2 3', '-n', '3', '--quiet'])\n"
+        "print('builds', len(builds), file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "builds 0" in p.stderr and len(p.stdout.split()) == 3
 
 
 def test_help_still_lists_every_command(cache_home: Path) -> None:

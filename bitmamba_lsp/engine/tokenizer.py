@@ -37,7 +37,8 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,15 @@ def gpt2_tokenizer_from_tokens(tokens: Sequence[bytes], source: object = "<token
 
 # --------------------------------------------------------------------------- the merges cache
 
-_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 1\n"  # then sha256(payload), then marshal payload
+# A cache file: this magic line, the SHA-256 of the body, then the body: the length (uint64 LE) of a
+# marshal'd (byte table, encodings) head, then a marshal'd (vocab, merges) tail. The head is all a
+# tokenizer needs to start (decoding, its ids, the encodings the engine asks for at every load);
+# the tail, the BPE, is parsed when something is first encoded.
+_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 2\n"
+# Encoded at every load (Model.default_protected_ids): kept in the cache's head, so that a command
+# that never encodes text (`bitmamba generate --ids`) never builds the BPE.
+_PRECOMPUTED = ("\n", "\n\n", ".")
+_Head = tuple[list[bytes], dict[str, list[int]]]
 
 
 def user_cache_dir() -> Path:
@@ -278,7 +287,7 @@ def user_cache_dir() -> Path:
 
 
 def gpt2_cache_path(data: bytes) -> Path:
-    """Where the merges derived from a tokenizer.bin's bytes ``data`` are cached:
+    """Where what is derived from a tokenizer.bin's bytes ``data`` (its merges) is cached:
     ``<user cache>/tokenizers/gpt2-<hash>.cache``. The hash covers the file's bytes, the cache
     format and the Python version (the payload is ``marshal`` data)."""
     h = hashlib.sha256(_CACHE_MAGIC)
@@ -287,33 +296,53 @@ def gpt2_cache_path(data: bytes) -> Path:
     return user_cache_dir() / "tokenizers" / f"gpt2-{h.hexdigest()[:20]}.cache"
 
 
-def _unpack_cache(blob: bytes) -> _Parts:
-    """The parts in a cache file's bytes; ValueError saying what is wrong with them."""
+def _pack_cache(parts: _Parts, encoded: dict[str, list[int]]) -> bytes:
+    vocab, merges, table = parts
+    head = marshal.dumps((table, encoded))
+    body = struct.pack("<Q", len(head)) + head + marshal.dumps((vocab, merges))
+    return _CACHE_MAGIC + hashlib.sha256(body).digest() + body
+
+
+def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], memoryview]:
+    """(byte table, encodings, the unparsed tail) of a cache file's bytes; ValueError saying what
+    is wrong with them."""
     n = len(_CACHE_MAGIC)
     if not blob.startswith(_CACHE_MAGIC):
         raise ValueError("not a bitmamba-lsp merges cache")
-    digest, payload = blob[n : n + 32], blob[n + 32 :]
-    if hashlib.sha256(payload).digest() != digest:
+    body = memoryview(blob)[n + 32 :]
+    if hashlib.sha256(body).digest() != blob[n : n + 32]:
         raise ValueError(f"checksum mismatch ({len(blob)} bytes: truncated or damaged)")
+    if len(body) < 8 or struct.unpack_from("<Q", body)[0] > len(body) - 8:
+        raise ValueError("bad head length")
+    end = 8 + struct.unpack_from("<Q", body)[0]
     try:
-        vocab, merges, table = marshal.loads(payload)
+        table, encoded = marshal.loads(body[8:end])
     except Exception as exc:
-        raise ValueError(f"unreadable payload: {exc}") from None
+        raise ValueError(f"unreadable head: {exc}") from None
     if not (
-        isinstance(vocab, dict)
-        and isinstance(merges, list)
-        and isinstance(table, list)
-        and len(vocab) >= 256
-        and len(table) == len(vocab) + 1
-        and len(merges) == len(vocab) - 256
+        isinstance(table, list)
+        and len(table) >= 257
+        and all(type(t) is bytes for t in table)
         and table[-1] == GPT2_EOT.encode()
+        and isinstance(encoded, dict)
+        and all(isinstance(v, list) and all(type(i) is int and 0 <= i < len(table) for i in v) for v in encoded.values())
     ):
         raise ValueError("unexpected contents")
-    return vocab, merges, table
+    return table, encoded, body[end:]
 
 
-def _read_cache(path: Path) -> _Parts | None:
-    """The cached parts; None when there are none or when the file is damaged (one warning line:
+def _unpack_tail(tail: memoryview, n: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    try:
+        vocab, merges = marshal.loads(tail)
+    except Exception as exc:
+        raise ValueError(f"unreadable tail: {exc}") from None
+    if not (isinstance(vocab, dict) and isinstance(merges, list) and len(vocab) == n - 1 and len(merges) == n - 257):
+        raise ValueError("unexpected contents")
+    return vocab, merges
+
+
+def _read_cache(path: Path) -> tuple[list[bytes], dict[str, list[int]], memoryview] | None:
+    """The cache's contents; None when there is none or when the file is damaged (one warning line:
     the caller rebuilds it, the user never gets an error for a bad cache)."""
     try:
         blob = path.read_bytes()
@@ -346,28 +375,44 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _write_cache(path: Path, parts: _Parts) -> None:
-    payload = marshal.dumps(parts)
+_Gpt2 = tuple[list[bytes], dict[str, list[int]], Callable[[], Tokenizer]]
+
+
+def _derive_and_cache(data: bytes, path: Path, cache: Path) -> _Gpt2:
+    log.info("bitmamba-lsp: deriving the BPE merges of %s once (cached in %s)", path, cache)
+    parts = _parts_from_tokens(_parse_bin_vocab(data, path), path)
+    probe = TextTokenizer._adopt(_tokenizer_from_parts(parts, path), parts[2])
+    encoded = {s: probe.encode(s) for s in _PRECOMPUTED}
     try:
-        _write_atomically(path, _CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
+        _write_atomically(cache, _pack_cache(parts, encoded))
     except OSError as exc:
         log.warning(
             "bitmamba-lsp: cannot write the tokenizer cache %s (%s); the merges are derived again next time",
-            path,
+            cache,
             exc,
         )
+    return parts[2], encoded, lambda: _tokenizer_from_parts(parts, path)
 
 
-def _gpt2_parts(path: Path) -> _Parts:
-    """The parts of a tokenizer.bin: from the user cache, else derived (about a second) and cached."""
+def _gpt2(path: Path) -> _Gpt2:
+    """A tokenizer.bin's (byte table, precomputed encodings, a function building the BPE
+    ``Tokenizer``): from the user cache, else derived (about a second) and cached."""
     data = path.read_bytes()
     cache = gpt2_cache_path(data)
-    parts = _read_cache(cache)
-    if parts is None:
-        log.info("bitmamba-lsp: deriving the BPE merges of %s once (cached in %s)", path, cache)
-        parts = _parts_from_tokens(_parse_bin_vocab(data, path), path)
-        _write_cache(cache, parts)
-    return parts
+    got = _read_cache(cache)
+    if got is None:
+        return _derive_and_cache(data, path, cache)
+    table, encoded, tail = got
+
+    def build() -> Tokenizer:
+        try:
+            vocab, merges = _unpack_tail(tail, len(table))
+        except ValueError as exc:  # the checksum held, yet: never an error for a cache
+            log.warning("bitmamba-lsp: the tokenizer cache %s is damaged (%s); rebuilding it", cache, exc)
+            return _derive_and_cache(data, path, cache)[2]()
+        return _tokenizer_from_parts((vocab, merges, table), path)
+
+    return table, encoded, build
 
 
 def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None = None) -> Tokenizer:
@@ -385,7 +430,7 @@ def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None =
                 return Tokenizer.from_file(str(cache))
         except Exception:  # missing or unreadable cache: rebuild it
             pass
-    tok = _tokenizer_from_parts(_gpt2_parts(path), path)
+    tok = _gpt2(path)[2]()
     if cache_path is not None:
         _write_atomically(Path(cache_path), tok.to_str().encode("utf-8"))
     return tok
@@ -518,6 +563,9 @@ class TextTokenizer:
     ``token_bytes`` is exact for byte-level BPE (GPT-2 and friends) and for byte-fallback
     tokens ``<0xNN>``; for other models it is a best effort (``▁`` is read as a space).
     ``decode`` joins token bytes, so it is byte-exact and consistent with :class:`StreamDecoder`.
+
+    From a ``tokenizer.bin`` whose merges are cached, the BPE is built when text is first encoded
+    (decoding and the ids need only the byte table): see :meth:`prepare`.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
@@ -531,11 +579,54 @@ class TextTokenizer:
         self._setup(tok, table)
         return self
 
-    def _setup(self, tok: Tokenizer, table: list[bytes] | None) -> None:
+    @classmethod
+    def _gpt2(cls, table: list[bytes], encoded: dict[str, list[int]], build: Callable[[], Tokenizer]) -> TextTokenizer:
+        """A tokenizer.bin's tokenizer whose BPE ``build()`` makes on first use. Everything else is
+        what :meth:`_setup` finds in such a tokenizer: byte-level, ``<|endoftext|>`` (the last id)
+        its only special token and its end of sequence."""
+        self = cls.__new__(cls)
+        self._tok = None
+        self._build: Callable[[], Tokenizer] | None = build
+        self._build_lock = threading.Lock()
+        self._encoded: dict[str, list[int]] = encoded  # what _PRECOMPUTED strings encode to
+        self._vocab_size = len(table)
+        self.special_ids = frozenset({len(table) - 1})
+        self._byte_level = True
+        self._set_table(table)
+        self._exact_offsets = True
+        self.eos_id = len(table) - 1
+        return self
+
+    @staticmethod
+    def _configure(tok: Tokenizer) -> Tokenizer:
         tok.no_padding()
         tok.no_truncation()
         tok.encode_special_tokens = True
-        self._tok = tok
+        return tok
+
+    @property
+    def _hf(self) -> Tokenizer:
+        tok = self._tok
+        if tok is None:
+            with self._build_lock:
+                if self._tok is None:
+                    assert self._build is not None
+                    self._tok = self._configure(self._build())
+                    self._build = None
+                tok = self._tok
+        return tok
+
+    def prepare(self) -> None:
+        """Build the BPE now if it is built on first use (a daemon does it before the first request)."""
+        self._hf  # noqa: B018
+
+    def _set_table(self, table: list[bytes]) -> None:
+        self._table = table
+        self._lens = np.fromiter((len(b) for b in table), dtype=np.int64, count=len(table))
+
+    def _setup(self, tok: Tokenizer, table: list[bytes] | None) -> None:
+        self._tok = self._configure(tok)
+        self._encoded = {}
         self._vocab_size = tok.get_vocab_size(with_added_tokens=True)
         added = tok.get_added_tokens_decoder()
         self.special_ids: frozenset[int] = frozenset(i for i, t in added.items() if t.special)
@@ -548,8 +639,7 @@ class TextTokenizer:
             for i, t in added.items():
                 if 0 <= i < self._vocab_size:
                     table[i] = t.content.encode("utf-8")
-        self._table = table
-        self._lens = np.fromiter((len(b) for b in table), dtype=np.int64, count=len(table))
+        self._set_table(table)
         # Offsets from byte arithmetic are exact when the tokens spell the input's bytes.
         self._exact_offsets = self._byte_level and tok.normalizer is None
         self.eos_id: int | None = None
@@ -576,13 +666,12 @@ class TextTokenizer:
         path, is_json = _tokenizer_file(path_or_dir)
         if is_json:
             return cls._adopt(_load_json(path))
-        parts = _gpt2_parts(path)
-        return cls._adopt(_tokenizer_from_parts(parts, path), parts[2])
+        return cls._gpt2(*_gpt2(path))
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The wrapped (private copy of the) ``tokenizers.Tokenizer``."""
-        return self._tok
+        return self._hf
 
     @property
     def vocab_size(self) -> int:
@@ -601,7 +690,10 @@ class TextTokenizer:
         """Token ids of ``text``; no BOS/EOS or other special tokens are added."""
         if not text:
             return []
-        return self._tok.encode(self._clean(text), add_special_tokens=False).ids
+        known = self._encoded.get(text)
+        if known is not None:
+            return list(known)
+        return self._hf.encode(self._clean(text), add_special_tokens=False).ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids and, for each token, the ``str`` index where its text starts.
@@ -615,7 +707,7 @@ class TextTokenizer:
         if not text:
             return [], []
         text = self._clean(text)
-        enc = self._tok.encode(text, add_special_tokens=False)
+        enc = self._hf.encode(text, add_special_tokens=False)
         ids = enc.ids
         if self._exact_offsets:
             raw = text.encode("utf-8")

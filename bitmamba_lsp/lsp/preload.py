@@ -30,6 +30,8 @@ def start(name: str, threads: int | None) -> None:
     def run() -> None:
         try:
             model = load(name, threads=threads)
+            if model.tokenizer is not None:
+                model.tokenizer.prepare()  # the BPE, built on first use otherwise: the first request
             model.extra[PREFILL_RATE] = (model.threads, measure_prefill_rate(model))
             fut.set_result(model)
         except BaseException as exc:  # given to whoever takes the model, as loading there would
