@@ -280,7 +280,7 @@ function scenarios.cancel()
   keys('A')
   sleep(150) -- the plugin's 20 ms debounce has passed: a request is in flight
   local s = { in_flight = snapshot(), cancelled_before = #cancelled, stats_before = vim.deepcopy(ghost.stats) }
-  type_text('\n    for')
+  type_text('\nfor') -- autoindent puts it under `args` (4 spaces)
   wait_ghost()
   s.shown = snapshot()
   s.cancelled = cancelled
