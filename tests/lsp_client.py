@@ -208,12 +208,18 @@ def expected_suggestion(
     logits = model.prefill(state, ids)
     rules, dec = StopRules(ctx), tok.stream_decoder()
     by_rules = False
+    guard = False  # the healed bytes ended in indentation, reproduced exactly: no more of it next
     for i in range(max_tokens):
         if rest:
             allowed = _fitting(tok, model.eos_id, rest)
             t = allowed[int(np.argmax(logits[allowed]))]
             b = tok.token_bytes(t)
+            guard = b == rest and rest[-1:] in (b" ", b"\t")
             rest = rest[len(b) :] if rest.startswith(b) and len(b) < len(rest) else b""
+        elif guard:
+            ok = [j for j in range(len(logits)) if tok.token_bytes(j)[:1] not in (b" ", b"\t")]
+            t = ok[int(np.argmax(logits[ok]))]
+            guard = False
         else:
             t = int(np.argmax(logits))
         if t in stops:

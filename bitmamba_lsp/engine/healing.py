@@ -46,6 +46,7 @@ class TokenHealer:
         self._by_bytes = dict(zip(self._bytes, ids, strict=True))  # equal bytes: the last id
         self._tok = tokenizer
         self._special = special
+        self._blank: np.ndarray | None = None  # ids of tokens starting with a space or a tab (lazily)
         self.allowed = lru_cache(maxsize=4096)(self._allowed)
 
     def _allowed(self, rest: bytes) -> np.ndarray:
@@ -66,6 +67,19 @@ class TokenHealer:
             if keep or prefixes:
                 longer = np.asarray(keep, dtype=np.int64)
         return np.unique(np.concatenate([longer, np.asarray(prefixes, dtype=np.int64)]))
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._tok.token_bytes(token)
+
+    def no_leading_blank(self, logits: np.ndarray) -> np.ndarray:
+        """Logits with every token that starts with a space or a tab at -inf (a copy)."""
+        if self._blank is None:
+            self._blank = np.asarray(
+                [i for i in range(len(logits)) if self._tok.token_bytes(i)[:1] in (b" ", b"\t")], dtype=np.int64
+            )
+        out = np.array(logits, copy=True)
+        out[self._blank] = -np.inf
+        return out
 
     def advance(self, rest: bytes, token: int) -> bytes:
         """The constraint left after generating `token` under `rest`."""
@@ -103,18 +117,27 @@ class TokenHealer:
 
 class HealingConstraint:
     """The decode loop's logits hook (decoding.LogitsHook) for one healed prompt: while the dropped
-    token's bytes are not reproduced, only tokens that fit them may be sampled."""
+    token's bytes are not reproduced, only tokens that fit them may be sampled. When they end in a
+    space or a tab (indentation the editor put there) and a token ends exactly where they end, the
+    next token may not start with more of it (`\t` then `\treturn` would indent one level more)."""
 
     def __init__(self, healer: TokenHealer, raw: bytes) -> None:
         self.healer = healer
         self.rest = raw
+        self.guard = False  # the next token must not start with a space or a tab
 
     def active(self) -> bool:
-        return bool(self.rest)
+        return bool(self.rest) or self.guard
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
-        return self.healer.constrain(logits, self.rest)
+        if self.rest:
+            return self.healer.constrain(logits, self.rest)
+        return self.healer.no_leading_blank(logits)
 
     def accept(self, token: int) -> None:
         if self.rest:
+            exact = self.healer.token_bytes(token) == self.rest
+            self.guard = exact and self.rest[-1:] in (b" ", b"\t")
             self.rest = self.healer.advance(self.rest, token)
+        else:
+            self.guard = False
