@@ -49,6 +49,13 @@ def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The tokenizer merges cache (engine/tokenizer.py) of this session's processes, daemons included,
+    # goes to a folder of the session, never into the user's ~/.cache.
+    os.environ["BITMAMBA_LSP_CACHE_DIR"] = str(tmp_path_factory.mktemp("bitmamba-lsp-cache"))
+
+
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 
 

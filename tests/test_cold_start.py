@@ -33,6 +33,7 @@ BUNDLED = T.bundled_gpt2_path()
 def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("BITMAMBA_LSP_CACHE_DIR", raising=False)  # conftest's, for the other tests
     return home
 
 
@@ -169,16 +170,22 @@ def test_an_unwritable_cache_only_warns(tmp_path: Path, monkeypatch, derivations
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a regular file fails
+    monkeypatch.delenv("BITMAMBA_LSP_CACHE_DIR", raising=False)
     with caplog.at_level(logging.WARNING, logger="bitmamba_lsp"):
         tok = T.TextTokenizer.from_path(BUNDLED)
     same_tokens(tok, reference)
     assert any("cannot write the tokenizer cache" in r.getMessage() for r in caplog.records)
 
 
-def test_relative_or_empty_xdg_cache_home_falls_back_to_home(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value in ("", "relative/cache"):
+def test_where_the_cache_goes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("BITMAMBA_LSP_CACHE_DIR", raising=False)
+    for value in ("", "relative/cache"):  # ignored, as the XDG spec says
         monkeypatch.setenv("XDG_CACHE_HOME", value)
         assert T.user_cache_dir() == Path.home() / ".cache" / "bitmamba-lsp"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert T.user_cache_dir() == tmp_path / "xdg" / "bitmamba-lsp"
+    monkeypatch.setenv("BITMAMBA_LSP_CACHE_DIR", str(tmp_path / "own"))
+    assert T.user_cache_dir() == tmp_path / "own"
 
 
 def test_concurrent_first_uses_leave_one_whole_cache(cache_home: Path, reference) -> None:

@@ -280,8 +280,12 @@ _Head = tuple[list[bytes], dict[str, list[int]]]
 
 
 def user_cache_dir() -> Path:
-    """bitmamba-lsp's folder in the user's cache: ``$XDG_CACHE_HOME/bitmamba-lsp`` (an absolute
-    XDG_CACHE_HOME only, as the XDG spec says), else ``~/.cache/bitmamba-lsp``."""
+    """bitmamba-lsp's folder in the user's cache: ``$BITMAMBA_LSP_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/bitmamba-lsp`` (an absolute XDG_CACHE_HOME only, as the XDG spec says), else
+    ``~/.cache/bitmamba-lsp``."""
+    own = os.environ.get("BITMAMBA_LSP_CACHE_DIR", "")
+    if own:
+        return Path(own)
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "bitmamba-lsp"
 
