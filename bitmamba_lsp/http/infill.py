@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitmamba_lsp.engine.decoding import partial_stop_len
-from bitmamba_lsp.http.schemas import MAX_STOP, OVERFLOW, Limits, bad
+from bitmamba_lsp.http.schemas import MAX_STOP, OVERFLOW, Limits, _bool, _int, bad
 
 # llama.cpp's /completion defaults (tools/server/README.md)
 DEFAULTS = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0, repeat_last_n=64)
@@ -99,23 +99,8 @@ def _num(body: dict[str, Any], name: str, default: float) -> float:
 
 
 def _whole(body: dict[str, Any], name: str, default: int) -> int:
-    v = body.get(name)
-    if v is None:
-        return default
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(f"'{name}' must be an integer", name, "invalid_type")
-    return v
-
-
-def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
-    v = body.get(name)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise bad(f"'{name}' must be a boolean", name, "invalid_type")
-    return v
+    """An integer field without bounds (llama.cpp clamps them itself)."""
+    return _int(body, name, default, -(1 << 63), 1 << 63)  # type: ignore[return-value]
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str] | None:
@@ -229,10 +214,10 @@ def parse_infill(body: Any, limits: Limits, vocab: int) -> InfillRequest:
         penalty_window=max(0, window),
         seed=seed,
         samplers=samplers,
-        stream=_flag(body, "stream", False),
-        ignore_eos=_flag(body, "ignore_eos", False),
-        return_tokens=_flag(body, "return_tokens", False),
-        cache_prompt=_flag(body, "cache_prompt", True),
+        stream=_bool(body, "stream", False),
+        ignore_eos=_bool(body, "ignore_eos", False),
+        return_tokens=_bool(body, "return_tokens", False),
+        cache_prompt=_bool(body, "cache_prompt", True),
         response_fields=fields or None,
         token_healing=heal,
         prompt_overflow=overflow,
