@@ -4,11 +4,15 @@
 #
 # The parts are the rows of core/simd_levels.txt (the SIMD level table; its header says what each
 # column means), each built with -DBITMAMBA_SIMD=<simd> and its option (-DBITMAMBA_AVX2_VNNI=ON...):
-#   scalar family       native build and run
-#   x86 family          native build (x86-64 host); run on the host when its /proc/cpuinfo has the
-#                       row's cpuinfo flags (or the row names no qemu CPU), else under
-#                       `qemu-x86_64 -cpu <qemu>` when that emulates them (Debian 12's QEMU 7.2
-#                       emulates neither AVX-512 nor AVX-VNNI), else the run is skipped (built only)
+#   scalar family       native build; run under `qemu-x86_64 -cpu <qemu>` (IvyBridge: no AVX2, no
+#                       FMA) where the host is x86-64 and qemu-user is installed, else natively
+#   x86 family          native build (x86-64 host); first, where the row names a `refuse` CPU and
+#                       qemu-x86_64 is installed, the self-test must exit 77 there (avx2 on IvyBridge,
+#                       the AVX-512 and AVX-VNNI levels on Haswell: refuse cleanly, never SIGILL);
+#                       then run on the host when its /proc/cpuinfo has the row's cpuinfo flags (or
+#                       the row names no qemu CPU), else under `qemu-x86_64 -cpu <qemu>` when that
+#                       emulates them (Debian 12's QEMU 7.2 emulates AVX2 but neither AVX-512 nor
+#                       AVX-VNNI), else the run is skipped (built only)
 #   arm family          cross-compiled with g++-aarch64-linux-gnu (static, cmake/aarch64-linux-gnu.cmake),
 #                       run under `qemu-aarch64 -cpu <qemu>` (neon on cortex-a72: proves it needs no
 #                       extension); where the row names a `refuse` CPU the self-test must first exit
@@ -30,11 +34,11 @@ HOST_ARCH=$(uname -m)
 
 # ---------------------------------------------------------------- the level table
 TABLE=core/simd_levels.txt
-COLUMNS="name family simd option carries auto qemu refuse cflags check cpuinfo"
+COLUMNS="name family simd option carries auto qemu refuse cflags msvc check cpuinfo"
 ALL_PARTS=()  # the level names, in table order
 ROWS=()       # their rows, single-spaced
 read_table() {
-  local line header="" name family simd option carries auto qemu refuse cflags check cpuinfo rest
+  local line header="" name family simd option carries auto qemu refuse cflags msvc check cpuinfo rest
   while IFS= read -r line || [ -n "$line" ]; do
     line="${line#"${line%%[![:space:]]*}"}"  # leading blanks
     case "$line" in ''|'#'*) continue ;; esac
@@ -44,10 +48,10 @@ read_table() {
       [ "$header" = "$COLUMNS" ] || { echo "$TABLE: columns '$header', $0 reads '$COLUMNS'" >&2; exit 2; }
       continue
     fi
-    read -r name family simd option carries auto qemu refuse cflags check cpuinfo rest <<<"$line"
+    read -r name family simd option carries auto qemu refuse cflags msvc check cpuinfo rest <<<"$line"
     [ -n "$cpuinfo" ] && [ -z "$rest" ] || { echo "$TABLE: malformed row '$line'" >&2; exit 2; }
     ALL_PARTS+=("$name")
-    ROWS+=("$name $family $simd $option $carries $auto $qemu $refuse $cflags $check $cpuinfo")
+    ROWS+=("$name $family $simd $option $carries $auto $qemu $refuse $cflags $msvc $check $cpuinfo")
   done <"$TABLE"
   [ ${#ALL_PARTS[@]} -gt 0 ] || { echo "$TABLE: no levels" >&2; exit 2; }
 }
@@ -186,6 +190,8 @@ run_part() {
   [ -n "$option" ] && args+=(-D"$option")
   echo "=== $part"
   case "$family" in
+    scalar)
+      [ "$HOST_ARCH" = x86_64 ] && qemu_bin=qemu-x86_64 ;;
     x86)
       if [ "$HOST_ARCH" != x86_64 ]; then result "$part" SKIP "host is $HOST_ARCH, not x86-64"; return; fi
       qemu_bin=qemu-x86_64 ;;
@@ -216,6 +222,19 @@ run_part() {
     return
   fi
 
+  if [ $cross = 0 ] && [ -n "$refuse" ]; then
+    if have "$qemu_bin"; then
+      # Without the level's features the build must refuse (exit 77), not die on SIGILL.
+      run_selftest "$part" "$qemu_bin -cpu $refuse, a CPU without the level (must refuse)" "$qemu_bin" -cpu "$refuse" "$exe"
+      if [ "$LAST_RC" != 77 ]; then
+        result "$part" FAIL "on $refuse (no ${cpuflags[*]}) the self-test exited $LAST_RC instead of 77 (simd_supported_by_cpu)"
+        return
+      fi
+    else
+      echo "--- $part: not checked on $refuse: $qemu_bin (Debian qemu-user) is not installed"
+    fi
+  fi
+
   if [ $cross = 1 ]; then
     if [ -n "$refuse" ]; then
       # Without the level's extension the build must refuse (exit 77), not die on SIGILL.
@@ -226,6 +245,8 @@ run_part() {
       fi
     fi
     run_selftest "$part" "$qemu_bin -cpu ${qemu:-max}" "$qemu_bin" -cpu "${qemu:-max}" "$exe"
+  elif [ "$family" = scalar ] && [ -n "$qemu" ] && [ -n "$qemu_bin" ] && have "$qemu_bin"; then
+    run_selftest "$part" "$qemu_bin -cpu $qemu (needs no extension)" "$qemu_bin" -cpu "$qemu" "$exe"
   elif [ -z "$qemu" ] || [ ${#cpuflags[@]} -eq 0 ]; then
     run_selftest "$part" native "$exe"
   elif cpu_has "${cpuflags[@]}"; then

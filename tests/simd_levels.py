@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "core" / "simd_levels.txt"
-LIST_COLUMNS = frozenset({"carries", "cflags", "check", "cpuinfo"})
+LIST_COLUMNS = frozenset({"carries", "cflags", "msvc", "check", "cpuinfo"})
 
 Level = dict[str, "str | tuple[str, ...]"]
 

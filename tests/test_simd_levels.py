@@ -47,6 +47,14 @@ def test_simd_level_matches_scalar(level_name: str) -> None:
         lines = listed.stdout.splitlines()
         assert lines and lines[-1].startswith(f"built: {level_name} ("), listed.stdout
         assert table_rows("\n".join(lines[:-1])) == table_rows(TABLE.read_text())
+    row = level(level_name)
+    on_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if on_x86 and shutil.which("qemu-x86_64") and status != "SKIP":
+        if row["family"] == "x86" and row["refuse"]:  # refused cleanly on an older CPU, not SIGILL
+            assert f"qemu-x86_64 -cpu {row['refuse']}, a CPU without the level (must refuse)" in out, out[-4000:]
+            assert re.search(rf"^SKIP: .*\({re.escape(level_name)}: it lacks [a-z0-9, ]+\)$", out, re.M), out[-4000:]
+        if row["family"] == "scalar" and row["qemu"]:  # runs on a CPU without AVX2 and FMA
+            assert f"qemu-x86_64 -cpu {row['qemu']} (needs no extension)" in out, out[-4000:]
     if status == "SKIP":
         pytest.skip(f"{level_name}: {detail}")
     assert status == "PASS" and proc.returncode == 0, f"{level_name}: {detail}\n{out[-6000:]}"

@@ -190,11 +190,11 @@ static void scan_head(float* __restrict ssm, float* __restrict y, const float* _
 void BitMamba2::prefetch_mix(const Layer& ly, const float* st, int c0, int c1, bool constants) const {
     const int di = di_;
     for (int k = 0; k < 4; ++k)  // conv window s0, s1, s2 and the ssm state
-        for (int c = c0; c < c1; c += 16) __builtin_prefetch(st + k * di + c, 0, 3);
+        for (int c = c0; c < c1; c += 16) prefetch(st + k * di + c);
     if (!constants) return;
     const float* w = ly.conv_w.data();
     for (const float* a : {w, w + di, w + 2 * di, w + 3 * di, ly.conv_b.data(), ly.D.data(), ly.out_proj.norm.data()})
-        for (int c = c0; c < c1; c += 16) __builtin_prefetch(a + c, 0, 3);
+        for (int c = c0; c < c1; c += 16) prefetch(a + c);
 }
 
 void BitMamba2::mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const {
@@ -253,7 +253,7 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
         // the next in_proj's norm weights, while out_proj streams its weights
         const float* next_norm =
             l + 1 < schedule_.size() ? layers_[schedule_[l + 1]].in_proj.norm.data() : lm_head_.norm.data();
-        for (int c = 0; c < d_; c += 16) __builtin_prefetch(next_norm + c, 0, 3);
+        for (int c = 0; c < d_; c += 16) prefetch(next_norm + c);
         run_.apply(ly.out_proj, y_.data(), h_.data(), true);
         if (lo) run_.apply_lora(ly.out_proj, lo->out_proj, lora_scale_, y_.data(), di_, 1, h_.data(), d_);
     }

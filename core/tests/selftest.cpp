@@ -33,6 +33,11 @@
 #include "bitmamba/simd_levels.h"
 #include "bitmamba/threadpool.h"
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include "../src/arch/x86/cpu_features_x86.h"
+#define BM_SELFTEST_X86_DETECTOR 1
+#endif
+
 using namespace bm;
 
 namespace {
@@ -366,6 +371,36 @@ void test_level_table(const KernelSet& V) {
 }
 
 // Print the table this self-test was built with (--list-levels): aligned columns, then "built: <row>".
+// The import-time check's CPUID/XGETBV detector (cpu_features_x86.h, the one MSVC uses too) against
+// the compiler's __builtin_cpu_supports, for every feature it knows. Baseline code: any x86 CPU.
+void test_cpu_detector() {
+#if defined(BM_SELFTEST_X86_DETECTOR)
+    Check ch("x86 CPU detector (CPUID, XGETBV) == __builtin_cpu_supports");
+    __builtin_cpu_init();
+    std::string have;
+    for (const auto& f : x86::kFeatures) {
+        const bool builtin = std::strcmp(f.name, "sse4.2") == 0       ? __builtin_cpu_supports("sse4.2")
+                             : std::strcmp(f.name, "avx") == 0        ? __builtin_cpu_supports("avx")
+                             : std::strcmp(f.name, "fma") == 0        ? __builtin_cpu_supports("fma")
+                             : std::strcmp(f.name, "avx2") == 0       ? __builtin_cpu_supports("avx2")
+                             : std::strcmp(f.name, "avx512f") == 0    ? __builtin_cpu_supports("avx512f")
+                             : std::strcmp(f.name, "avx512dq") == 0   ? __builtin_cpu_supports("avx512dq")
+                             : std::strcmp(f.name, "avx512bw") == 0   ? __builtin_cpu_supports("avx512bw")
+                             : std::strcmp(f.name, "avx512vl") == 0   ? __builtin_cpu_supports("avx512vl")
+                             : std::strcmp(f.name, "avx512vnni") == 0 ? __builtin_cpu_supports("avx512vnni")
+#if (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12)
+                             : std::strcmp(f.name, "avxvnni") == 0 ? __builtin_cpu_supports("avxvnni")
+#endif
+                                                                   : x86::has(f);
+        const bool detected = x86::has(f);
+        ch.expect(detected == builtin, std::string(f.name) + ": CPUID says " + (detected ? "yes" : "no") +
+                                           ", __builtin_cpu_supports " + (builtin ? "yes" : "no"));
+        if (detected) have += std::string(have.empty() ? "" : " ") + f.cpuinfo;
+    }
+    ch.note("this CPU: " + (have.empty() ? std::string("none of them") : have));
+#endif
+}
+
 void list_levels() {
     const auto& table = simd_level_table();
     std::vector<std::size_t> width;
@@ -927,12 +962,14 @@ int main(int argc, char** argv) {
     const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
     // Before anything touches the level's code: on a CPU without it, that code may fault.
     if (!simd_supported_by_cpu()) {
-        std::printf("SKIP: this CPU does not support the level this self-test was built for\n");
+        std::printf("SKIP: this CPU does not support the level this self-test was built for (%s: it lacks %s)\n",
+                    simd_build_level(), simd_missing_cpu_features().c_str());
         return 77;
     }
     const KernelSet& S = scalar_kernels();
     const KernelSet& V = best_kernels();
     std::printf("bitmamba selftest: level %s (vs scalar), seed %llu\n", V.name, static_cast<unsigned long long>(seed));
+    test_cpu_detector();
 
     const std::vector<TernaryCase> cases = ternary_cases();
     for (int threads : {1, 2}) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "bitmamba/compiler.h"
+
 namespace bm {
 
 constexpr std::size_t kAlign = 64;
@@ -25,13 +27,13 @@ class AlignedBuffer {
 public:
     AlignedBuffer() = default;
     explicit AlignedBuffer(std::size_t n) { reset(n); }
-    ~AlignedBuffer() { std::free(ptr_); }
+    ~AlignedBuffer() { aligned_free(ptr_); }
     AlignedBuffer(const AlignedBuffer&) = delete;
     AlignedBuffer& operator=(const AlignedBuffer&) = delete;
     AlignedBuffer(AlignedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), n_(std::exchange(o.n_, 0)) {}
     AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
         if (this != &o) {
-            std::free(ptr_);
+            aligned_free(ptr_);
             ptr_ = std::exchange(o.ptr_, nullptr);
             n_ = std::exchange(o.n_, 0);
         }
@@ -39,12 +41,12 @@ public:
     }
 
     void reset(std::size_t n) {
-        std::free(ptr_);
+        aligned_free(ptr_);
         ptr_ = nullptr;
         n_ = 0;
         if (n == 0) return;
         std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
-        void* p = std::aligned_alloc(kAlign, bytes);
+        void* p = aligned_malloc(kAlign, bytes);
         if (!p) throw std::bad_alloc();
         std::memset(p, 0, bytes);
         ptr_ = static_cast<T*>(p);

@@ -12,6 +12,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "bitmamba/common.h"
 
@@ -101,5 +103,10 @@ const KernelSet& best_kernels();
 const char* simd_level();
 // Whether the running CPU supports the compiled level (checked at import).
 bool simd_supported_by_cpu();
+// The features of the level's check column the running CPU lacks, comma-separated ("" if none).
+std::string simd_missing_cpu_features();
+// The optional features of this build's ISA family the running CPU has, /proc/cpuinfo spelling,
+// from the detector of the check (CPUID/XGETBV on x86; HWCAP, sysctl or Windows on AArch64).
+std::vector<std::string> host_cpu_features();
 
 }  // namespace bm

@@ -30,6 +30,10 @@ const char* simd_level_doc() {
 void bind_system(py::module_& m) {
     m.def("simd_level", &simd_level, simd_level_doc());
     m.def("simd_supported_by_cpu", &simd_supported_by_cpu);
+    m.def("simd_missing_cpu_features", &simd_missing_cpu_features,
+          "The CPU features the built level needs and this CPU lacks, comma-separated ('' if none)");
+    m.def("host_cpu_features", &host_cpu_features,
+          "Optional features of the build's ISA family this CPU has, /proc/cpuinfo spelling (CPUID on x86)");
     m.def("default_threads", &ThreadPool::default_threads);
     m.def(
         "read_bandwidth",

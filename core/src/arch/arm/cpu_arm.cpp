@@ -1,26 +1,30 @@
 // Whether the running CPU can execute the Arm level this library was built for: every feature of
-// its row's check column in core/simd_levels.txt, a HWCAP_<NAME> bit of getauxval(AT_HWCAP) (NEON
-// itself is part of every AArch64 CPU; the Armv8.2 dot product is optional before Armv8.4).
-// Compiled for the baseline ISA (no level flags), and it touches no kernel set (see cpu_x86.cpp).
+// its row's check column in core/simd_levels.txt (cpu_features_arm.h: HWCAP bits on Linux, sysctl on
+// macOS, IsProcessorFeaturePresent on Windows; NEON itself is part of every AArch64 CPU, the Armv8.2
+// dot product is optional before Armv8.4). Compiled for the baseline ISA (no level flags), and it
+// touches no kernel set (see cpu_x86.cpp).
 #include "bitmamba_build_level.h"
 #include "bitmamba/kernels.h"
-
-#if defined(__linux__)
-#include <asm/hwcap.h>
-#include <sys/auxv.h>
-#endif
+#include "cpu_features_arm.h"
 
 namespace bm {
 
-bool simd_supported_by_cpu() {
-#if defined(__linux__)
-    [[maybe_unused]] const unsigned long hwcap = getauxval(AT_HWCAP);
-#define BM_CPU_HAS(feature) &&(hwcap & HWCAP_##feature) != 0
-    return true BITMAMBA_BUILD_CPU_CHECK(BM_CPU_HAS);
-#undef BM_CPU_HAS
-#else
-    return true;
-#endif
+std::string simd_missing_cpu_features() {
+    std::string missing;
+#define BM_CPU_NEED(feature) \
+    if (!arm::has(#feature)) missing += (missing.empty() ? "" : ", ") + std::string(#feature);
+    BITMAMBA_BUILD_CPU_CHECK(BM_CPU_NEED)
+#undef BM_CPU_NEED
+    return missing;
+}
+
+bool simd_supported_by_cpu() { return simd_missing_cpu_features().empty(); }
+
+std::vector<std::string> host_cpu_features() {
+    std::vector<std::string> out;
+    for (const auto& f : arm::kFeatures)
+        if (arm::has(f)) out.emplace_back(f.cpuinfo);
+    return out;
 }
 
 }  // namespace bm

@@ -39,8 +39,8 @@ void gemv_neon(const PackedMatrix& w, const int8_t* x, int32_t sum_x, int32_t* y
         int32x4_t acc[kRowGroup] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
         for (int kb = 0; kb < KB; ++kb) {
             const uint8_t* p = base + static_cast<std::size_t>(kb) * (kRowGroup * kBlockBytes);
-            __builtin_prefetch(p + 4096);
-            __builtin_prefetch(p + 4096 + 64);
+            prefetch(p + 4096);
+            prefetch(p + 4096 + 64);
             const int8_t* xb = x + kb * kBlockK;
             int8x16_t xs[8];
             for (int i = 0; i < 8; ++i) xs[i] = vld1q_s8(xb + 16 * i);

@@ -400,7 +400,7 @@ int argmax_avx2(const float* x, int n) {
     i = 0;
     for (; i + 8 <= n; i += 8) {
         int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vmax, _CMP_EQ_OQ));
-        if (bits) return i + __builtin_ctz(static_cast<unsigned>(bits));
+        if (bits) return i + ctz32(static_cast<unsigned>(bits));
     }
     for (; i < n; ++i)
         if (x[i] == m) return i;
