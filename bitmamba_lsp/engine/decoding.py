@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bitmamba_lsp import _core
+from bitmamba_lsp.engine.drafts import Drafter
 
 StopCheck = Callable[[], bool]
 
@@ -337,20 +338,68 @@ class Decoder:
         self.text_stop.finish()
 
 
-def decode(model: DecodingModel, state: Any, decoder: Decoder, logits: np.ndarray) -> Iterator[int]:
+def decode(
+    model: DecodingModel, state: Any, decoder: Decoder, logits: np.ndarray, drafter: Drafter | None = None
+) -> Iterator[int]:
     """Drive one sequence: the first token from `logits` (after the prompt), then one model step per
     token until the decoder finishes. Yields the kept tokens. The state ends after every kept token
-    but the last (which was sampled, not fed)."""
+    but the last (which was sampled, not fed).
+
+    With a `drafter` (engine/drafts.py), a step may feed the last token and a draft of the next few
+    in one batched pass (`verify`): the decoder chooses from each position's logits in turn, exactly
+    as it would have one step at a time, and the draft is kept while it agrees. The tokens, the
+    state and the sampler's random stream are then those of plain decoding."""
     token = decoder.choose(logits)
     while True:
         if decoder.accept(token):
+            if drafter is not None:
+                drafter.observe(token)
             yield token
         if decoder.finished:
             return
-        if decoder.hooked:
+        draft = drafter.propose() if drafter is not None else []
+        if draft:
+            chosen = yield from verify(model, state, decoder, token, draft, drafter)
+            if chosen is None:
+                return
+            token = chosen
+        elif decoder.hooked:
             token = decoder.choose(model.step(state, token))
         else:
             token = int(model.core.step_sample(state, token, decoder.sampler))
+
+
+def verify(
+    model: DecodingModel, state: Any, decoder: Decoder, token: int, draft: list[int], drafter: Drafter | None = None
+) -> Iterator[int]:
+    """Feed `token` and `draft` in one batched step and let the decoder choose at each position: every
+    chosen token that equals the draft's next is kept (yielded), the first that differs is returned
+    (to be accepted by the caller, like a sampled token); None when the decoder finished on a draft
+    token. The state is rolled back to just after the last token whose successor was chosen."""
+    ids = np.asarray([token, *draft], dtype=np.int32)
+    k = len(draft)
+    pool = drafter.states(model, k) if drafter is not None else None
+    all_logits, snaps = model.core.prefill(state, ids, True, True, list(range(1, k + 1)), pool)
+    accepted = 0
+    try:
+        for i in range(k + 1):
+            chosen = decoder.choose(all_logits[i])
+            if i == k or chosen != draft[i]:
+                if i < k:
+                    state.copy_from(snaps[i])  # after ids[: i + 1]: `chosen` is sampled, not fed
+                return chosen
+            accepted += 1
+            if decoder.accept(chosen):
+                if drafter is not None:
+                    drafter.observe(chosen)
+                yield chosen
+            if decoder.finished:
+                state.copy_from(snaps[i])
+                return None
+        raise AssertionError("unreachable")
+    finally:
+        if drafter is not None:
+            drafter.verified(k, accepted)
 
 
 # ---------------------------------------------------------------------------------------- streams

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <optional>
 #include <vector>
 
 #include "bitmamba/model.h"
@@ -109,7 +110,8 @@ int32_t step_sample(Model& md, State& st, int64_t token, Sampler& sampler) {
     return next;
 }
 
-py::tuple prefill(Model& md, State& st, py::handle tokens, bool logits, bool all_logits, std::vector<int> snapshot_at) {
+py::tuple prefill(Model& md, State& st, py::handle tokens, bool logits, bool all_logits, std::vector<int> snapshot_at,
+                  std::optional<std::vector<State*>> into) {
     std::vector<int32_t> ids = token_vector(tokens);
     const int T = static_cast<int>(ids.size());
     if (T == 0) throw std::invalid_argument("prefill needs at least one token");
@@ -127,16 +129,29 @@ py::tuple prefill(Model& md, State& st, py::handle tokens, bool logits, bool all
     }
     std::vector<std::unique_ptr<State>> snaps;
     std::vector<std::pair<int, State*>> sp;
-    for (int p : snapshot_at) {
-        snaps.push_back(md.new_state());
-        sp.emplace_back(p, snaps.back().get());
+    if (into) {  // the caller's states receive the snapshots (no allocation: the speculative decode loop)
+        if (into->size() < snapshot_at.size()) throw std::invalid_argument("fewer states in `into` than snapshot positions");
+        for (std::size_t i = 0; i < snapshot_at.size(); ++i) {
+            State* s = (*into)[i];
+            if (!s || s == &st) throw std::invalid_argument("`into` states must be distinct from the prefilled state");
+            sp.emplace_back(snapshot_at[i], s);
+        }
+    } else {
+        for (int p : snapshot_at) {
+            snaps.push_back(md.new_state());
+            sp.emplace_back(p, snaps.back().get());
+        }
     }
     {
         py::gil_scoped_release nogil;
         md.prefill(st, ids.data(), T, lp, all_logits, sp);
     }
     py::list states;
-    for (auto& s : snaps) states.append(py::cast(std::move(s)));
+    if (into) {
+        for (std::size_t i = 0; i < snapshot_at.size(); ++i) states.append(py::cast((*into)[i], py::return_value_policy::reference));
+    } else {
+        for (auto& s : snaps) states.append(py::cast(std::move(s)));
+    }
     return py::make_tuple(out, states);
 }
 
@@ -268,9 +283,9 @@ void bind_model(py::module_& m) {
         .def("step_sample", &step_sample, py::arg("state"), py::arg("token"), py::arg("sampler"),
              "Consume one token and sample the next with `sampler` (logits stay in C++).")
         .def("prefill", &prefill, py::arg("state"), py::arg("tokens"), py::arg("logits") = true,
-             py::arg("all_logits") = false, py::arg("snapshot_at") = std::vector<int>{},
+             py::arg("all_logits") = false, py::arg("snapshot_at") = std::vector<int>{}, py::arg("into") = py::none(),
              "Consume tokens with batched matrix products. Returns (logits or None, [states after "
-             "snapshot_at[i] tokens]).")
+             "snapshot_at[i] tokens]): new states, or the first len(snapshot_at) of `into` filled in place.")
         .def("step_batch", &step_batch, py::arg("states"), py::arg("tokens"),
              "One token for each of several states, batched: logits [n, vocab].")
         .def("set_lora", &set_lora, py::arg("layers"), py::arg("scale") = 1.0f,

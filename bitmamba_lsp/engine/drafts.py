@@ -1,0 +1,120 @@
+"""Draft tokens for exact speculative decoding: guesses of the next few tokens, read from n-gram
+counts of text the model is working on (the document and the workspace caches in the daemon, the
+prompt and what was generated elsewhere), as llama.cpp's lookup decoding does.
+
+A draft is only a guess: `decoding.decode` feeds the last token and the draft to the model in one
+batched step, keeps the draft tokens the decoder itself would have chosen, and rolls the state back
+to the last one kept, so the output is exactly plain decoding's (see `decoding.decode`). What a
+drafter decides is only how much is guessed:
+
+- the longest context of at least `min_order` tokens ending the history that some index has seen
+  proposes its most frequent next token, if that token followed the context at least `min_share`
+  of the times; the draft extends while that holds, up to the current length `k`;
+- `k` adapts to what the model accepts: it doubles (up to `max_draft`) when a whole draft was
+  accepted and falls to one more than the accepted length otherwise, so text that does not repeat
+  costs at most a lookup per token (no match, no draft) and a mispredicting stretch costs a few
+  short verification steps before drafts stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitmamba_lsp import _core
+
+NGramIndex = _core.NGramIndex
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    max_draft: int = 8  # tokens guessed at most per verification step
+    min_order: int = 2  # shortest context that may propose a token
+    min_share: float = 0.5  # a proposed token followed its context at least this often
+    order: int = 6  # n-gram order of a drafter's own index (prompt lookup)
+
+
+class Drafter:
+    """Proposes drafts from n-gram indexes (innermost last: on equal context length the innermost
+    index decides), optionally with an index of its own over the prompt and the generated tokens.
+
+    The decode loop calls `propose()` before a step, `observe(token)` for every token the decoder
+    keeps, and `verified(proposed, accepted)` after a verification step."""
+
+    def __init__(
+        self,
+        history: Sequence[int],
+        indexes: Sequence[tuple[NGramIndex, NGramIndex | None]] = (),
+        *,
+        vocab: int | None = None,
+        settings: DraftSettings = DraftSettings(),
+    ) -> None:
+        self.settings = settings
+        self.levels = list(indexes)
+        self.own: NGramIndex | None = None
+        self.history = np.asarray(history, dtype=np.int32).tolist()
+        if vocab is not None:
+            self.own = NGramIndex(settings.order, vocab)
+            ids = np.asarray(self.history, dtype=np.int32)
+            if len(ids) > 1:
+                self.own.update(ids, 1, len(ids), 1)
+            self.levels.append((self.own, None))
+        self.order = max((ix.order for ix, _ in self.levels), default=1)
+        self.k = max(1, min(4, settings.max_draft))
+        self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
+        self.accepted = 0
+        self.steps = 0
+        self._pool: list[Any] = []
+
+    def _next(self, ctx: np.ndarray) -> int | None:
+        best: tuple[int, int] | None = None  # (order, token)
+        for ix, exclude in self.levels:
+            hit = ix.lookup(ctx, self.settings.min_order, exclude)
+            if hit is None:
+                continue
+            order, total, toks, counts = hit
+            i = int(np.argmax(counts))
+            if counts[i] < self.settings.min_share * total:
+                continue
+            if best is None or order >= best[0]:
+                best = (order, int(toks[i]))
+        return None if best is None else best[1]
+
+    def propose(self) -> list[int]:
+        if not self.levels or self.settings.max_draft <= 0:
+            return []
+        ctx = list(self.history[-self.order :])
+        out: list[int] = []
+        while len(out) < self.k:
+            t = self._next(np.asarray(ctx[-self.order :], dtype=np.int32))
+            if t is None:
+                break
+            out.append(t)
+            ctx.append(t)
+        return out
+
+    def observe(self, token: int) -> None:
+        self.history.append(int(token))
+        if self.own is not None:
+            n = len(self.history)
+            lo = max(0, n - 1 - self.own.order)
+            window = np.asarray(self.history[lo:], dtype=np.int32)
+            self.own.update(window, len(window) - 1, len(window), 1)
+
+    def states(self, model: Any, n: int) -> list[Any]:
+        """n states of `model` to receive a verification step's snapshots, allocated once per drafter."""
+        while len(self._pool) < n:
+            self._pool.append(model.new_state())
+        return self._pool
+
+    def verified(self, proposed: int, accepted: int) -> None:
+        self.proposed += proposed
+        self.accepted += accepted
+        self.steps += 1
+        if accepted >= proposed:
+            self.k = min(self.settings.max_draft, 2 * self.k)
+        else:
+            self.k = max(1, accepted + 1)
