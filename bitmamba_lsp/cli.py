@@ -54,6 +54,12 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
     g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     g.add_argument("--greedy", action="store_true", help="deterministic argmax decoding")
+    g.add_argument(
+        "--draft", type=int, default=8, metavar="K",
+        help="speculative decoding: guess up to K tokens from the prompt's repeats and check them in one "
+        "batched step (the output is unchanged; default 8)",
+    )
+    g.add_argument("--no-draft", dest="draft", action="store_const", const=0, help="plain decoding (same as --draft 0)")
 
 
 def _load(args: argparse.Namespace):
@@ -116,8 +122,12 @@ def _gen_config(args: argparse.Namespace):
         penalty_window=args.penalty_window,
         seed=args.seed,
         stop=tuple(args.stop),
+        draft=args.draft,
     )
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise SystemExit(f"bitmamba: {e}") from None
     return cfg
 
 

@@ -25,7 +25,15 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from bitmamba_lsp.engine.decoding import GREEDY, Decoder, StopMatcher, TextStream, decode, make_sampler  # noqa: E402
+from bitmamba_lsp.engine.decoding import (  # noqa: E402
+    GREEDY,
+    Decoder,
+    GenerationConfig,
+    StopMatcher,
+    TextStream,
+    decode,
+    make_sampler,
+)
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer  # noqa: E402
 from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR, load  # noqa: E402
 from bitmamba_lsp.engine.model import Model  # noqa: E402
@@ -623,10 +631,12 @@ INDENTED = ("def f(x):\n    ", "class A:\n    def g(self):\n        ", "if x:\n\
 
 
 def indentation_prompts(n: int = 30) -> list[str]:
-    """Prompts that end in a line's indentation, cut from real code (the start of indented lines)."""
-    root = Path(__file__).resolve().parents[1] / "bitmamba_lsp"
+    """Prompts that end in a line's indentation, cut from real code (the start of indented lines):
+    copies of four of this package's modules as they were (tests/data/indentation), so the prompts
+    do not change when the package does."""
+    root = Path(__file__).resolve().parent / "data" / "indentation"
     cuts: list[str] = []
-    for name in ("engine/healing.py", "engine/decoding.py", "http/prefixcache.py", "engine/checkpoints.py"):
+    for name in ("engine_healing.py.txt", "engine_decoding.py.txt", "http_prefixcache.py.txt", "engine_checkpoints.py.txt"):
         text = (root / name).read_text()
         pos = 0
         for line in text.splitlines(keepends=True):
@@ -1189,3 +1199,28 @@ def test_prefix_cache_unit() -> None:
     for k in range(5):  # over budget: the least recently used track goes first
         cache.store(np.arange(100 + k, 120 + k), {4: model.new_state()})
     assert cache.stats()["states"] <= 6 and cache.evictions >= 1
+
+
+SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1, "seed": 11}
+
+
+def test_a_lone_request_drafts_and_answers_as_plain_decoding(served: Served) -> None:
+    """Issue 18: a request alone in the worker is decoded speculatively (drafts from its prompt's
+    repeats, checked in batched steps); greedy and seeded sampled answers are plain decoding's."""
+    if served.model.name != "bitmamba-default":
+        pytest.skip("random weights never accept a draft")
+    text = (Path(__file__).resolve().parent / "data" / "indentation" / "engine_decoding.py.txt").read_text()
+    c = served.client()
+    wait_idle(served)
+    before = served.stats()
+    for cut, sampling in ((2000, {"temperature": 0}), (4000, {"temperature": 0}), (5000, SAMPLED)):
+        prompt = text[:cut]
+        r = c.completions.create(model=served.model_id, prompt=prompt, max_tokens=40, extra_body={**RAW, **sampling})
+        ids = served.ref.encode(prompt)
+        assert len(ids) < 2048  # the fixture server's prompt limit: not truncated
+        cfg = GREEDY if sampling["temperature"] == 0 else GenerationConfig(**SAMPLED)
+        plain = list(served.ref.generate(served.ref.new_state(), ids, cfg, max_tokens=40, draft=0))
+        assert r.choices[0].text == served.ref.decode(plain)
+    after = served.stats()
+    assert after["draft_tokens"] > before["draft_tokens"]
+    assert after["draft_accepted"] > before["draft_accepted"]

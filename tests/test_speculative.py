@@ -8,6 +8,8 @@ that proposes plain decoding's own continuation with errors put in at random pla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -37,8 +39,8 @@ class OracleDrafter(Drafter):
     def observe(self, token: int) -> None:
         self.pos += 1
 
-    def verified(self, proposed: int, accepted: int) -> None:
-        super().verified(proposed, accepted)
+    def verified(self, proposed: int, accepted: int, seconds: float = 0.0) -> None:
+        super().verified(proposed, accepted)  # untimed: never pauses
         self.k = self.settings.max_draft
 
 
@@ -112,7 +114,7 @@ def test_lookup_drafter_on_the_shipped_model() -> None:
     """The real drafter (prompt lookup) on code: drafts are proposed and accepted, output unchanged."""
     model = load()
     tok = model.require_tokenizer()
-    src = (__import__("pathlib").Path(__file__).parents[1] / "bitmamba_lsp" / "engine" / "decoding.py").read_text()
+    src = (Path(__file__).resolve().parent / "data" / "indentation" / "engine_decoding.py.txt").read_text()
     ids = tok.encode(src)
     accepted = 0
     for cut in (600, 1400, 2400):
@@ -130,13 +132,30 @@ def test_lookup_drafter_on_the_shipped_model() -> None:
 def test_drafter_proposes_the_longest_match_and_adapts() -> None:
     history = [1, 2, 3, 4, 5, 9, 1, 2, 3]
     d = Drafter(history, vocab=16, settings=DraftSettings(max_draft=8, order=4))
+    assert d.propose() == []  # the first step is a plain one, timed
+    d.plain_step(1e-3)
     assert d.propose()[:2] == [4, 5]  # what followed 1 2 3 before
-    d.verified(4, 4)
-    assert d.k == 8
-    d.verified(8, 1)
-    assert d.k == 2
-    assert Drafter([1, 2, 3, 4], vocab=16).propose() == []  # nothing repeats: no draft
-    assert Drafter(history, vocab=16, settings=DraftSettings(max_draft=0)).propose() == []
+    d.verified(4, 4, 2e-3)  # 5 tokens in 2 ms against 1 ms a token: it pays
+    assert d.k == 8 and d.propose()
+    d.verified(8, 1, 1e-3)
+    assert d.k == 2 and d.propose()  # 2 tokens in 1 ms: still pays
+    d.verified(2, 0, 3e-3)  # 1 token in 3 ms: pause 2 plain steps
+    assert d.propose() == []
+    d.plain_step(1e-3)
+    assert d.propose() == []
+    d.plain_step(1e-3)
+    assert d.propose()
+    d.verified(2, 0, 3e-3)  # again: pause 4
+    for _ in range(4):
+        assert d.propose() == []
+        d.plain_step(1e-3)
+    assert d.propose()
+    never = Drafter([1, 2, 3, 4], vocab=16)
+    never.plain_step(1e-3)
+    assert never.propose() == []  # nothing repeats: no draft
+    off = Drafter(history, vocab=16, settings=DraftSettings(max_draft=0))
+    off.plain_step(1e-3)
+    assert off.propose() == []
 
 
 def test_drafter_reads_shared_indexes_innermost_last() -> None:
@@ -146,6 +165,8 @@ def test_drafter_reads_shared_indexes_innermost_last() -> None:
     outer.update(a, 1, len(a), 1)
     inner.update(b, 1, len(b), 1)
     d = Drafter([5, 7, 8], [(outer, None), (inner, None)], settings=DraftSettings(max_draft=1))
+    d.plain_step(1e-3)
     assert d.propose() == [2]  # equal context length: the inner index decides
     d = Drafter([5, 7, 8], [(outer, None)], settings=DraftSettings(max_draft=3))
+    d.plain_step(1e-3)
     assert d.propose() == [1, 7, 8]

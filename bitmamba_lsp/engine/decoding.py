@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.engine.drafts import Drafter
+from bitmamba_lsp.engine.drafts import Drafter, DraftSettings
 
 StopCheck = Callable[[], bool]
 
@@ -88,6 +88,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
     seed: int | None = None
+    draft: int = 8  # speculative decoding: draft tokens per verification step at most (0: off)
 
     def replace(self, **changes: object) -> GenerationConfig:
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -106,6 +107,8 @@ class GenerationConfig:
             raise ValueError("max_tokens must be >= 0")
         if any(not s for s in self.stop):
             raise ValueError("stop sequences must be non-empty strings")
+        if not 0 <= self.draft <= 32:
+            raise ValueError("draft must be between 0 (off) and 32")
 
     @property
     def greedy(self) -> bool:
@@ -363,10 +366,14 @@ def decode(
             if chosen is None:
                 return
             token = chosen
-        elif decoder.hooked:
+            continue
+        t0 = time.perf_counter()
+        if decoder.hooked:
             token = decoder.choose(model.step(state, token))
         else:
             token = int(model.core.step_sample(state, token, decoder.sampler))
+        if drafter is not None:
+            drafter.plain_step(time.perf_counter() - t0)
 
 
 def verify(
@@ -379,11 +386,15 @@ def verify(
     ids = np.asarray([token, *draft], dtype=np.int32)
     k = len(draft)
     pool = drafter.states(model, k) if drafter is not None else None
+    t0 = time.perf_counter()
     all_logits, snaps = model.core.prefill(state, ids, True, True, list(range(1, k + 1)), pool)
     accepted = 0
+    spent = time.perf_counter() - t0  # the batched step and the choices (not the consumer's time)
     try:
         for i in range(k + 1):
+            t1 = time.perf_counter()
             chosen = decoder.choose(all_logits[i])
+            spent += time.perf_counter() - t1
             if i == k or chosen != draft[i]:
                 if i < k:
                     state.copy_from(snaps[i])  # after ids[: i + 1]: `chosen` is sampled, not fed
@@ -399,7 +410,7 @@ def verify(
         raise AssertionError("unreachable")
     finally:
         if drafter is not None:
-            drafter.verified(k, accepted)
+            drafter.verified(k, accepted, spent)
 
 
 # ---------------------------------------------------------------------------------------- streams
@@ -435,6 +446,9 @@ class TokenStream:
         )
         self._prompt = ids
         self._it: Iterator[int] | None = None
+        self.drafter = (
+            Drafter(ids, vocab=model.vocab_size, settings=DraftSettings(max_draft=cfg.draft)) if cfg.draft > 0 else None
+        )
 
     @property
     def tokens(self) -> list[int]:
@@ -455,7 +469,8 @@ class TokenStream:
                 self.decoder.finish(StopReason.CANCELLED)
             if self.decoder.finished:
                 raise StopIteration
-            self._it = decode(self.model, self.state, self.decoder, self.model.prefill(self.state, self._prompt))
+            logits = self.model.prefill(self.state, self._prompt)
+            self._it = decode(self.model, self.state, self.decoder, logits, self.drafter)
         return next(self._it)
 
 

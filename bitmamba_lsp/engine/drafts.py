@@ -13,7 +13,12 @@ drafter decides is only how much is guessed:
 - `k` adapts to what the model accepts: it doubles (up to `max_draft`) when a whole draft was
   accepted and falls to one more than the accepted length otherwise, so text that does not repeat
   costs at most a lookup per token (no match, no draft) and a mispredicting stretch costs a few
-  short verification steps before drafts stop.
+  short verification steps before drafts stop;
+- drafting pays only where a batched step of a few tokens is cheap against single steps (a large
+  model; not a tiny one whose step costs less than the Python around it): the drafter times both
+  (a moving average of a plain step, each verification step per token it produced) and after a
+  verification step that cost more per token than a plain step, pauses drafting for 2, 4, ... 64
+  tokens (reset by a verification that paid).
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class Drafter:
         self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
         self.accepted = 0
         self.steps = 0
+        self.plain_time = 0.0  # moving average of a plain step (seconds); 0: not measured yet
+        self._pause = 1  # plain steps before the next draft (the first one is measured)
+        self._misses = 0
         self._pool: list[Any] = []
 
     def _next(self, ctx: np.ndarray) -> int | None:
@@ -84,7 +92,7 @@ class Drafter:
         return None if best is None else best[1]
 
     def propose(self) -> list[int]:
-        if not self.levels or self.settings.max_draft <= 0:
+        if not self.levels or self.settings.max_draft <= 0 or self._pause > 0:
             return []
         ctx = list(self.history[-self.order :])
         out: list[int] = []
@@ -110,7 +118,19 @@ class Drafter:
             self._pool.append(model.new_state())
         return self._pool
 
-    def verified(self, proposed: int, accepted: int) -> None:
+    def release(self, state: Any) -> None:
+        """`state` (one of `states()`) is kept elsewhere now: the pool replaces it when next asked."""
+        self._pool = [s for s in self._pool if s is not state]
+
+    def plain_step(self, seconds: float) -> None:
+        """A plain step (model step and choice) took `seconds`."""
+        self.plain_time = seconds if not self.plain_time else 0.8 * self.plain_time + 0.2 * seconds
+        if self._pause > 0:
+            self._pause -= 1
+
+    def verified(self, proposed: int, accepted: int, seconds: float = 0.0) -> None:
+        """A verification step of `proposed` draft tokens kept `accepted` of them (and produced one
+        more token) in `seconds` (the batched step and the choices)."""
         self.proposed += proposed
         self.accepted += accepted
         self.steps += 1
@@ -118,3 +138,8 @@ class Drafter:
             self.k = min(self.settings.max_draft, 2 * self.k)
         else:
             self.k = max(1, accepted + 1)
+        if self.plain_time and seconds > self.plain_time * (accepted + 1):
+            self._misses += 1
+            self._pause = min(64, 2**self._misses)
+        elif seconds:
+            self._misses = 0

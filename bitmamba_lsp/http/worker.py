@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, StopMatcher, StopReason, make_sampler
+from bitmamba_lsp.engine.drafts import Drafter, DraftSettings
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.http.logprobs import PROMPT_SLICE, Scoring, Tracker
@@ -156,6 +157,12 @@ class _Run:
             hooks=[healing] if healing is not None else (),
             penalize=job.cfg.repetition_penalty != 1.0,
         )
+        # speculative decoding (engine/drafts.py) while this is the only request generating
+        self.drafter = (
+            Drafter(ids, vocab=model.vocab_size, settings=DraftSettings(max_draft=job.cfg.draft))
+            if job.cfg.draft > 0 and job.scoring is None
+            else None
+        )
         self.fed: list[int] = []  # generated tokens fed back through the model
         self.next: int | None = None  # sampled, not yet fed
         self.snapshots: dict[int, State] = {}
@@ -259,6 +266,8 @@ class GenerationWorker:
             decode_steps=0,
             batched_steps=0,
             max_batch_seen=0,
+            draft_tokens=0,
+            draft_accepted=0,
         )
         self._queued = 0
 
@@ -402,10 +411,18 @@ class GenerationWorker:
             run = runs[0]
             tok = run.next
             assert tok is not None
+            draft = run.drafter.propose() if run.drafter is not None else []
+            if draft:
+                self._verify(run, tok, draft)
+                self._count_step(runs)
+                return
+            t0 = time.perf_counter()
             if run.wants_logits:  # a hook (healing) or the logprobs must see the logits
                 nxt = run.choose(self.model.step(run.state, tok))
             else:
                 nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
+            if run.drafter is not None:
+                run.drafter.plain_step(time.perf_counter() - t0)
             run.fed.append(tok)
             self._accept(run, nxt)
         else:
@@ -416,12 +433,55 @@ class GenerationWorker:
                 assert tok is not None
                 run.fed.append(tok)
                 self._accept(run, run.choose(logits[i]))
-        spacing = self.cache.spacing
-        if self.cache.enabled:
-            for run in runs:  # checkpoints along the answer too: a follow-up turn may resume inside it
-                n = len(run.ids) + len(run.fed)
-                if n % spacing == 0:
-                    run.snapshots[n] = run.state.copy()
+        for run in runs:
+            self._checkpoint(run, run.state)
+        self._count_step(runs)
+
+    def _checkpoint(self, run: _Run, state: State) -> None:
+        """Checkpoints along the answer too (`state`: after all of run.fed): a follow-up turn may resume inside it."""
+        n = len(run.ids) + len(run.fed)
+        if self.cache.enabled and n % self.cache.spacing == 0:
+            run.snapshots[n] = state.copy()
+
+    def _verify(self, run: _Run, tok: int, draft: list[int]) -> None:
+        """Speculative decoding's step (see decoding.verify): feed `tok` and the draft in one batched
+        step, accept the draft tokens the decoder itself chooses, roll the state back to the last."""
+        drafter = run.drafter
+        assert drafter is not None
+        ids = np.asarray([tok, *draft], dtype=np.int32)
+        k = len(draft)
+        pool = drafter.states(self.model, k)
+        t0 = time.perf_counter()
+        rows, snaps = self.model.core.prefill(run.state, ids, True, True, list(range(1, k + 1)), pool)
+        spent = time.perf_counter() - t0
+        live = run.state
+        accepted = 0
+        for i in range(k + 1):
+            t1 = time.perf_counter()
+            nxt = run.choose(rows[i])
+            spent += time.perf_counter() - t1
+            run.fed.append(int(ids[i]))
+            at = snaps[i] if i < k else live  # the state after run.fed
+            self._checkpoint(run, at)
+            if i == k or nxt != draft[i]:
+                if i < k:
+                    live.copy_from(at)
+                self._accept(run, nxt)
+                break
+            accepted += 1
+            run.state = at  # should accepting it end the request, the prefix cache keeps this state
+            self._accept(run, nxt)
+            run.state = live
+            if run.finish_reason is not None:
+                drafter.release(at)  # the cache holds it now
+                live.copy_from(at)
+                break
+        drafter.verified(k, accepted, spent)
+        with self._lock:
+            self.counters["draft_tokens"] += k
+            self.counters["draft_accepted"] += accepted
+
+    def _count_step(self, runs: list[_Run]) -> None:
         with self._lock:
             self.counters["decode_steps"] += 1
             if len(runs) > 1:
@@ -435,6 +495,8 @@ class GenerationWorker:
         if silent:  # it only re-creates the healed bytes: not an answer token, not one of max_tokens
             run.decoder.max_tokens += 1
         if run.decoder.accept(tok):
+            if run.drafter is not None:
+                run.drafter.observe(tok)
             with self._lock:
                 self.counters["generated_tokens"] += 1
             run.healing_tokens += silent

@@ -1,6 +1,7 @@
 """How one request changes the model's distribution, and the decoder that generates under it:
 token healing's constraint and the cache mixture as logits hooks, the stop rules as the text stop,
-the generation floor (`min_line_confidence`) as the cut."""
+the generation floor (`min_line_confidence`) as the cut; and the drafter that guesses ahead from the
+same caches (speculative decoding: the suggestion is unchanged)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bitmamba_lsp.engine.decoding import Decoder, GenerationConfig, LogitsHook, make_sampler
+from bitmamba_lsp.engine.drafts import Drafter, DraftSettings
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
@@ -40,6 +42,16 @@ class Hooks:
             self.mixture = CacheMixture(self.levels, self.history, alpha=s.cache_alpha, min_order=s.cache_min_order)
             hooks.append(self.mixture)
         return hooks
+
+    def drafter(self, model: Model) -> Drafter | None:
+        """Speculative decoding's drafter for this request (setting `draftTokens`): the same cache
+        levels the mixture reads, and the prompt's last tokens and the suggestion so far."""
+        s = self.settings
+        if s.draft_tokens <= 0:
+            return None
+        indexes = [(lv.index, lv.exclude) for lv in self.levels]
+        ds = DraftSettings(max_draft=s.draft_tokens, order=s.cache_order, min_order=max(2, s.cache_min_order))
+        return Drafter(self.history, indexes, vocab=model.vocab_size, settings=ds)
 
 
 def confidence_cut(mixture: CacheMixture, settings: Settings) -> Callable[[int], bool]:

@@ -55,6 +55,8 @@ class CompletionResult:
     first_token_at: float = 0.0  # time.perf_counter() when the first token was sampled
     options: list[Option] = field(default_factory=list)  # what was weighed (choice.py): diagnostics, fitting
     approximate: bool = False  # answered from a window: background prefill had not reached the cursor
+    drafted: int = 0  # speculative decoding: draft tokens checked
+    draft_accepted: int = 0  # and kept
 
     @property
     def cancelled(self) -> bool:

@@ -62,6 +62,9 @@ class Settings:
     fim_suffix_tokens: int = 0
     # snippets of other open files before the document (lsp/context_chunks.py): how many (0: none)
     context_chunks: int = 0
+    # speculative decoding (engine/drafts.py): guess up to N tokens from the caches and the prompt and
+    # check them in one batched step; the suggestion is the same, sooner on large models (0: off)
+    draft_tokens: int = 8
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 
@@ -128,6 +131,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "repeat_count": (0, 64),
     "fim_suffix_tokens": (0, 100_000),
     "context_chunks": (0, 8),
+    "draft_tokens": (0, 32),
 }
 
 

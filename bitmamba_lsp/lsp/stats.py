@@ -39,6 +39,8 @@ class Stats:
             "generated_tokens": res.tokens,
             "stop": res.stop,
             "approximate": res.approximate,
+            "draft_tokens": res.drafted,
+            "draft_accepted": res.draft_accepted,
         }
 
     def report(self) -> dict[str, Any]:

@@ -112,7 +112,8 @@ def suggest(
     firsts = FirstChoices(settings.line_branches + 1) if branching and mixture is not None else None
     decoder, rules = line_decoder(model, cfg, job, skip, [*active, *([firsts] if firsts else [])], mixture, settings)
     first_token_at = 0.0
-    for _ in decode(model, restored.state, decoder, restored.logits):
+    drafter = hooks.drafter(model)
+    for _ in decode(model, restored.state, decoder, restored.logits, drafter):
         if not first_token_at:
             first_token_at = time.perf_counter()
     first_token_at = first_token_at or time.perf_counter()
@@ -159,4 +160,6 @@ def suggest(
         first_token_at=first_token_at,
         options=options,
         approximate=restored.approximate,
+        drafted=drafter.proposed if drafter is not None else 0,
+        draft_accepted=drafter.accepted if drafter is not None else 0,
     )
