@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.bench import bench_model, machine_info, markdown_table
+from bitmamba_lsp.bench import bench_model, machine_info, markdown_table, verify_markdown
 from bitmamba_lsp.cli import random_model_path
 
 FRESH = r"""
@@ -104,6 +104,10 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--prefill", type=int, nargs="*", default=[2, 4, 16, 64, 512])
     ap.add_argument("--batch", type=int, nargs="*", default=[1, 2, 4])
+    ap.add_argument(
+        "--verify", type=int, nargs="*", default=[2, 3, 4, 5, 8, 9],
+        help="speculative decoding: batched verification steps of these token counts, against one step",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
 
@@ -120,6 +124,7 @@ def main() -> int:
             decode_tokens=args.decode_tokens,
             prefill_lengths=tuple(args.prefill),
             batch_sizes=tuple(args.batch),
+            verify_sizes=tuple(args.verify),
             log=lambda s: print("  " + s),
         )
         fresh = fresh_process(path, t, args.repeats)
@@ -150,6 +155,10 @@ def main() -> int:
     )
     print(table)
     print(f"roofline: {roof_line}")
+    vtable = verify_markdown(results)
+    if vtable:
+        print("speculative decoding, a verification step of m tokens in single steps (median; min):")
+        print(vtable)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"engine-{Path(path).stem if args.model else args.shape}"
@@ -162,6 +171,7 @@ def main() -> int:
         f"Machine: {info['cpu']}, {info['cores']} cores, SIMD {info['simd']}; {when}\n\n{table}\n\n"
         f"Decode roofline (sustained read bandwidth / {results[0]['weight_bytes'] / 1e6:.1f} MB of weights): "
         f"{roof_line}\n" + (f"\n![tok/s against threads]({png.name})\n" if plotted else "")
+        + (f"\nSpeculative decoding: a verification step of m tokens, in single steps (median; min):\n\n{vtable}\n" if vtable else "")
     )
     print(f"wrote {out / stem}.json/.md" + (" and .png" if plotted else ""))
     return 0

@@ -83,6 +83,7 @@ def bench_model(
     prefill_lengths: tuple[int, ...] = (64, 512),
     kernels: str = "simd",
     batch_sizes: tuple[int, ...] = (1, 4),
+    verify_sizes: tuple[int, ...] = (),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
@@ -182,8 +183,49 @@ def bench_model(
         res = summary(timed(step_b, repeats), b * max(8, decode_tokens // 4))
         result["batch"][str(b)] = res
         say(f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median")
+    if verify_sizes:
+        result["verify"] = bench_verification(model, verify_sizes, max(repeats, 15), say)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def bench_verification(
+    model: Any, sizes: tuple[int, ...], repeats: int, say: Callable[[str], None] = lambda _m: None
+) -> dict[str, Any]:
+    """The cost of speculative decoding's verification step (decoding.verify): m tokens fed in one
+    batched step with every position's logits and the state after each of the first m - 1 kept
+    (into reused states), against one plain step (`step`: one token, its logits). Interleaved (a
+    plain step, then each size, per repeat), so the ratios see the same machine load."""
+    rng = np.random.default_rng(1)
+    vocab = model.vocab_size
+    st = model.new_state()
+    model.core.prefill(st, rng.integers(0, vocab, 64), False, False, [])
+    pool = [model.new_state() for _ in range(max(sizes))]
+    ids = {m: rng.integers(0, vocab, m).astype(np.int32) for m in sizes}
+    single: list[float] = []
+    batched: dict[int, list[float]] = {m: [] for m in sizes}
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        model.step(st, 1)
+        if r:
+            single.append(time.perf_counter() - t0)
+        for m in sizes:
+            t0 = time.perf_counter()
+            model.core.prefill(st, ids[m], True, True, list(range(1, m)), pool)
+            if r:
+                batched[m].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"single_step": summary(single), "sizes": {}}
+    s_med, s_min = statistics.median(single), min(single)
+    for m in sizes:
+        res = summary(batched[m])
+        res["steps_median"] = res["median_s"] / s_med  # in single steps (medians)
+        res["steps_min"] = res["min_s"] / s_min
+        out["sizes"][str(m)] = res
+        say(
+            f"verification step of {m} tokens: {res['median_s'] * 1e3:.2f} ms median = {res['steps_median']:.2f} single "
+            f"steps ({s_med * 1e3:.2f} ms; min {res['steps_min']:.2f})"
+        )
+    return out
 
 
 def profile_stages(model, tokens: int = 128, repeats: int = 1) -> dict[str, float]:
@@ -277,5 +319,23 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{r['cold_start_s'] * 1000:.0f}",
             f"{r['rss_after_load_mb']:.0f}",
         ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def verify_markdown(results: list[dict[str, Any]]) -> str:
+    """Verification steps in single steps (medians; min/min in brackets), per thread count."""
+    with_v = [r for r in results if r.get("verify")]
+    if not with_v:
+        return ""
+    sizes = list(with_v[0]["verify"]["sizes"])
+    rows = [
+        "| threads | single step ms (median) | " + " | ".join(f"{m} tokens" for m in sizes) + " |",
+        "|" + "---|" * (2 + len(sizes)),
+    ]
+    for r in with_v:
+        v = r["verify"]
+        cells = [str(r["threads"]), f"{v['single_step']['median_s'] * 1e3:.2f}"]
+        cells += [f"{v['sizes'][m]['steps_median']:.2f} ({v['sizes'][m]['steps_min']:.2f})" for m in sizes]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

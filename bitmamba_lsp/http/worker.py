@@ -214,6 +214,45 @@ class _Run:
         if text or entries or not final:
             self.emit("lp", (text, entries))
 
+    def verify(
+        self, model: Model, tok: int, draft: list[int], accept: Callable[[int], None], checkpoint: Callable[[State], None]
+    ) -> tuple[int, int]:
+        """Speculative decoding's step (see decoding.verify): feed `tok` and the draft in one batched
+        step, `accept` each token the decoder chooses while it is the draft's, roll the state back
+        to the last; `checkpoint(state)` after each fed token. Returns (draft length, accepted)."""
+        drafter = self.drafter
+        assert drafter is not None
+        ids = np.asarray([tok, *draft], dtype=np.int32)
+        k = len(draft)
+        pool = drafter.states(model, k)
+        t0 = time.perf_counter()
+        rows, snaps = model.core.prefill(self.state, ids, True, True, list(range(1, k + 1)), pool)
+        spent = time.perf_counter() - t0
+        live = self.state
+        accepted = 0
+        for i in range(k + 1):
+            t1 = time.perf_counter()
+            nxt = self.choose(rows[i])
+            spent += time.perf_counter() - t1
+            self.fed.append(int(ids[i]))
+            at = snaps[i] if i < k else live  # the state after self.fed
+            checkpoint(at)
+            if i == k or nxt != draft[i]:
+                if i < k:
+                    live.copy_from(at)
+                accept(nxt)
+                break
+            accepted += 1
+            self.state = at  # should accepting it end the request, the prefix cache keeps this state
+            accept(nxt)
+            self.state = live
+            if self.finish_reason is not None:
+                drafter.release(at)  # the cache holds it now
+                live.copy_from(at)
+                break
+        drafter.verified(k, accepted, spent)
+        return k, accepted
+
     @property
     def prefilling(self) -> bool:
         return self.pos < len(self.ids)
@@ -444,39 +483,7 @@ class GenerationWorker:
             run.snapshots[n] = state.copy()
 
     def _verify(self, run: _Run, tok: int, draft: list[int]) -> None:
-        """Speculative decoding's step (see decoding.verify): feed `tok` and the draft in one batched
-        step, accept the draft tokens the decoder itself chooses, roll the state back to the last."""
-        drafter = run.drafter
-        assert drafter is not None
-        ids = np.asarray([tok, *draft], dtype=np.int32)
-        k = len(draft)
-        pool = drafter.states(self.model, k)
-        t0 = time.perf_counter()
-        rows, snaps = self.model.core.prefill(run.state, ids, True, True, list(range(1, k + 1)), pool)
-        spent = time.perf_counter() - t0
-        live = run.state
-        accepted = 0
-        for i in range(k + 1):
-            t1 = time.perf_counter()
-            nxt = run.choose(rows[i])
-            spent += time.perf_counter() - t1
-            run.fed.append(int(ids[i]))
-            at = snaps[i] if i < k else live  # the state after run.fed
-            self._checkpoint(run, at)
-            if i == k or nxt != draft[i]:
-                if i < k:
-                    live.copy_from(at)
-                self._accept(run, nxt)
-                break
-            accepted += 1
-            run.state = at  # should accepting it end the request, the prefix cache keeps this state
-            self._accept(run, nxt)
-            run.state = live
-            if run.finish_reason is not None:
-                drafter.release(at)  # the cache holds it now
-                live.copy_from(at)
-                break
-        drafter.verified(k, accepted, spent)
+        k, accepted = run.verify(self.model, tok, draft, lambda t: self._accept(run, t), lambda st: self._checkpoint(run, st))
         with self._lock:
             self.counters["draft_tokens"] += k
             self.counters["draft_accepted"] += accepted
