@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,7 @@ async def _score_file(
     tallies: Tallies,
     uri: str,
     collect: list[dict] | None = None,
+    on_result: Callable[[Case, Any], None] | None = None,
 ) -> None:
     from bitmamba_lsp.lsp.choice import features as choice_features
     from bitmamba_lsp.lsp.documents import Change
@@ -230,6 +231,8 @@ async def _score_file(
         session.pending.clear()  # each case stands alone: no suggestion carried over from the last
         session.last_result = None
         got = await session.complete(uri, (c.line, c.col), "utf-32")
+        if on_result is not None and session.last_result is not None:
+            on_result(c, session.last_result)
         if collect is not None and c.kind in SCORED_MODES:
             collect.append({"kind": c.kind, "case": f"{uri}:{c.line}:{c.col}", "package": f.package, "marker": True})
         if collect is not None and session.last_result is not None and c.kind in SCORED_MODES:
@@ -272,6 +275,7 @@ async def score_files(
     workspace: bool = True,
     collect: list[dict] | None = None,
     open_siblings: int = 0,
+    on_result: Callable[[Case, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Score every file's cases in a daemon session (settings `options`), one session per package
     whose workspace folder holds that package's files (workspace=False: no workspace folder);
@@ -311,7 +315,8 @@ async def score_files(
                     for g in siblings:
                         session.open((root / g.name).as_uri(), g.text, 1)
                     await _score_file(
-                        session, f, cases, others, tallies, uri=(root / f.name).as_uri(), collect=collect
+                        session, f, cases, others, tallies, uri=(root / f.name).as_uri(), collect=collect,
+                        on_result=on_result,
                     )
                     for g in siblings:
                         session.close((root / g.name).as_uri())
@@ -328,10 +333,12 @@ def run_scoring(
     seed: int,
     collect: list[dict] | None = None,
     open_siblings: int = 0,
+    on_result: Callable[[Case, Any], None] | None = None,
 ) -> dict:
     return asyncio.run(
         score_files(
-            list(files), options, lines_per_file=lines_per_file, seed=seed, collect=collect, open_siblings=open_siblings
+            list(files), options, lines_per_file=lines_per_file, seed=seed, collect=collect,
+            open_siblings=open_siblings, on_result=on_result,
         )
     )
 

@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
 CLIENT_ONLY = {"serverPath", "serverArgs", "statusPollSeconds", "trace.server"}
-DAEMON_ONLY = {"incremental_state"}  # a debugging knob, not a user setting
+DAEMON_ONLY = {"incremental_state", "draft_fixed"}  # debugging and benchmark knobs, not user settings
 
 needs_node = pytest.mark.skipif(
     NODE is None or NPM is None, reason="node/npm are not installed (needed for editors/vscode)"

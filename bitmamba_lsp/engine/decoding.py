@@ -388,13 +388,14 @@ def verify(
     pool = drafter.states(model, k) if drafter is not None else None
     t0 = time.perf_counter()
     all_logits, snaps = model.core.prefill(state, ids, True, True, list(range(1, k + 1)), pool)
-    accepted = 0
+    accepted, produced = 0, 0
     spent = time.perf_counter() - t0  # the batched step and the choices (not the consumer's time)
     try:
         for i in range(k + 1):
             t1 = time.perf_counter()
             chosen = decoder.choose(all_logits[i])
             spent += time.perf_counter() - t1
+            produced += 1
             if i == k or chosen != draft[i]:
                 if i < k:
                     state.copy_from(snaps[i])  # after ids[: i + 1]: `chosen` is sampled, not fed
@@ -410,7 +411,7 @@ def verify(
         raise AssertionError("unreachable")
     finally:
         if drafter is not None:
-            drafter.verified(k, accepted, spent)
+            drafter.verified(k, accepted, spent, produced)
 
 
 # ---------------------------------------------------------------------------------------- streams

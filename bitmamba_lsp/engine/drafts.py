@@ -40,6 +40,7 @@ class DraftSettings:
     min_order: int = 2  # shortest context that may propose a token
     min_share: float = 0.5  # a proposed token followed its context at least this often
     order: int = 6  # n-gram order of a drafter's own index (prompt lookup)
+    adaptive: bool = True  # False: always draft max_draft tokens where the indexes offer them (benchmarks)
 
 
 class Drafter:
@@ -68,10 +69,12 @@ class Drafter:
                 self.own.update(ids, 1, len(ids), 1)
             self.levels.append((self.own, None))
         self.order = max((ix.order for ix, _ in self.levels), default=1)
-        self.k = max(1, min(4, settings.max_draft))
+        self.k = max(1, min(4, settings.max_draft)) if settings.adaptive else settings.max_draft
         self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
         self.accepted = 0
         self.steps = 0
+        self.plain_steps = 0
+        self.log: list[tuple[int, int, int]] = []  # per verification step: (drafted, accepted, tokens produced)
         self.plain_time = 0.0  # moving average of a plain step (seconds); 0: not measured yet
         self._pause = 1  # plain steps before the next draft (the first one is measured)
         self._misses = 0
@@ -125,15 +128,20 @@ class Drafter:
     def plain_step(self, seconds: float) -> None:
         """A plain step (model step and choice) took `seconds`."""
         self.plain_time = seconds if not self.plain_time else 0.8 * self.plain_time + 0.2 * seconds
+        self.plain_steps += 1
         if self._pause > 0:
             self._pause -= 1
 
-    def verified(self, proposed: int, accepted: int, seconds: float = 0.0) -> None:
-        """A verification step of `proposed` draft tokens kept `accepted` of them (and produced one
-        more token) in `seconds` (the batched step and the choices)."""
+    def verified(self, proposed: int, accepted: int, seconds: float = 0.0, produced: int | None = None) -> None:
+        """A verification step of `proposed` draft tokens kept `accepted` of them and produced
+        `produced` tokens (default accepted + 1: the decoder's own choice after the last kept one)
+        in `seconds` (the batched step and the choices)."""
         self.proposed += proposed
         self.accepted += accepted
         self.steps += 1
+        self.log.append((proposed, accepted, accepted + 1 if produced is None else produced))
+        if not self.settings.adaptive:
+            return
         if accepted >= proposed:
             self.k = min(self.settings.max_draft, 2 * self.k)
         else:

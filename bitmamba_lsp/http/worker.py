@@ -229,11 +229,12 @@ class _Run:
         rows, snaps = model.core.prefill(self.state, ids, True, True, list(range(1, k + 1)), pool)
         spent = time.perf_counter() - t0
         live = self.state
-        accepted = 0
+        accepted, produced = 0, 0
         for i in range(k + 1):
             t1 = time.perf_counter()
             nxt = self.choose(rows[i])
             spent += time.perf_counter() - t1
+            produced += 1
             self.fed.append(int(ids[i]))
             at = snaps[i] if i < k else live  # the state after self.fed
             checkpoint(at)
@@ -250,7 +251,7 @@ class _Run:
                 drafter.release(at)  # the cache holds it now
                 live.copy_from(at)
                 break
-        drafter.verified(k, accepted, spent)
+        drafter.verified(k, accepted, spent, produced)
         return k, accepted
 
     @property

@@ -50,7 +50,12 @@ class Hooks:
         if s.draft_tokens <= 0:
             return None
         indexes = [(lv.index, lv.exclude) for lv in self.levels]
-        ds = DraftSettings(max_draft=s.draft_tokens, order=s.cache_order, min_order=max(2, s.cache_min_order))
+        ds = DraftSettings(
+            max_draft=s.draft_tokens,
+            order=s.cache_order,
+            min_order=max(2, s.cache_min_order),
+            adaptive=not s.draft_fixed,
+        )
         return Drafter(self.history, indexes, vocab=model.vocab_size, settings=ds)
 
 

@@ -57,6 +57,8 @@ class CompletionResult:
     approximate: bool = False  # answered from a window: background prefill had not reached the cursor
     drafted: int = 0  # speculative decoding: draft tokens checked
     draft_accepted: int = 0  # and kept
+    draft_log: list[tuple[int, int, int]] = field(default_factory=list)  # per verification: drafted, kept, produced
+    plain_steps: int = 0  # model steps of one token (with a drafter)
 
     @property
     def cancelled(self) -> bool:

@@ -65,6 +65,7 @@ class Settings:
     # speculative decoding (engine/drafts.py): guess up to N tokens from the caches and the prompt and
     # check them in one batched step; the suggestion is the same, sooner on large models (0: off)
     draft_tokens: int = 8
+    draft_fixed: bool = False  # always draft draftTokens where the caches offer them, no adaptation (benchmarks)
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
 

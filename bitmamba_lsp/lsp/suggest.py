@@ -162,4 +162,6 @@ def suggest(
         approximate=restored.approximate,
         drafted=drafter.proposed if drafter is not None else 0,
         draft_accepted=drafter.accepted if drafter is not None else 0,
+        draft_log=drafter.log if drafter is not None else [],
+        plain_steps=drafter.plain_steps if drafter is not None else 0,
     )

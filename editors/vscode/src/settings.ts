@@ -40,6 +40,7 @@ export const SERVER_SETTINGS = [
   'fimSuffixLines',
   'fimSuffixTokens',
   'contextChunks',
+  'draftTokens',
   'suffixSafety',
   'lineBranches',
   'lineCandidates',
