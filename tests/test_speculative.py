@@ -39,8 +39,8 @@ class OracleDrafter(Drafter):
     def observe(self, token: int) -> None:
         self.pos += 1
 
-    def verified(self, proposed: int, accepted: int, seconds: float = 0.0) -> None:
-        super().verified(proposed, accepted)  # untimed: never pauses
+    def verified(self, proposed: int, accepted: int, seconds: float = 0.0, produced: int | None = None) -> None:
+        super().verified(proposed, accepted, 0.0, produced)  # untimed: never pauses
         self.k = self.settings.max_draft
 
 
@@ -77,6 +77,9 @@ def test_oracle_drafts_change_nothing(random_model, prompt, n, k, wrong, sampled
     assert s_spec.equals(s_plain)
     assert s_spec.n_tokens == s_plain.n_tokens
     assert d_spec.reason == d_plain.reason
+    # the benchmarks' accounting: plain decoding's steps (one per token after the first) are the
+    # drafter's plain steps plus the tokens its verification steps produced
+    assert drafter.plain_steps + sum(p for _, _, p in drafter.log) == len(plain) - 1
     if not wrong and n > 1:
         assert drafter.accepted > 0  # the oracle's drafts were used
 
@@ -135,9 +138,10 @@ def test_drafter_proposes_the_longest_match_and_adapts() -> None:
     assert d.propose() == []  # the first step is a plain one, timed
     d.plain_step(1e-3)
     assert d.propose()[:2] == [4, 5]  # what followed 1 2 3 before
-    d.verified(4, 4, 2e-3)  # 5 tokens in 2 ms against 1 ms a token: it pays
-    assert d.k == 8 and d.propose()
-    d.verified(8, 1, 1e-3)
+    assert d.k == 3  # a verification step of 4 tokens: one tile
+    d.verified(3, 3, 2e-3)  # 4 tokens in 2 ms against 1 ms a token: it pays
+    assert d.k == 7 and d.propose()  # 8 tokens: two tiles (max_draft 8 would be 9 tokens, a third tile)
+    d.verified(7, 1, 1e-3)
     assert d.k == 2 and d.propose()  # 2 tokens in 1 ms: still pays
     d.verified(2, 0, 3e-3)  # 1 token in 3 ms: pause 2 plain steps
     assert d.propose() == []

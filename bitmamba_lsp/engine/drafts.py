@@ -11,7 +11,9 @@ drafter decides is only how much is guessed:
   proposes its most frequent next token, if that token followed the context at least `min_share`
   of the times; the draft extends while that holds, up to the current length `k`;
 - `k` adapts to what the model accepts: it doubles (up to `max_draft`) when a whole draft was
-  accepted and falls to one more than the accepted length otherwise, so text that does not repeat
+  accepted and falls to one more than the accepted length otherwise; from 4 tokens up a step feeds
+  a multiple of 4 (k + 1 = 4, 8, ...: the batched matrix products work in 4-token tiles, so a 9-token
+  step costs a third tile for one more token), so text that does not repeat
   costs at most a lookup per token (no match, no draft) and a mispredicting stretch costs a few
   short verification steps before drafts stop;
 - drafting pays only where a batched step of a few tokens is cheap against single steps (a large
@@ -69,7 +71,7 @@ class Drafter:
                 self.own.update(ids, 1, len(ids), 1)
             self.levels.append((self.own, None))
         self.order = max((ix.order for ix, _ in self.levels), default=1)
-        self.k = max(1, min(4, settings.max_draft)) if settings.adaptive else settings.max_draft
+        self.k = _tiled(max(1, min(3, settings.max_draft))) if settings.adaptive else settings.max_draft
         self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
         self.accepted = 0
         self.steps = 0
@@ -143,11 +145,16 @@ class Drafter:
         if not self.settings.adaptive:
             return
         if accepted >= proposed:
-            self.k = min(self.settings.max_draft, 2 * self.k)
+            self.k = _tiled(min(self.settings.max_draft, 2 * self.k + 1))
         else:
-            self.k = max(1, accepted + 1)
+            self.k = _tiled(max(1, accepted + 1))
         if self.plain_time and seconds > self.plain_time * (accepted + 1):
             self._misses += 1
             self._pause = min(64, 2**self._misses)
         elif seconds:
             self._misses = 0
+
+
+def _tiled(k: int) -> int:
+    """The draft length whose verification step (k + 1 tokens) fills whole 4-token tiles, from 4 up."""
+    return k if k + 1 < 4 else (k + 1) // 4 * 4 - 1
