@@ -5,8 +5,10 @@ shipped model and the cost from random models of the public shapes):
 1. acceptance: the shipped model through the daemon's own completion path (editor_eval: whole
    held-out files open, the line cut at the cursor; line-start and mid-line cursors of the "report"
    split of bench_usefulness's pinned packages), with drafts of a fixed length k (no adaptation)
-   and with the adaptive drafter: tokens produced per verification step, and how many of a
-   suggestion's model steps were verification steps;
+   and with the adaptive drafter ("untimed": without the timing gate and pauses, which on the
+   shipped model's cheap steps turn drafting off; the lengths a 255M or 1B model would draft):
+   tokens produced per verification step, and how many of a suggestion's model steps were
+   verification steps;
 2. cost: a verification step of m tokens against one plain step, at the 255M and 1B shapes
    (random weights; bitmamba_lsp.bench.bench_verification, interleaved);
 3. projection: per suggestion, plain decoding takes N single steps (one per token after the
@@ -26,6 +28,7 @@ Writes JSON and markdown to benchmarks/results/drafts.*.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -38,11 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_usefulness import CACHE, PACKAGES, cap, fetch
 
+import bitmamba_lsp.lsp.hooks as hooks_module
 from bitmamba_lsp.bench import bench_verification, machine_info
 from bitmamba_lsp.cli import random_model_path
 from bitmamba_lsp.editor_eval import run_scoring
 from bitmamba_lsp.engine import load
 from bitmamba_lsp.engine.decoding import GREEDY, TokenStream
+from bitmamba_lsp.engine.drafts import DraftSettings
 
 MODES = ("line_start", "mid_line")
 
@@ -166,12 +171,15 @@ def main() -> int:
     configs: dict[str, dict[str, Any]] = {"plain": {**base, "draftTokens": 0}}
     for k in args.ks:
         configs[f"k={k}"] = {**base, "draftTokens": k, "draftFixed": True}
-    configs["adaptive"] = {**base}  # the default: draftTokens 8, adaptive
+    configs["adaptive"] = {**base}  # the default: draftTokens 8, adaptive, timed
+    configs["adaptive, untimed"] = {**base}  # the same lengths, as a model whose steps cost more would see
     records: dict[str, list[dict[str, Any]]] = {}
     # plain and adaptive twice, interleaved with the others: their end-to-end times are compared
-    order = ["plain", "adaptive", *[f"k={k}" for k in args.ks], "plain", "adaptive"]
+    order = ["plain", "adaptive", "adaptive, untimed", *[f"k={k}" for k in args.ks], "plain", "adaptive"]
     for name in order:
         t0 = time.perf_counter()
+        untimed = functools.partial(DraftSettings, timed=False)
+        hooks_module.DraftSettings = untimed if name == "adaptive, untimed" else DraftSettings  # type: ignore[misc]
         recs = acceptance(files, configs[name], args)
         records.setdefault(name, []).extend(recs)
         print(f"{name}: {len(recs)} suggestions in {time.perf_counter() - t0:.0f} s")

@@ -7,8 +7,10 @@ an edit followed by an inline-completion request at the cursor. Measured from th
 is applied:
   - first token: the first generated token of the completion is available;
   - full: the whole (post-processed) suggestion is ready.
-The same is then run with the incremental state disabled (every request re-prefills the whole
-prefix), the baseline the checkpoints are there to beat. A third scenario, "jump", asks for a
+The same is then run without speculative decoding (`draft_tokens` 0: what drafting costs where the
+model never accepts a draft, as random weights never do; bench_drafts.py measures what it gains)
+and with the incremental state disabled (every request re-prefills the whole prefix), the baseline
+the checkpoints are there to beat. A third scenario, "jump", asks for a
 completion at a random place not visited before (how far the nearest document checkpoint is).
 
 The path measured is the daemon's own: documents.py (incremental tokens) -> worker.py
@@ -147,6 +149,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--spacing", type=int, default=0, help="checkpoint spacing (0: the daemon's default)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-draft-compare", action="store_true", help="skip the run without speculative decoding")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a daemon setting (snake_case)")
     ap.add_argument("--tag", default="", help="suffix for the result file names")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -164,17 +167,21 @@ def main() -> int:
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores, SIMD {info['simd']}; model {path.name}, {model.threads} threads")
     results = []
+    modes = [("incremental", True, {})]
+    if not args.no_draft_compare:
+        modes.append(("incremental, no drafts", True, {"draft_tokens": 0}))
+    if not args.no_baseline:
+        modes.append(("full re-prefill", False, {}))
     for n in args.sizes:
-        for incremental in (True, False):
-            if not incremental and args.no_baseline:
-                continue
+        for label, incremental, more in modes:
             reps = args.repeats if incremental else args.baseline_repeats
-            r = run_size(model, tok, clean, n, reps, incremental, args.max_tokens, args.spacing, extra)
+            r = run_size(model, tok, clean, n, reps, incremental, args.max_tokens, args.spacing, {**extra, **more})
+            r["mode"] = label
             results.append(r)
             ft, fu = r["first_token_ms"], r["full_ms"]
             jump = r["jump_first_token_ms"]
             print(
-                f"{n:>7} tokens {'incremental' if incremental else 'full re-prefill':>16}: first token "
+                f"{n:>7} tokens {label:>22}: first token "
                 f"median {ft['median']:8.1f} ms (min {ft['min']:.1f}, p90 {ft['p90']:.1f}); full median "
                 f"{fu['median']:8.1f} ms; fed {r['prompt_tokens_fed_median']:.0f} tokens"
                 + (f"; jump median {jump['median']:.1f} ms" if jump else "")
@@ -202,7 +209,7 @@ def main() -> int:
         ft, fu, j = r["first_token_ms"], r["full_ms"], r["jump_first_token_ms"]
         jump = "" if j is None else f"{j['median']:.1f}"
         rows.append(
-            f"| {r['tokens']} tokens | {'incremental' if r['incremental'] else 'full re-prefill'} | "
+            f"| {r['tokens']} tokens | {r['mode']} | "
             f"{ft['min']:.1f} / {ft['median']:.1f} / {ft['p90']:.1f} | {fu['median']:.1f} | "
             f"{r['prompt_tokens_fed_median']:.0f} | {jump} | "
             f"{r['checkpoints']} ({r['state_memory_mb']:.0f}) |"

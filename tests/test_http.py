@@ -34,6 +34,7 @@ from bitmamba_lsp.engine.decoding import (  # noqa: E402
     decode,
     make_sampler,
 )
+from bitmamba_lsp.engine.drafts import DraftSettings  # noqa: E402
 from bitmamba_lsp.engine.healing import HealingConstraint, TokenHealer  # noqa: E402
 from bitmamba_lsp.engine.loader import DEFAULT_MODEL_DIR, load  # noqa: E402
 from bitmamba_lsp.engine.model import Model  # noqa: E402
@@ -1204,11 +1205,17 @@ def test_prefix_cache_unit() -> None:
 SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1, "seed": 11}
 
 
-def test_a_lone_request_drafts_and_answers_as_plain_decoding(served: Served) -> None:
+def test_a_lone_request_drafts_and_answers_as_plain_decoding(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 18: a request alone in the worker is decoded speculatively (drafts from its prompt's
     repeats, checked in batched steps); greedy and seeded sampled answers are plain decoding's."""
     if served.model.name != "bitmamba-default":
         pytest.skip("random weights never accept a draft")
+    # the shipped model's steps are too cheap for drafts to pay (the worker would not draft): force them
+    import functools
+
+    import bitmamba_lsp.http.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "DraftSettings", functools.partial(DraftSettings, min_step_seconds=0.0))
     text = (Path(__file__).resolve().parent / "data" / "indentation" / "engine_decoding.py.txt").read_text()
     c = served.client()
     wait_idle(served)

@@ -124,12 +124,22 @@ def test_lookup_drafter_on_the_shipped_model() -> None:
         prompt = ids[:cut]
         for cfg in (GREEDY.replace(max_tokens=48), GenerationConfig(temperature=0.7, seed=cut, max_tokens=48)):
             plain, s_plain, _ = run(model, prompt, cfg, eos=model.eos_id)
-            drafter = Drafter(prompt, vocab=model.vocab_size)
+            # its steps are too cheap for drafts to pay, so the daemon would not draft: force them here
+            drafter = Drafter(prompt, vocab=model.vocab_size, settings=DraftSettings(min_step_seconds=0.0))
             spec, s_spec, _ = run(model, prompt, cfg, drafter, eos=model.eos_id)
             assert spec == plain
             assert s_spec.equals(s_plain)
             accepted += drafter.accepted
     assert accepted > 0
+
+
+def test_no_drafts_where_a_step_is_too_cheap() -> None:
+    d = Drafter([1, 2, 3, 1, 2], vocab=16)
+    d.plain_step(1e-5)  # a tiny model's step
+    assert d.propose() == []
+    d = Drafter([1, 2, 3, 1, 2], vocab=16)
+    d.plain_step(1e-3)
+    assert d.propose() == [3, 1, 2]
 
 
 def test_drafter_proposes_the_longest_match_and_adapts() -> None:
@@ -174,3 +184,43 @@ def test_drafter_reads_shared_indexes_innermost_last() -> None:
     d = Drafter([5, 7, 8], [(outer, None)], settings=DraftSettings(max_draft=3))
     d.plain_step(1e-3)
     assert d.propose() == [1, 7, 8]
+
+
+def test_daemon_suggestions_with_drafts_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own path (Session: the cache levels, healing, the mixture, the stop rules and the
+    weighing) with drafts forced on gives the suggestions it gives with them off."""
+    import asyncio
+    import functools
+
+    import bitmamba_lsp.lsp.hooks as hooks_module
+    from bitmamba_lsp.lsp.session import Session
+
+    monkeypatch.setattr(hooks_module, "DraftSettings", functools.partial(DraftSettings, min_step_seconds=0.0))
+    text = (Path(__file__).resolve().parent / "data" / "indentation" / "engine_healing.py.txt").read_text()
+    lines = text.split("\n")
+    cursors = [(i, len(lines[i]) // 2) for i in range(20, len(lines), 17) if lines[i].strip()][:10]
+    cursors += [(i, 0) for i in range(25, len(lines), 23)][:6]
+
+    async def suggestions(draft_tokens: int) -> tuple[list[str | None], int]:
+        session = Session(lambda level, msg, popup: None)
+        session.configure({"threads": 1, "debounceMs": 0, "speculative": False, "draftTokens": draft_tokens})
+        await session.start_model_load()
+        uri = "file:///drafts.py"
+        session.open(uri, text, 1)
+        await asyncio.to_thread(session.worker.wait_idle, 60)
+        out, accepted = [], 0
+        for line, col in cursors:
+            session.pending.clear()
+            session.last_result = None
+            got = await session.complete(uri, (line, col), "utf-32")
+            out.append(got.text if got is not None else None)
+            if session.last_result is not None:
+                accepted += session.last_result.draft_accepted
+        session.shutdown()
+        return out, accepted
+
+    plain, none = asyncio.run(suggestions(0))
+    spec, accepted = asyncio.run(suggestions(8))
+    assert none == 0
+    assert spec == plain
+    assert accepted > 0

@@ -17,14 +17,17 @@ drafter decides is only how much is guessed:
   costs at most a lookup per token (no match, no draft) and a mispredicting stretch costs a few
   short verification steps before drafts stop;
 - drafting pays only where a batched step of a few tokens is cheap against single steps (a large
-  model; not a tiny one whose step costs less than the Python around it): the drafter times both
-  (a moving average of a plain step, each verification step per token it produced) and after a
-  verification step that cost more per token than a plain step, pauses drafting for 2, 4, ... 64
-  tokens (reset by a verification that paid).
+  model; not a tiny one whose step costs less than the Python around a draft): the drafter times
+  both (a moving average of a plain step's model call; each verification step's lookups and batched
+  call, per token it produced). It never drafts while a plain step takes less than
+  `min_step_seconds` (the shipped 3.7M model's ~0.05 ms step: its drafts made suggestions 1.2x
+  slower, benchmarks/results/drafts.md), and after a verification step that cost more per token
+  than a plain step it pauses drafting for 2, 4, ... 64 tokens (reset by a verification that paid).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,8 @@ class DraftSettings:
     min_share: float = 0.5  # a proposed token followed its context at least this often
     order: int = 6  # n-gram order of a drafter's own index (prompt lookup)
     adaptive: bool = True  # False: always draft max_draft tokens where the indexes offer them (benchmarks)
+    min_step_seconds: float = 2.5e-4  # no drafts while a plain step is faster than this (adaptive only)
+    timed: bool = True  # False: neither that nor the pauses (what a model with costly steps sees; benchmarks)
 
 
 class Drafter:
@@ -77,7 +82,8 @@ class Drafter:
         self.steps = 0
         self.plain_steps = 0
         self.log: list[tuple[int, int, int]] = []  # per verification step: (drafted, accepted, tokens produced)
-        self.plain_time = 0.0  # moving average of a plain step (seconds); 0: not measured yet
+        self.plain_time = 0.0  # moving average of a plain step's model call (seconds); 0: not measured yet
+        self._lookup_time = 0.0  # the last draft's lookups
         self._pause = 1  # plain steps before the next draft (the first one is measured)
         self._misses = 0
         self._pool: list[Any] = []
@@ -99,6 +105,15 @@ class Drafter:
     def propose(self) -> list[int]:
         if not self.levels or self.settings.max_draft <= 0 or self._pause > 0:
             return []
+        s = self.settings
+        if s.adaptive and s.timed and self.plain_time and self.plain_time < s.min_step_seconds:
+            return []  # a step this cheap: the lookups and the Python around a draft cost more
+        t0 = time.perf_counter()
+        out = self._draft()
+        self._lookup_time = time.perf_counter() - t0
+        return out
+
+    def _draft(self) -> list[int]:
         ctx = list(self.history[-self.order :])
         out: list[int] = []
         while len(out) < self.k:
@@ -128,7 +143,7 @@ class Drafter:
         self._pool = [s for s in self._pool if s is not state]
 
     def plain_step(self, seconds: float) -> None:
-        """A plain step (model step and choice) took `seconds`."""
+        """A plain step's model call (step, or step and sample in the core) took `seconds`."""
         self.plain_time = seconds if not self.plain_time else 0.8 * self.plain_time + 0.2 * seconds
         self.plain_steps += 1
         if self._pause > 0:
@@ -136,19 +151,24 @@ class Drafter:
 
     def verified(self, proposed: int, accepted: int, seconds: float = 0.0, produced: int | None = None) -> None:
         """A verification step of `proposed` draft tokens kept `accepted` of them and produced
-        `produced` tokens (default accepted + 1: the decoder's own choice after the last kept one)
-        in `seconds` (the batched step and the choices)."""
+        `produced` tokens (default accepted + 1: the decoder's own choice after the last kept one);
+        its batched model call took `seconds` (the draft's lookups are added here)."""
         self.proposed += proposed
         self.accepted += accepted
         self.steps += 1
-        self.log.append((proposed, accepted, accepted + 1 if produced is None else produced))
+        produced = accepted + 1 if produced is None else produced
+        self.log.append((proposed, accepted, produced))
+        if seconds:
+            seconds += self._lookup_time
         if not self.settings.adaptive:
             return
         if accepted >= proposed:
             self.k = _tiled(min(self.settings.max_draft, 2 * self.k + 1))
         else:
             self.k = _tiled(max(1, accepted + 1))
-        if self.plain_time and seconds > self.plain_time * (accepted + 1):
+        if not self.settings.timed:
+            return
+        if self.plain_time and seconds > self.plain_time * max(1, produced):
             self._misses += 1
             self._pause = min(64, 2**self._misses)
         elif seconds:

@@ -231,9 +231,7 @@ class _Run:
         live = self.state
         accepted, produced = 0, 0
         for i in range(k + 1):
-            t1 = time.perf_counter()
             nxt = self.choose(rows[i])
-            spent += time.perf_counter() - t1
             produced += 1
             self.fed.append(int(ids[i]))
             at = snaps[i] if i < k else live  # the state after self.fed
@@ -458,11 +456,14 @@ class GenerationWorker:
                 return
             t0 = time.perf_counter()
             if run.wants_logits:  # a hook (healing) or the logprobs must see the logits
-                nxt = run.choose(self.model.step(run.state, tok))
+                logits = self.model.step(run.state, tok)
+                t1 = time.perf_counter()
+                nxt = run.choose(logits)
             else:
                 nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
+                t1 = time.perf_counter()
             if run.drafter is not None:
-                run.drafter.plain_step(time.perf_counter() - t0)
+                run.drafter.plain_step(t1 - t0)
             run.fed.append(tok)
             self._accept(run, nxt)
         else:
