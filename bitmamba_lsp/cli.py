@@ -55,9 +55,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     g.add_argument("--greedy", action="store_true", help="deterministic argmax decoding")
     g.add_argument(
-        "--draft", type=int, default=8, metavar="K",
+        "--draft", type=int, default=3, metavar="K",
         help="speculative decoding: guess up to K tokens from the prompt's repeats and check them in one "
-        "batched step (the output is unchanged; default 8)",
+        "batched step (the output is unchanged; default 3: a 4-token step, measured best)",
     )
     g.add_argument("--no-draft", dest="draft", action="store_const", const=0, help="plain decoding (same as --draft 0)")
 

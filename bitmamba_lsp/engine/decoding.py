@@ -88,7 +88,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
     seed: int | None = None
-    draft: int = 8  # speculative decoding: draft tokens per verification step at most (0: off)
+    draft: int = 3  # speculative decoding: draft tokens per verification step at most (0: off)
 
     def replace(self, **changes: object) -> GenerationConfig:
         changes = {k: v for k, v in changes.items() if v is not None}

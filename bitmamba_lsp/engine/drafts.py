@@ -41,7 +41,7 @@ NGramIndex = _core.NGramIndex
 
 @dataclass(frozen=True)
 class DraftSettings:
-    max_draft: int = 8  # tokens guessed at most per verification step
+    max_draft: int = 3  # tokens guessed at most per verification step (3: one 4-token tile)
     min_order: int = 2  # shortest context that may propose a token
     min_share: float = 0.5  # a proposed token followed its context at least this often
     order: int = 6  # n-gram order of a drafter's own index (prompt lookup)

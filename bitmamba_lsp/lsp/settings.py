@@ -64,7 +64,7 @@ class Settings:
     context_chunks: int = 0
     # speculative decoding (engine/drafts.py): guess up to N tokens from the caches and the prompt and
     # check them in one batched step; the suggestion is the same, sooner on large models (0: off)
-    draft_tokens: int = 8
+    draft_tokens: int = 3  # a 4-token verification step: the best measured (benchmarks/results/drafts.md)
     draft_fixed: bool = False  # always draft draftTokens where the caches offer them, no adaptation (benchmarks)
     incremental_state: bool = True  # False: re-prefill the whole prefix per request (benchmarks, debugging)
     max_document_chars: int = 20_000_000  # larger documents are not tracked (completions disabled)
