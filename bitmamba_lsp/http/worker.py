@@ -214,6 +214,21 @@ class _Run:
         if text or entries or not final:
             self.emit("lp", (text, entries))
 
+    def step(self, model: Model, tok: int) -> int:
+        """One plain step: feed `tok`, return the next token (timed for the drafter)."""
+        t0 = time.perf_counter()
+        if self.wants_logits:  # a hook (healing) or the logprobs must see the logits
+            logits = model.step(self.state, tok)
+            t1 = time.perf_counter()
+            nxt = self.choose(logits)
+        else:
+            nxt = int(model.core.step_sample(self.state, tok, self.decoder.sampler))
+            t1 = time.perf_counter()
+        if self.drafter is not None:
+            self.drafter.plain_step(t1 - t0)
+        self.fed.append(tok)
+        return nxt
+
     def verify(
         self, model: Model, tok: int, draft: list[int], accept: Callable[[int], None], checkpoint: Callable[[State], None]
     ) -> tuple[int, int]:
@@ -454,18 +469,7 @@ class GenerationWorker:
                 self._verify(run, tok, draft)
                 self._count_step(runs)
                 return
-            t0 = time.perf_counter()
-            if run.wants_logits:  # a hook (healing) or the logprobs must see the logits
-                logits = self.model.step(run.state, tok)
-                t1 = time.perf_counter()
-                nxt = run.choose(logits)
-            else:
-                nxt = int(self.model.core.step_sample(run.state, tok, run.decoder.sampler))
-                t1 = time.perf_counter()
-            if run.drafter is not None:
-                run.drafter.plain_step(t1 - t0)
-            run.fed.append(tok)
-            self._accept(run, nxt)
+            self._accept(run, run.step(self.model, tok))
         else:
             toks = [r.next for r in runs]
             logits = self.model.step_batch([r.state for r in runs], toks)  # type: ignore[arg-type]
