@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
         preload.start(args.model, args.threads)
 
+    from bitmamba_lsp.lsp import codecache
+
+    codecache.install()  # lsprotocol's attrs classes: their generated methods from the user's cache
     from bitmamba_lsp.lsp.server import create_server
 
     # Threads that hold the GIL for long (tokenizing a large document) must not starve the event
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
 
     server = create_server(model=args.model, threads=args.threads)
+    codecache.save(background=True)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
