@@ -1228,6 +1228,30 @@ def test_a_lone_request_drafts_and_answers_as_plain_decoding(served: Served, mon
         cfg = GREEDY if sampling["temperature"] == 0 else GenerationConfig(**SAMPLED)
         plain = list(served.ref.generate(served.ref.new_state(), ids, cfg, max_tokens=40, draft=0))
         assert r.choices[0].text == served.ref.decode(plain)
+        # a follow-up turn resumes from the state the request left in the prefix cache (rolled back
+        # inside a verification step when the answer ended there): it must be plain decoding's too
+        more = ids + plain
+        r2 = c.completions.create(model=served.model_id, prompt=more, max_tokens=12, extra_body={**RAW, "temperature": 0})
+        want = list(served.ref.generate(served.ref.new_state(), more, GREEDY, max_tokens=12, draft=0))
+        assert r2.choices[0].text == served.ref.decode(want)
     after = served.stats()
     assert after["draft_tokens"] > before["draft_tokens"]
     assert after["draft_accepted"] > before["draft_accepted"]
+    # answers of every length up to 14 tokens: some end on an accepted draft token, inside a
+    # verification step; each follow-up resumes from the state the prefix cache kept
+    ids = served.ref.encode(text[:2500])
+    for n in range(4, 15):
+        r = c.completions.create(model=served.model_id, prompt=ids, max_tokens=n, extra_body={**RAW, "temperature": 0})
+        plain = list(served.ref.generate(served.ref.new_state(), ids, GREEDY, max_tokens=n, draft=0))
+        assert r.choices[0].text == served.ref.decode(plain)
+        more = ids + plain
+        fed = served.stats()["prefill_tokens"]
+        r2 = c.completions.create(
+            model=served.model_id, prompt=more, max_tokens=1, logprobs=1, extra_body={**RAW, "temperature": 0}
+        )
+        assert served.stats()["prefill_tokens"] - fed <= 2  # resumed from the cached state, not re-fed
+        st = served.ref.new_state()
+        logits = served.ref.prefill(st, more).astype(np.float64)
+        logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        # the same distribution after the answer: the state kept was plain decoding's
+        assert abs(r2.choices[0].logprobs.token_logprobs[0] - logp.max()) < 1e-3, n
