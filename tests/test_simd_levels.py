@@ -101,3 +101,22 @@ def test_pyproject_passes_every_level_option() -> None:
     option_vars = {str(r["option"]).split("=")[0] for r in levels() if r["option"]}
     for var in {"BITMAMBA_SIMD", *option_vars}:
         assert defines.get(var) == {"env": var, "default": "auto"}, f"pyproject.toml does not pass {var}"
+
+
+def test_windows_build_under_wine() -> None:
+    """scripts/windows_test.sh: the self-test cross-built with MinGW-w64 runs under wine64 (Windows'
+    C runtime, the CPUID check without /proc/cpuinfo, the configure-time probe as a Windows program)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86-64 host")
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "windows_test.sh")], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
+    out = proc.stdout + proc.stderr
+    results = dict(re.findall(r"^RESULT windows-(\S+): (PASS|SKIP|FAIL)", out, re.M))
+    assert set(results) == {"scalar", "avx2", "avx512", "auto"}, out[-4000:]
+    assert "FAIL" not in results.values(), out[-6000:]
+    if proc.returncode == 77:
+        pytest.skip(re.search(r"^RESULT windows-\S+: SKIP - (.*)$", out, re.M).group(1))
+    assert proc.returncode == 0 and results["scalar"] == "PASS" and results["auto"] == "PASS", out[-4000:]

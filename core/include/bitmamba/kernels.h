@@ -11,6 +11,7 @@
 // Every level must return bit-identical integers to the scalar reference.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -95,6 +96,14 @@ struct KernelSet {
     // is a loss below 4 tokens; where it costs about half (AVX-512 VNNI), 2 tokens already gain.
     int gemm_min_tokens = kGemmTokens;
 };
+
+// x rounded to the nearest integer, ties away from zero: std::round's definition, computed exactly
+// here (x - trunc(x) is exact in float) because some C runtimes get std::round wrong one ulp below
+// a tie (mingw-w64's gives round(0.49999997f) = 1). Every level's quantization rounds this way.
+inline float round_half_away(float x) {
+    const float t = std::trunc(x);
+    return std::fabs(x - t) >= 0.5f ? t + std::copysign(1.0f, x) : t;
+}
 
 const KernelSet& scalar_kernels();
 // The level chosen when the package was built (BITMAMBA_SIMD). Equals scalar_kernels() for scalar builds.

@@ -122,7 +122,7 @@ float quantize_neon(const float* x, int n, int8_t* q, int32_t* sum_q) {
     int32x4_t vsum = vdupq_n_s32(0);
     i = 0;
     for (; i + 8 <= n; i += 8) {
-        // vrndaq: round to nearest, ties away from zero (same as std::round)
+        // vrndaq: round to nearest, ties away from zero (as round_half_away)
         float32x4_t a = vminnmq_f32(hi, vmaxnmq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i), sx))));
         float32x4_t b = vminnmq_f32(hi, vmaxnmq_f32(lo, vrndaq_f32(vmulq_n_f32(vld1q_f32(x + i + 4), sx))));
         int32x4_t ia = vcvtq_s32_f32(a), ib = vcvtq_s32_f32(b);
@@ -132,7 +132,7 @@ float quantize_neon(const float* x, int n, int8_t* q, int32_t* sum_q) {
     }
     int32_t s = vaddvq_s32(vsum);
     for (; i < n; ++i) {
-        float v = std::round(x[i] * sx);
+        float v = round_half_away(x[i] * sx);
         v = std::min(127.0f, std::max(-128.0f, v));
         q[i] = static_cast<int8_t>(v);
         s += q[i];

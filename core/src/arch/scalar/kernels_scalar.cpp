@@ -41,7 +41,7 @@ float quantize_scalar(const float* x, int n, int8_t* q, int32_t* sum_q) {
     const float sx = 127.0f / (m + 1e-5f);
     int32_t s = 0;
     for (int i = 0; i < n; ++i) {
-        float v = std::round(x[i] * sx);  // half away from zero
+        float v = round_half_away(x[i] * sx);  // half away from zero
         v = std::min(127.0f, std::max(-128.0f, v));
         q[i] = static_cast<int8_t>(v);
         s += q[i];

@@ -313,7 +313,7 @@ float quantize_avx2(const float* x, int n, int8_t* q, int32_t* sum_q) {
     }
     int32_t s = hsum_epi32(vsum);
     for (; i < n; ++i) {
-        float v = std::round(x[i] * sx);
+        float v = round_half_away(x[i] * sx);
         v = std::min(127.0f, std::max(-128.0f, v));
         q[i] = static_cast<int8_t>(v);
         s += q[i];
