@@ -76,6 +76,7 @@ class Drafter:
                 self.own.update(ids, 1, len(ids), 1)
             self.levels.append((self.own, None))
         self.order = max((ix.order for ix, _ in self.levels), default=1)
+        self.history = self.history[-(self.order + 1) :]  # what the lookups and the own index read
         self.k = _tiled(max(1, min(3, settings.max_draft))) if settings.adaptive else settings.max_draft
         self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
         self.accepted = 0
@@ -126,6 +127,8 @@ class Drafter:
 
     def observe(self, token: int) -> None:
         self.history.append(int(token))
+        if len(self.history) > 4 * (self.order + 1):
+            del self.history[: -(self.order + 1)]
         if self.own is not None:
             n = len(self.history)
             lo = max(0, n - 1 - self.own.order)
