@@ -3,28 +3,20 @@
 // macOS, IsProcessorFeaturePresent on Windows; NEON itself is part of every AArch64 CPU, the Armv8.2
 // dot product is optional before Armv8.4). Compiled for the baseline ISA (no level flags), and it
 // touches no kernel set (see cpu_x86.cpp).
-#include "bitmamba_build_level.h"
 #include "bitmamba/kernels.h"
+#include "../cpu_check.h"
 #include "cpu_features_arm.h"
 
 namespace bm {
 
 std::string simd_missing_cpu_features() {
-    std::string missing;
-#define BM_CPU_NEED(feature) \
-    if (!arm::has(#feature)) missing += (missing.empty() ? "" : ", ") + std::string(#feature);
-    BITMAMBA_BUILD_CPU_CHECK(BM_CPU_NEED)
-#undef BM_CPU_NEED
-    return missing;
+    return missing_build_features([](const char* name) { return arm::has(name); });
 }
 
 bool simd_supported_by_cpu() { return simd_missing_cpu_features().empty(); }
 
 std::vector<std::string> host_cpu_features() {
-    std::vector<std::string> out;
-    for (const auto& f : arm::kFeatures)
-        if (arm::has(f)) out.emplace_back(f.cpuinfo);
-    return out;
+    return present_features(arm::kFeatures, [](const arm::Feature& f) { return arm::has(f); });
 }
 
 }  // namespace bm

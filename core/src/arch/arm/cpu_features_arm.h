@@ -7,6 +7,8 @@
 
 #include <cstring>
 
+#include "../feature_table.h"
+
 #if defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
@@ -51,11 +53,7 @@ inline bool has(const Feature& f) {
 #endif
 }
 
-inline const Feature* find(const char* name) {
-    for (const auto& f : kFeatures)
-        if (std::strcmp(f.name, name) == 0 || std::strcmp(f.cpuinfo, name) == 0) return &f;
-    return nullptr;
-}
+inline const Feature* find(const char* name) { return find_feature(kFeatures, name); }
 
 inline bool has(const char* name) {
     const Feature* f = find(name);

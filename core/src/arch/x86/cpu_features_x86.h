@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../feature_table.h"
+
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #else
@@ -76,11 +78,7 @@ inline bool has(const Feature& f) {
 }
 
 // A feature by either spelling; false for a name this detector does not know.
-inline const Feature* find(const char* name) {
-    for (const auto& f : kFeatures)
-        if (std::strcmp(f.name, name) == 0 || std::strcmp(f.cpuinfo, name) == 0) return &f;
-    return nullptr;
-}
+inline const Feature* find(const char* name) { return find_feature(kFeatures, name); }
 
 inline bool has(const char* name) {
     const Feature* f = find(name);

@@ -4,28 +4,20 @@
 // CMakeLists.txt), and it touches no kernel set: on a CPU without the level, everything else in the
 // library may contain instructions that fault (the compiler is free to use them anywhere in the
 // level-compiled files, e.g. to copy a KernelSet).
-#include "bitmamba_build_level.h"
 #include "bitmamba/kernels.h"
+#include "../cpu_check.h"
 #include "cpu_features_x86.h"
 
 namespace bm {
 
 std::string simd_missing_cpu_features() {
-    std::string missing;
-#define BM_CPU_NEED(feature) \
-    if (!x86::has(#feature)) missing += (missing.empty() ? "" : ", ") + std::string(#feature);
-    BITMAMBA_BUILD_CPU_CHECK(BM_CPU_NEED)
-#undef BM_CPU_NEED
-    return missing;
+    return missing_build_features([](const char* name) { return x86::has(name); });
 }
 
 bool simd_supported_by_cpu() { return simd_missing_cpu_features().empty(); }
 
 std::vector<std::string> host_cpu_features() {
-    std::vector<std::string> out;
-    for (const auto& f : x86::kFeatures)
-        if (x86::has(f)) out.emplace_back(f.cpuinfo);
-    return out;
+    return present_features(x86::kFeatures, [](const x86::Feature& f) { return x86::has(f); });
 }
 
 }  // namespace bm
