@@ -174,3 +174,17 @@ def test_demo_prints_a_legend_and_no_client_noise() -> None:
     assert "the daemon's suggestion" in proc.stdout and "‹" in proc.stdout  # the legend, ghost text marked
     assert "Ignoring notification" not in out
     assert "daemon status" in proc.stdout
+
+
+def test_generate_with_and_without_drafts() -> None:
+    """`--draft K` / `--no-draft`: the same text on the shipped model (greedy and seeded sampling);
+    a draft length out of range is a clear error."""
+    prompt = (Path(__file__).resolve().parent / "data" / "indentation" / "engine_healing.py.txt").read_text()[:3000]
+    for sampling in (["--greedy"], ["--temperature", "0.8", "--seed", "5"]):
+        outs = [
+            run("generate", prompt, "-n", "40", *sampling, *flags).stdout
+            for flags in (["--no-draft"], ["--draft", "3"], ["--draft", "7"])
+        ]
+        assert outs[0] and outs[1] == outs[0] and outs[2] == outs[0]
+    bad = run("generate", "--ids", "1 2", "--draft", "-1", check=False)
+    assert bad.returncode != 0 and "draft must be between 0 (off) and 32" in bad.stderr

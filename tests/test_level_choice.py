@@ -225,3 +225,12 @@ def test_import_on_a_cpu_without_the_level_refuses_cleanly() -> None:
     assert "ImportError" in err and level in err, err[-2000:]
     assert re.search(r"lacks [^.]*\bavx2\b", err) and "fma" in err, err[-2000:]
     assert "BITMAMBA_SIMD=scalar" in err, err[-2000:]
+
+
+@needs_cmake
+def test_an_unknown_detection_means_is_a_clear_error() -> None:
+    proc = subprocess.run(
+        ["cmake", "-DBM_TARGET_PROCESSOR=x86_64", "-DBITMAMBA_CPU_DETECT=bogus", "-P", str(SCRIPT)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "BITMAMBA_CPU_DETECT must be auto, cpuinfo, sysctl or probe" in proc.stderr
