@@ -69,6 +69,10 @@ REFERENCES = {
     "python: import numpy": "import numpy",
     "python: import lsprotocol.types (pygls' protocol types)": "import lsprotocol.types",
     "python: the daemon's imports (bitmamba_lsp.cli + bitmamba_lsp.lsp.server)": "import bitmamba_lsp.cli, bitmamba_lsp.lsp.server",
+    "python: the same with the attrs code cache, as the daemon imports them (lsp/codecache.py)": (
+        "import bitmamba_lsp.cli; from bitmamba_lsp.lsp import codecache; codecache.install(); "
+        "import bitmamba_lsp.lsp.server"
+    ),
 }
 
 
