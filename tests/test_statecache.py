@@ -70,3 +70,30 @@ def test_lru_eviction_then_thinning(model) -> None:
     assert store.nbytes() <= 3 * sb and store.docs["c"].count() >= 1
     store.drop("c")
     assert "c" not in store.docs
+
+
+def test_background_prefill_reaches_a_cursor_between_spaced_checkpoints(model) -> None:
+    """A request farther from the last document checkpoint than its budget answers from a window;
+    background prefill then puts a checkpoint exactly at that place, even where it lies less than a
+    spacing past the last one (the 255M shape: spacing 256, ~100-150 tokens per request), and the
+    next request there resumes from it with the state a full prefill gives."""
+    store = StateStore(model.state_bytes, budget_bytes=1000 * model.state_bytes, spacing=32, dense=2)
+    ids = (np.arange(200) * 7 % 256).astype(np.int32)
+    d = store.get("u")
+    d.set_document(np.zeros(0, np.int32), ids, prefill=True)
+    while store.needs_prefill(d):
+        store.prefill_slice(model, d, 64, None)
+    assert d.doc.positions == [32, 64, 96, 128, 160, 192]  # the end is 8 short of a spacing: not wanted
+    cursor = 150  # 22 past the checkpoint at 128, more than a request may feed
+    prompt = token_prompt(ids[:cursor], own=cursor)
+    got = store.feed(model, "u", prompt, max_feed=10)
+    assert got is not None and got.approximate
+    assert store.needs_prefill(d)
+    while store.needs_prefill(d):
+        store.prefill_slice(model, d, 64, None)
+    assert cursor in d.doc.positions
+    again = store.feed(model, "u", token_prompt(ids[: cursor + 1], own=cursor + 1), max_feed=10)
+    assert again is not None and not again.approximate and again.resumed == cursor and again.fed == 1
+    fresh = model.new_state()
+    want = model.prefill(fresh, ids[: cursor + 1])
+    np.testing.assert_array_equal(again.logits, want)

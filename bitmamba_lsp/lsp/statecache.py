@@ -52,6 +52,9 @@ class DocStates:
     open_target: int = 0  # while the opened document's first prefill runs: its length
     context: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # context chunks' tokens
     lead_len: int = 0  # tokens before the document's own on the document track (context, <pre>)
+    # a place a request could not reach in its budget (it answered from a window): background
+    # prefill puts a document checkpoint exactly there first (0: none)
+    want: int = 0
 
     def set_document(self, lead: np.ndarray, ids: np.ndarray, prefill: bool) -> None:
         """The document track along `lead` + the document's tokens `ids` (opened); `prefill`:
@@ -159,6 +162,7 @@ class StateStore:
         rest = ids[n:]
         if max_feed is not None and len(rest) > max_feed and incremental:
             d.target = max(d.target, min(prompt.shared, len(d.doc.seq)))
+            d.want = min(prompt.shared, len(d.doc.seq))
             window = ids[-max(1, max_feed) :]
             state = model.new_state()
             return Restored(state, model.prefill(state, window), 0, len(window), approximate=True)
@@ -206,6 +210,9 @@ class StateStore:
     def needs_prefill(self, d: DocStates) -> bool:
         """Background prefill has work on this document: its target lies a spacing or more past the
         deepest document checkpoint."""
+        want = min(d.want, len(d.doc.seq))
+        if want > 0 and d.doc.best(want)[0] < want:
+            return True
         target = min(d.target, len(d.doc.seq))
         if target <= 0:
             return False
@@ -214,8 +221,11 @@ class StateStore:
 
     def prefill_slice(self, model: Model, d: DocStates, size: int, active: str | None) -> int:
         """Feed up to `size` tokens of the document track from its deepest checkpoint, ending on a
-        checkpoint position when one is in reach. Returns the tokens fed."""
-        target = min(d.target, len(d.doc.seq))
+        checkpoint position when one is in reach (or on the place a request wanted, `d.want`).
+        Returns the tokens fed."""
+        want = min(d.want, len(d.doc.seq))
+        wanted = want > 0 and d.doc.best(want)[0] < want
+        target = want if wanted else min(d.target, len(d.doc.seq))
         n, base = d.doc.best(target)
         end = min(target, n + size)
         if (end // self.spacing) * self.spacing > n:
@@ -225,8 +235,10 @@ class StateStore:
         _, snaps = model.prefill_snapshots(state, d.doc.seq[n:end], [p - n for p in positions])
         for p, snap in zip(positions, snaps, strict=True):
             d.doc.put(p, snap)
-        if n % self.spacing:
+        if n % self.spacing and n != d.want:
             d.doc.drop([n])  # an intermediate resume point, not a checkpoint position
+        if wanted and end >= want:
+            d.want = 0  # reached: the place's checkpoint stays until the next slice moves past it
         if end >= target and d.target == d.open_target:
             d.open_target = 0
         self.enforce_budget(active)
