@@ -85,34 +85,40 @@ class RefBitMamba2:
 
     def new_state(self) -> list[dict]:
         di = self.cfg.d_inner
-        return [dict(conv=np.zeros((di, 3)), ssm=np.zeros(di)) for _ in range(self.cfg.n_layers)]
+        return [dict(conv=np.zeros((di, 3)), ssm=np.zeros(di)) for _ in self.layers]  # one per layer pass
 
     def step(self, state: list[dict], token: int) -> np.ndarray:
-        cfg = self.cfg
-        di, nh, hd = cfg.d_inner, cfg.n_heads, cfg.head_dim
         h = self.embed[token].copy()
         for ly, st in zip(self.layers, state, strict=True):
-            p = bitlinear(h, ly["in_q"], ly["in_scale"], ly["in_norm"])
-            z, x = p[:di], p[di : 2 * di]
-            B, C, dt = p[2 * di : 2 * di + nh], p[2 * di + nh : 2 * di + 2 * nh], p[2 * di + 2 * nh :]
-            window = np.concatenate([st["conv"], x[:, None]], axis=1)  # [di, 4], oldest first
-            c = ly["conv_b"] + np.sum(window * ly["conv_w"], axis=1)
-            st["conv"] = window[:, 1:]
-            xa = silu(c)
-            dth = softplus(dt + ly["dt_bias"])
-            decay = np.exp(-np.exp(ly["A_log"]) * dth)
-            head = np.arange(di) // hd
-            st["ssm"] = st["ssm"] * decay[head] + xa * B[head] * dth[head]
-            y = (st["ssm"] * C[head] + xa * ly["D"]) * silu(z)
+            y = self.mixer(ly, st, bitlinear(h, ly["in_q"], ly["in_scale"], ly["in_norm"]))
             h = h + bitlinear(y, ly["out_q"], ly["out_scale"], ly["out_norm"])
+        return self.logits(h)
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
         return bitlinear(rms_norm(h, self.norm_f), self.lm_q, self.lm_scale, self.lm_norm)
+
+    def mixer(self, ly: dict, st: dict, p: np.ndarray) -> np.ndarray:
+        """A layer's SSM mixer on its in_proj output `p`: conv, scan, gate; updates `st`, returns y."""
+        cfg = self.cfg
+        di, nh, hd = cfg.d_inner, cfg.n_heads, cfg.head_dim
+        z, x = p[:di], p[di : 2 * di]
+        B, C, dt = p[2 * di : 2 * di + nh], p[2 * di + nh : 2 * di + 2 * nh], p[2 * di + 2 * nh :]
+        window = np.concatenate([st["conv"], x[:, None]], axis=1)  # [di, 4], oldest first
+        c = ly["conv_b"] + np.sum(window * ly["conv_w"], axis=1)
+        st["conv"] = window[:, 1:]
+        xa = silu(c)
+        dth = softplus(dt + ly["dt_bias"])
+        decay = np.exp(-np.exp(ly["A_log"]) * dth)
+        head = np.arange(di) // hd
+        st["ssm"] = st["ssm"] * decay[head] + xa * B[head] * dth[head]
+        return (st["ssm"] * C[head] + xa * ly["D"]) * silu(z)
 
     def load_flat(self, flat: np.ndarray) -> list[dict]:
         """A reference state from the engine's layout (to re-synchronise after a rounding tie)."""
         di = self.cfg.d_inner
         per = 4 * di
         out = []
-        for i in range(self.cfg.n_layers):
+        for i in range(len(self.layers)):  # one slot per layer pass, in schedule order
             chunk = np.asarray(flat[i * per : (i + 1) * per], dtype=np.float64)
             out.append(dict(conv=chunk[: 3 * di].reshape(3, di).T.copy(), ssm=chunk[3 * di :].copy()))
         return out

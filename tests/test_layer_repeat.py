@@ -32,19 +32,6 @@ class RefRepeated(RefBitMamba2):
         super().__init__(cfg, tensors)
         self.layers = [self.layers[i] for i in order]  # the same weights, one pass each
 
-    def new_state(self):
-        di = self.cfg.d_inner
-        return [dict(conv=np.zeros((di, 3)), ssm=np.zeros(di)) for _ in self.layers]
-
-    def load_flat(self, flat: np.ndarray):
-        di = self.cfg.d_inner
-        per = 4 * di
-        out = []
-        for i in range(len(self.layers)):  # one slot per pass, in schedule order
-            chunk = np.asarray(flat[i * per : (i + 1) * per], dtype=np.float64)
-            out.append(dict(conv=chunk[: 3 * di].reshape(3, di).T.copy(), ssm=chunk[3 * di :].copy()))
-        return out
-
 
 def test_the_schedule_is_bitmamba_cpps() -> None:
     assert schedule(4, 1, 2, 2) == [0, 1, 2, 1, 2, 1, 2, 3]

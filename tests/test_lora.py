@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import RefBitMamba2, Ties, bitlinear, rms_norm, silu, softplus
+from reference import RefBitMamba2, Ties, bitlinear, rms_norm
 
 import bitmamba_lsp
 from bitmamba_lsp.engine.errors import ModelFormatError, ModelNotFoundError
@@ -67,48 +67,23 @@ class RefLora(RefBitMamba2):
         super().__init__(cfg, tensors)
         self.scale = float(np.float32(alpha) / np.float32(rank))  # bitmamba.cpp: alpha / (float)rank
         order = list(range(cfg.n_layers)) if order is None else order
-        self.passes = [(self.layers[i], [np.asarray(x, np.float64) for x in adapter[i]]) for i in order]
+        self.adapters = [[np.asarray(x, np.float64) for x in adapter[i]] for i in order]
+        self.layers = [self.layers[i] for i in order]  # the same weights, one pass each
 
     def delta(self, x, norm_w, A, B):
         return self.scale * (B @ (A @ rms_norm(x, norm_w)))
 
-    def new_state(self):
-        di = self.cfg.d_inner
-        return [dict(conv=np.zeros((di, 3)), ssm=np.zeros(di)) for _ in self.passes]
-
-    def load_flat(self, flat):
-        di, per = self.cfg.d_inner, 4 * self.cfg.d_inner
-        return [
-            dict(conv=flat[i * per : i * per + 3 * di].astype(np.float64).reshape(3, di).T.copy(),
-                 ssm=flat[i * per + 3 * di : (i + 1) * per].astype(np.float64).copy())
-            for i in range(len(self.passes))
-        ]  # fmt: skip
-
     def step(self, state, token):
-        cfg = self.cfg
-        di, nh, hd = cfg.d_inner, cfg.n_heads, cfg.head_dim
         h = self.embed[token].copy()
-        for (ly, (a_in, b_in, a_out, b_out)), st in zip(self.passes, state, strict=True):
-            p = bitlinear(h, ly["in_q"], ly["in_scale"], ly["in_norm"]) + self.delta(
-                h, ly["in_norm"], a_in, b_in
-            )
-            z, x = p[:di], p[di : 2 * di]
-            B, C, dt = p[2 * di : 2 * di + nh], p[2 * di + nh : 2 * di + 2 * nh], p[2 * di + 2 * nh :]
-            window = np.concatenate([st["conv"], x[:, None]], axis=1)
-            c = ly["conv_b"] + np.sum(window * ly["conv_w"], axis=1)
-            st["conv"] = window[:, 1:]
-            xa = silu(c)
-            dth = softplus(dt + ly["dt_bias"])
-            decay = np.exp(-np.exp(ly["A_log"]) * dth)
-            head = np.arange(di) // hd
-            st["ssm"] = st["ssm"] * decay[head] + xa * B[head] * dth[head]
-            y = (st["ssm"] * C[head] + xa * ly["D"]) * silu(z)
+        for ly, (a_in, b_in, a_out, b_out), st in zip(self.layers, self.adapters, state, strict=True):
+            p = bitlinear(h, ly["in_q"], ly["in_scale"], ly["in_norm"]) + self.delta(h, ly["in_norm"], a_in, b_in)
+            y = self.mixer(ly, st, p)
             h = (
                 h
                 + bitlinear(y, ly["out_q"], ly["out_scale"], ly["out_norm"])
                 + self.delta(y, ly["out_norm"], a_out, b_out)
             )
-        return bitlinear(rms_norm(h, self.norm_f), self.lm_q, self.lm_scale, self.lm_norm)
+        return self.logits(h)
 
 
 def rel_err(a, b) -> float:

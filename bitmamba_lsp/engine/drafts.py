@@ -78,9 +78,6 @@ class Drafter:
         self.order = max((ix.order for ix, _ in self.levels), default=1)
         self.history = self.history[-(self.order + 1) :]  # what the lookups and the own index read
         self.k = _tiled(max(1, min(3, settings.max_draft))) if settings.adaptive else settings.max_draft
-        self.proposed = 0  # totals, for the benchmarks and `bitmamba/status`
-        self.accepted = 0
-        self.steps = 0
         self.plain_steps = 0
         self.log: list[tuple[int, int, int]] = []  # per verification step: (drafted, accepted, tokens produced)
         self.plain_time = 0.0  # moving average of a plain step's model call (seconds); 0: not measured yet
@@ -135,6 +132,16 @@ class Drafter:
             window = np.asarray(self.history[lo:], dtype=np.int32)
             self.own.update(window, len(window) - 1, len(window), 1)
 
+    @property
+    def proposed(self) -> int:
+        """Draft tokens checked so far (for the benchmarks and `bitmamba/status`)."""
+        return sum(k for k, _, _ in self.log)
+
+    @property
+    def accepted(self) -> int:
+        """And kept."""
+        return sum(a for _, a, _ in self.log)
+
     def states(self, model: Any, n: int) -> list[Any]:
         """n states of `model` to receive a verification step's snapshots, allocated once per drafter."""
         while len(self._pool) < n:
@@ -156,9 +163,6 @@ class Drafter:
         """A verification step of `proposed` draft tokens kept `accepted` of them and produced
         `produced` tokens (default accepted + 1: the decoder's own choice after the last kept one);
         its batched model call took `seconds` (the draft's lookups are added here)."""
-        self.proposed += proposed
-        self.accepted += accepted
-        self.steps += 1
         produced = accepted + 1 if produced is None else produced
         self.log.append((proposed, accepted, produced))
         if seconds:

@@ -12,7 +12,6 @@ trainer's (``trainer.py``); ``lora-checkpoint.pt`` in the run directory resumes 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import sys
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bitmamba_lsp.engine import lora as lora_format
 
@@ -37,6 +35,8 @@ from .trainer import (
     evaluate,
     fim_options,
     lr_at,
+    next_token_loss,
+    optimizer_step,
     prepare_corpus,
     prepare_tokens,
 )
@@ -193,16 +193,7 @@ def train_lora(cfg: TrainConfig) -> dict:
         f"base model: held-out loss {before['heldout_loss']:.4f}, train-sample loss {before['train_loss']:.4f}"
     )
 
-    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
-        logits = model(ids[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
-
-    step_fn = loss_fn
-    if cfg.compile:
-        try:
-            step_fn = torch.compile(loss_fn)
-        except Exception as e:  # pragma: no cover - compiler missing
-            log(f"torch.compile unavailable ({e}); running eagerly")
+    step_fn = next_token_loss(model, cfg.compile, log)
 
     budget = 60.0 * cfg.minutes
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -232,17 +223,8 @@ def train_lora(cfg: TrainConfig) -> dict:
     while progress() < 1.0:
         t0 = time.time()
         lr = lr_at(cfg, step, progress())
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = step_fn(torch.from_numpy(sampler.batch(step)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        opt.step()
+        lv, gnorm = optimizer_step(opt, lr, step_fn, sampler.batch(step), params, cfg.grad_clip, step)
         step += 1
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"loss is {lv} at step {step}")
         run_loss, run_n, tokens_since = run_loss + lv, run_n + 1, tokens_since + tokens_per_step
         train_seconds += time.time() - t0
         if step % cfg.log_every == 0 or step == 1:

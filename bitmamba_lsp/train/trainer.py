@@ -277,6 +277,37 @@ def grow_vocabulary(model: BitMamba2, vocab_size: int) -> BitMamba2:
     return grown
 
 
+def next_token_loss(model: torch.nn.Module, compile_: bool, log):
+    """The training loss of a batch of windows [B, T+1] (next-token cross-entropy), compiled when asked."""
+
+    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
+        logits = model(ids[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+
+    if compile_:
+        try:
+            return torch.compile(loss_fn)
+        except Exception as e:  # pragma: no cover - compiler missing
+            log(f"torch.compile unavailable ({e}); running eagerly")
+    return loss_fn
+
+
+def optimizer_step(opt, lr: float, loss_fn, batch: np.ndarray, params, grad_clip: float, step: int) -> tuple[float, float]:
+    """One step at learning rate `lr` on `batch`, gradients clipped: (loss, gradient norm). A
+    non-finite loss stops training (FloatingPointError naming step + 1, the step it ends)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = loss_fn(torch.from_numpy(batch))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    opt.step()
+    lv = float(loss.detach())
+    if not math.isfinite(lv):
+        raise FloatingPointError(f"loss is {lv} at step {step + 1}")
+    return lv, gnorm
+
+
 def param_groups(model: BitMamba2, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -370,16 +401,7 @@ def train(cfg: TrainConfig) -> dict:
         else:
             log("resume: checkpoint is for a different configuration; starting over")
 
-    def loss_fn(ids: torch.Tensor) -> torch.Tensor:
-        logits = model(ids[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
-
-    step_fn = loss_fn
-    if cfg.compile:
-        try:
-            step_fn = torch.compile(loss_fn)
-        except Exception as e:  # pragma: no cover - compiler missing
-            log(f"torch.compile unavailable ({e}); running eagerly")
+    step_fn = next_token_loss(model, cfg.compile, log)
 
     budget = 60.0 * cfg.minutes
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -448,18 +470,8 @@ def train(cfg: TrainConfig) -> dict:
     while progress() < 1.0:
         t0 = time.time()
         lr = lr_at(cfg, step, progress())
-        for g in opt.param_groups:
-            g["lr"] = lr
-        ids = torch.from_numpy(sampler.batch(step))
-        loss = step_fn(ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
+        lv, gnorm = optimizer_step(opt, lr, step_fn, sampler.batch(step), model.parameters(), cfg.grad_clip, step)
         step += 1
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"loss is {lv} at step {step}")
         run_loss += lv
         run_n += 1
         tokens_since += tokens_per_step
