@@ -106,6 +106,35 @@ def test_the_mixture_is_a_nested_interpolation() -> None:
     assert mix.chosen == [pytest.approx(want[5], rel=1e-5)]
 
 
+def test_tokens_an_earlier_hook_ruled_out_stay_out() -> None:
+    """Token healing masks every token that does not start with the removed text (-inf); the
+    mixture must not bring a cached token back (it did: after `Email` + a healed line break the
+    workspace's `(object):` was written, shown as `bject):`). The cache's counts are conditioned on
+    what is allowed: p = (1-l) p_model + l q' with q' and l from the allowed counts only."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=V).astype(np.float32)
+    ix = NGramIndex(3, V)
+    ix.update(np.asarray([1, 2, 3, 1, 2, 3, 1, 2, 4, 1, 2, 6], dtype=np.int32), 0, 12, +1)  # after (1, 2): 3, 3, 4, 6
+    masked = logits.copy()
+    masked[[3, 5]] = -np.inf  # 3: the cache's favourite
+    mix = CacheMixture([Level("workspace", ix)], [1, 2], alpha=2.0, min_order=2)
+    out = mix.apply(masked)
+    assert np.isneginf(out[3]) and np.isneginf(out[5])
+    assert mix.prob(3) == 0.0
+    p = np.exp(masked.astype(np.float64) - masked[np.isfinite(masked)].max())
+    p /= p.sum()
+    n, q = 2, np.bincount([4, 6], minlength=V) / 2
+    lam = n / (n + 2.0)
+    want = (1 - lam) * p + lam * q
+    got = np.exp(out.astype(np.float64) - out.max())
+    got /= got.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # every cached token ruled out: the level adds nothing
+    masked[[4, 6]] = -np.inf
+    mix = CacheMixture([Level("workspace", ix)], [1, 2], alpha=2.0, min_order=2)
+    np.testing.assert_array_equal(mix.apply(masked), masked)
+
+
 def test_token_ids_outside_the_vocabulary_are_refused() -> None:
     ix = NGramIndex(3, V)
     with pytest.raises(ValueError, match="vocabulary"):

@@ -131,21 +131,30 @@ class CacheMixture:
     def active(self) -> bool:
         return True  # it also measures the confidence of every token
 
-    def _distributions(self) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    def _distributions(self, logits: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Per level, (its weight, tokens, their probabilities) after the longest matching context,
+        among the tokens `logits` still allows: a token an earlier hook ruled out (token healing's
+        constraint, -inf) stays out, and the cache's counts are conditioned on the same constraint
+        (weight from the counts that remain)."""
         ctx = np.asarray(self.history[-self.order :], dtype=np.int32)
         out = []
         for lv in self.levels:
             hit = lv.index.lookup(ctx, self.min_order, lv.exclude)
             if hit is not None:
                 _, total, toks, counts = hit
-                out.append((total / (total + self.alpha), toks, counts / total))
+                allowed = np.isfinite(logits[toks])
+                if not allowed.all():
+                    toks, counts = toks[allowed], counts[allowed]
+                    total = int(counts.sum())
+                if total > 0:
+                    out.append((total / (total + self.alpha), toks, counts / total))
         return out
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         m = float(np.max(logits))
         self._logz = m + float(np.log(np.sum(np.exp(logits - m))))
         self._logits = logits
-        dists = self._distributions()
+        dists = self._distributions(logits)
         self.probs = {}
         self.rest_scale = 1.0
         if not dists:
