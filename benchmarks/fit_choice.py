@@ -1,18 +1,24 @@
 """Fit the calibration of the daemon's "what to show" choice (bitmamba_lsp/lsp/choice.py) on the
-"tune" split of bench_usefulness.py, choose the threshold, and score both on the "report" split.
+"tune" split of bench_usefulness.py, choose the thresholds, and score both on the "report" split.
 
 1. Run the daemon over the tune split, recording every option it weighed (the greedy line's
    prefixes, the runners-up's lines, the whole-line candidates) with its features and whether the
    truth starts with it.
-2. Choose the L2 strength and the threshold (minConfidence) by leave-one-package-out within the
-   tune split: fit a logistic regression (Newton's method) on two packages, replay the choice
-   (the option with the largest expected utility, p x (characters + a bonus for a whole line),
-   among p >= threshold) on the third, pool the three held-out packages; keep the pair with the
-   most realised utility per request among those whose shown suggestions are right >=
-   --min-precision of the time at line starts and mid-line. (The
-   calibration must carry over to code it was not fitted on: that is what the report split asks.)
-3. Fit the weights on the whole tune split with that L2 strength; write them and the threshold to
-   bitmamba_lsp/data/choice.json; score the report split once with the real daemon.
+2. Choose the L2 strength, the whole-line bonus of the utility and the two thresholds
+   (minConfidence for a line with something typed, minConfidenceLineStart at an empty line) by
+   leave-one-package-out within the tune split: fit a logistic regression (Newton's method) on two
+   packages, replay the choice (the option with the largest expected utility, p x (characters +
+   the bonus for a whole line), among p >= the mode's threshold) on the third, pool the three
+   held-out packages. Per mode, the threshold kept is the one with the most characters gained among
+   those whose shown suggestions are right >= --min-precision of the time (pooled; and
+   >= --min-package-precision in every package alone, so that it carries over to other code) and
+   whose whole right lines reach --min-exact (the floors of issue 14), or among the first kind only
+   when no threshold reaches both; the (L2, bonus) pair kept meets those bars in the most modes, then gains
+   the most characters. (The calibration must carry over to code it was not fitted on: that is
+   what the report split asks.)
+3. Fit the weights on the whole tune split with that L2 strength; write them, the bonus and the
+   thresholds to bitmamba_lsp/data/choice.json (settings.py's defaults must equal the thresholds:
+   tests/test_choice_defaults.py); score the report split once with the real daemon.
 
     python benchmarks/fit_choice.py
 """
@@ -61,24 +67,27 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50)
     return w
 
 
-def replay(opts: list[dict], cases: list[dict], p: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+def replay(
+    opts: list[dict], cases: list[dict], p: np.ndarray, thresholds: dict[str, float], bonus: float
+) -> dict[str, dict[str, float]]:
     """What the daemon would show with these probabilities: per case, the option with the largest
-    p x characters among p >= threshold; scored like editor_eval (precision, chars gained)."""
+    p x (characters + bonus for a whole line) among p >= its mode's threshold; scored like
+    editor_eval (precision, chars gained)."""
     best: dict[str, tuple[float, dict]] = {}
-    bonus = choice.WHOLE_LINE_BONUS
     for r, pr in zip(opts, p, strict=True):
-        if pr >= threshold:
+        if r["kind"] in thresholds and pr >= thresholds[r["kind"]]:
             gain = pr * (len(r["text"]) + bonus * r["features"]["whole_line"])  # choice.utility
             if r["case"] not in best or gain > best[r["case"]][0]:
                 best[r["case"]] = (gain, r)
     out = {}
-    for mode in SCORED_MODES:
+    for mode in thresholds:
         ids = [c["case"] for c in cases if c["kind"] == mode]
         shown = [best[i][1] for i in ids if i in best]
         right = [r for r in shown if r["right"]]
         whole = [r for r in right if r["features"]["whole_line"]]
         out[mode] = {
             "n": len(ids),
+            "threshold": thresholds[mode],
             "shown": len(shown) / max(1, len(ids)),
             "precision": len(right) / len(shown) if shown else 0.0,
             "chars_gained": sum(len(r["text"].rstrip()) for r in right) / max(1, len(ids)),
@@ -89,16 +98,51 @@ def replay(opts: list[dict], cases: list[dict], p: np.ndarray, threshold: float)
     return out
 
 
+def by_package(opts: list[dict], cases: list[dict], p: np.ndarray, mode: str, threshold: float, bonus: float) -> dict:
+    """The pooled replay of one mode at one threshold, with the lowest precision of any one package."""
+    row = replay(opts, cases, p, {mode: threshold}, bonus)[mode]
+    worst = 1.0
+    for pkg in sorted({c["package"] for c in cases}):
+        sel = [i for i, r in enumerate(opts) if r["package"] == pkg]
+        one = replay([opts[i] for i in sel], [c for c in cases if c["package"] == pkg], p[sel], {mode: threshold}, bonus)[mode]
+        if one["shown"] > 0:
+            worst = min(worst, one["precision"])
+    return {**row, "worst_package_precision": worst}
+
+
+def pick_threshold(rows: list[dict], min_precision: float, min_exact: float, min_package: float = 0.0) -> tuple[dict, int]:
+    """The row (one mode at one threshold) with the most characters gained among those reaching
+    both bars (2), else the precision bars (1), else all (0); and which bars it reached. The
+    precision bars: pooled >= min_precision, every package >= min_package."""
+    def precise(r: dict) -> bool:
+        return r["precision"] >= min_precision and r.get("worst_package_precision", 1.0) >= min_package
+
+    for level, ok in ((2, lambda r: precise(r) and r["whole_lines"] >= min_exact),
+                      (1, precise), (0, lambda r: True)):
+        good = [r for r in rows if ok(r)]
+        if good:
+            return max(good, key=lambda r: r["chars_gained"]), level
+    raise ValueError("no thresholds")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--min-precision", type=float, default=0.40)
-    ap.add_argument("--thresholds", type=float, nargs="*", default=[0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6])
+    ap.add_argument("--min-precision", type=float, default=0.50,
+                    help="right among shown, per mode (issue 16's floor; issue 14's is 0.40)")
+    ap.add_argument("--min-package-precision", type=float, default=0.40,
+                    help="right among shown in every held-out package (issue 14's floor): the choice must carry over")
+    ap.add_argument("--min-exact", type=float, nargs=2, default=[0.08, 0.12], metavar=("LINE_START", "MID_LINE"),
+                    help="whole right lines per request (issue 14's exact-line floors)")
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[round(0.1 + 0.05 * i, 2) for i in range(13)])
     ap.add_argument("--l2", type=float, nargs="*", default=[1.0, 10.0, 100.0])
+    ap.add_argument("--bonus", type=float, nargs="*", default=[10.0, 20.0, 40.0])
     ap.add_argument("--files-per-package", type=int, default=40)
     ap.add_argument("--lines-per-file", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--floor", type=float, default=0.001, help="minLineConfidence while collecting")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--no-report", action="store_true", help="stop after the choice on the tune split (write nothing)")
+    ap.add_argument("--records", type=Path, help="keep the weighed options here (JSON), and read them from it when it exists")
     args = ap.parse_args()
     info = machine_info()
     print(f"machine: {info['cpu']} | {info['cores']} cores | SIMD {info['simd']} | threads {args.threads}")
@@ -106,9 +150,14 @@ def main() -> int:
     tune = load_split("tune", args.files_per_package)
     t0 = time.perf_counter()
     records: list[dict] = []
-    # a tiny minConfidence: every option is built and weighed (shown or not does not matter here)
-    run_scoring(tune, {**base, "minConfidence": 1e-6, "minLineConfidence": args.floor},
-                lines_per_file=args.lines_per_file, seed=0, collect=records)
+    if args.records is not None and args.records.is_file():
+        records = json.loads(args.records.read_text("utf-8"))
+    else:
+        # a tiny minConfidence: every option is built and weighed (shown or not does not matter here)
+        run_scoring(tune, {**base, "minConfidence": 1e-6, "minConfidenceLineStart": 1e-6, "minLineConfidence": args.floor},
+                    lines_per_file=args.lines_per_file, seed=0, collect=records)
+        if args.records is not None:
+            args.records.write_text(json.dumps(records), "utf-8")
     names = list(choice.FEATURES)
     opts = [r for r in records if not r.get("marker")]
     cases = [r for r in records if r.get("marker")]
@@ -116,6 +165,7 @@ def main() -> int:
     y = np.asarray([float(r["right"]) for r in opts])
     print(f"{len(opts)} options ({int(y.sum())} right), {len(cases)} cases in {time.perf_counter() - t0:.0f} s")
     packages = sorted({r["package"] for r in cases})
+    floors = dict(zip(SCORED_MODES, args.min_exact, strict=False))
     trials = []
     for l2 in args.l2:
         p_held = np.zeros(len(opts))
@@ -123,16 +173,20 @@ def main() -> int:
             train = np.asarray([r["package"] != pkg for r in opts])
             w = fit_logistic(x[train], y[train], l2)
             p_held[~train] = 1.0 / (1.0 + np.exp(-np.clip(x[~train] @ w, -50, 50)))
-        for t in args.thresholds:
-            res = replay(opts, cases, p_held, t)
-            ok = all(res[m]["precision"] >= args.min_precision for m in SCORED_MODES)
-            gained = sum(res[m]["chars_gained"] for m in SCORED_MODES)
-            util = sum(res[m]["utility"] for m in SCORED_MODES)
-            trials.append({"l2": l2, "min_confidence": t, "ok": ok, "chars_gained": gained, "utility": util, "held_out": res})
-            print(f"  l2 {l2:g} minConfidence {t}: utility {util:.2f}, gained {gained:.2f} | precision "
-                  f"{res['line_start']['precision']:.2f} / {res['mid_line']['precision']:.2f} | whole lines "
-                  f"{res['line_start']['whole_lines']:.3f} / {res['mid_line']['whole_lines']:.3f}" + ("" if ok else "  (below the bar)"))
-    best = max([t for t in trials if t["ok"]] or trials, key=lambda t: t["utility"])
+        for bonus in args.bonus:
+            chosen, reached = {}, 0
+            for mode in SCORED_MODES:
+                rows = [by_package(opts, cases, p_held, mode, t, bonus) for t in args.thresholds]
+                row, level = pick_threshold(rows, args.min_precision, floors.get(mode, 0.0), args.min_package_precision)
+                chosen[mode], reached = row, reached + level
+            gained = sum(r["chars_gained"] for r in chosen.values())
+            trials.append({"l2": l2, "bonus": bonus, "reached": reached, "chars_gained": gained, "held_out": chosen})
+            print(f"  l2 {l2:g} bonus {bonus:g}: bars reached {reached}/{2 * len(SCORED_MODES)}, gained {gained:.2f} | "
+                  + " | ".join(f"{m} at {r['threshold']}: precision {r['precision']:.2f} (worst package "
+                               f"{r['worst_package_precision']:.2f}), whole lines {r['whole_lines']:.3f}, "
+                               f"gained {r['chars_gained']:.2f}" for m, r in chosen.items()))
+    best = max(trials, key=lambda t: (t["reached"], t["chars_gained"]))
+    thresholds = {m: r["threshold"] for m, r in best["held_out"].items()}
     w = fit_logistic(x, y, best["l2"])
     weights = {k: round(float(v), 4) for k, v in zip(names, w, strict=True)}
     p_all = 1.0 / (1.0 + np.exp(-(x @ w)))
@@ -140,24 +194,33 @@ def main() -> int:
         m = (p_all >= lo) & (p_all < hi)
         if m.any():
             print(f"  calibration (fitted): predicted {lo:.1f}-{hi:.1f}: {m.sum():5d} options, right {y[m].mean():.2f}")
-    print(f"chosen by leave-one-package-out on the tune split: l2 {best['l2']}, minConfidence {best['min_confidence']}")
+    print(f"chosen by leave-one-package-out on the tune split: l2 {best['l2']}, bonus {best['bonus']}, "
+          f"minConfidence {thresholds['mid_line']}, minConfidenceLineStart {thresholds['line_start']}")
     print(f"weights: {weights}")
+    if args.no_report:
+        return 0
     old = dict(choice.WEIGHTS)
+    old_bonus = choice.WHOLE_LINE_BONUS
     choice.WEIGHTS.clear()
-    choice.WEIGHTS.update(weights)  # this process's daemon sessions use the fitted weights
-    report = run_scoring(load_split("report", args.files_per_package), {**base, "minConfidence": best["min_confidence"]},
+    choice.WEIGHTS.update(weights)  # this process's daemon sessions use the fitted weights and bonus
+    choice.WHOLE_LINE_BONUS = best["bonus"]
+    report = run_scoring(load_split("report", args.files_per_package),
+                         {**base, "minConfidence": thresholds["mid_line"], "minConfidenceLineStart": thresholds["line_start"]},
                          lines_per_file=args.lines_per_file, seed=0)
     print("\n## report split\n")
     print(markdown(report["results"]))
     WEIGHTS_FILE.write_text(json.dumps({
         "fitted_on": "tune split of benchmarks/bench_usefulness.py (" + ", ".join(f"{n} {v}" for n, v in PACKAGES["tune"]) + ")",
         "model": report["model"], "options": len(opts), "l2": best["l2"], "weights": weights,
-        "min_confidence": best["min_confidence"]}, indent=2) + "\n")
+        "whole_line_bonus": best["bonus"],
+        "min_confidence": thresholds["mid_line"], "min_confidence_line_start": thresholds["line_start"]}, indent=2) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fit-choice.json").write_text(json.dumps({
-        "machine": info, "weights": weights, "previous_weights": old, "trials": trials,
-        "chosen": {"l2": best["l2"], "min_confidence": best["min_confidence"]}, "report": report}, indent=2) + "\n")
-    print(f"wrote {WEIGHTS_FILE}")
+        "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "trials": trials,
+        "bars": {"min_precision": args.min_precision, "min_package_precision": args.min_package_precision, "min_exact": floors},
+        "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds}, "report": report}, indent=2) + "\n")
+    print(f"wrote {WEIGHTS_FILE}; set Settings.min_confidence = {thresholds['mid_line']} and "
+          f"min_confidence_line_start = {thresholds['line_start']} in bitmamba_lsp/lsp/settings.py")
     return 0
 
 

@@ -9,10 +9,13 @@ from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
 from bitmamba_lsp.lsp.candidates import (
     WorkspaceLines,
     known_words,
+    lead_of,
+    led_candidates,
     line_candidates,
     partial_word,
     previous_line,
     request_candidates,
+    request_led,
 )
 from bitmamba_lsp.lsp.completion import CursorContext
 from bitmamba_lsp.lsp.prompt import token_prompt
@@ -30,6 +33,42 @@ def test_lines_after_the_same_line_and_lines_starting_with_what_is_typed() -> No
     assert [c.text for c in got] == ["ort sys", "ort os"] and not any(c.after_prev for c in got)
     # the line goes on after the cursor: no whole line fits
     assert line_candidates("x = 1\nx = 2\nx = ", 6) == []
+
+
+def test_lines_before_a_line_equal_to_the_one_below_the_cursor() -> None:
+    # the cursor's line sits between "x = 1" and "check(x)": "log(x)" came before "check(x)" twice,
+    # "log(y)" after "x = 1" and before "check(x)": both at once, so it ranks first
+    text = "x = 1\nlog(y)\ncheck(x)\nlog(x)\ncheck(x)\nz = 0\nlog(x)\ncheck(x)\nx = 1\n\ncheck(x)\n"
+    at = text.index("x = 1\n\n") + len("x = 1\n")
+    got = line_candidates(text, at)
+    assert [c.text for c in got][:2] == ["log(y)", "log(x)"]
+    assert got[0].after_prev and got[0].before_next
+    assert got[1].before_next and not got[1].after_prev and got[1].count == 2
+    # the line below the cursor itself is not a line that came before it
+    assert "x = 1" not in [c.text for c in got if c.before_next]
+
+
+def test_lines_that_start_like_the_models_line() -> None:
+    assert lead_of("    return self._d.keys()") == "return "
+    assert lead_of("self.x = x") == "self."
+    assert lead_of(">>> glom(target, spec)") == ">>> glom("
+    assert lead_of("   ") is None and lead_of("))") is None
+    text = "def f(self):\n    return self.a\n    x = 2\n    return self.b\n\n    y = 3\n    return None\n"
+    at = text.index("\n\n") + 1
+    got = led_candidates(text, at, ["return ", "y "], per_lead=2)
+    # nearest first, above or below, `per_lead` for each lead
+    assert [c.text for c in got] == ["return self.b", "return None", "y = 3"]
+    assert [c.distance for c in got] == [1, 2, 1]
+    assert all(c.led and c.source == "file" for c in got)
+    assert led_candidates(text, at + 1, ["return "]) == []  # not an empty line (the cursor's holds "y = 3")
+    ws = WorkspaceLines()
+    ws.add_file(Path("w.py"), "return cls(x)\nreturn cls(x)\nreturn None\n")
+    ws.finish()
+    settings = SimpleNamespace(line_candidates=True, lead_candidates=True, cache_workspace=True)
+    got = request_led(text, at, settings, ws, ["return self.c"], {"return None"})
+    assert [(c.text, c.source) for c in got] == [("return self.b", "file"), ("return self.a", "file"), ("return cls(x)", "workspace")]
+    settings.lead_candidates = False
+    assert request_led(text, at, settings, ws, ["return self.c"], set()) == []
 
 
 def test_the_cursors_own_line_is_never_a_candidate() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bitmamba_lsp.lsp.completion import CursorContext, StopRules, finalize, unmatched_open
+from bitmamba_lsp.lsp.completion import CursorContext, StopRules, finalize, leads_back, unmatched_open
 
 
 def run(ctx: CursorContext, generated: str, chunk: int = 3) -> tuple[str, str]:
@@ -34,6 +34,17 @@ def test_mid_line_is_single_line_and_trims_the_suffix() -> None:
     # what it inserts must be balanced by itself
     assert suggest(ctx, "f(a, values)") is None  # "f(a, " would leave f( open
     assert suggest(ctx, "f(a), values)") == ("f(a), ", 0)
+
+
+def test_leads_back_is_what_finalize_keeps_inside_a_line() -> None:
+    """The daemon shows the model's own line as it is (not a cut prefix of it) when it leads back
+    to the rest of the line: exactly the texts finalize keeps."""
+    ctx = CursorContext(line_prefix="total = compute(", line_suffix="values)")
+    for generated in ("x, values)", "x\nmore", "x + y", "values)", "f(a, values)", "f(a), values)"):
+        assert leads_back(generated, ctx) == (finalize(generated, ctx) is not None or generated == "values)")
+    # at the end of a line, or before closing punctuation only, there is nothing to lead back to
+    assert not leads_back("x)", CursorContext(line_prefix="f(", line_suffix=")"))
+    assert not leads_back("x = 1", CursorContext(line_prefix="", line_suffix=""))
 
 
 def test_only_closing_punctuation_after_the_cursor_is_replaced() -> None:

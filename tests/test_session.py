@@ -10,6 +10,7 @@ from lsp_client import PLAIN, expected_suggestion
 
 from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
+from bitmamba_lsp.lsp import choice
 from bitmamba_lsp.lsp.documents import Change
 from bitmamba_lsp.lsp.session import RequestError, Session
 
@@ -105,7 +106,8 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
         text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "
         line = text.count("\n")
         for threshold in (0.0, 0.2, 0.35, 0.9):
-            session, _ = await ready_session(model_path, minConfidence=threshold)
+            # an empty line: minConfidenceLineStart (-1: the same as minConfidence)
+            session, _ = await ready_session(model_path, minConfidence=threshold, minConfidenceLineStart=-1)
             session.open(URI, text, 1)
             got = await session.complete(URI, (line, 4), "utf-32")
             res = session.last_result
@@ -119,10 +121,18 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
             if not eligible:
                 assert got is None
             else:
-                best = max(eligible, key=lambda o: o.p * len(o.text))
+                bonus = choice.WHOLE_LINE_BONUS  # p x (characters + the bonus for a whole line)
+                best = max(eligible, key=lambda o: o.p * (len(o.text) + bonus * o.whole_line))
                 assert got is not None and got.text.split("\n")[0] == best.text.strip()
             session.shutdown()
         assert plain  # with minConfidence 0 the greedy text is shown
+        # at an empty line minConfidenceLineStart decides, not minConfidence
+        session, _ = await ready_session(model_path, minConfidence=0.01, minConfidenceLineStart=0.999)
+        session.open(URI, text, 1)
+        got = await session.complete(URI, (line, 4), "utf-32")
+        assert session.last_result is not None and session.last_result.options
+        assert (got is None) == all(o.p < 0.999 for o in session.last_result.options)
+        session.shutdown()
 
     run(go())
 

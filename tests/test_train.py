@@ -6,6 +6,7 @@ Tests that need PyTorch skip cleanly when it is not installed (``pip install 'bi
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -555,6 +556,10 @@ def test_registry_packages_from_a_local_cache(tmp_path):
     shipped = registry.read_list()
     assert {p.registry for p in shipped} == {"pypi", "npm"} and all(p.version[0].isdigit() for p in shipped)
     assert not {p.name for p in shipped} & corpus_mod.BENCHMARK_PACKAGES
+    # every package the usefulness benchmark scores on is kept out of the corpus
+    tree = ast.parse((Path(__file__).parents[1] / "benchmarks" / "bench_usefulness.py").read_text("utf-8"))
+    packages = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "PACKAGES")
+    assert {name for split in packages.values() for name, _ in split} == corpus_mod.BENCHMARK_PACKAGES
 
 
 @needs_torch

@@ -6,8 +6,8 @@ is a right prefix more often than a whole line is right) and the whole-line cand
 a few features (how likely the model and the caches find its tokens, how long it is, where it came
 from), through a logistic model fitted on the "tune" split of the held-out benchmark
 (benchmarks/fit_choice.py writes the weights below). The option with the largest expected gain,
-probability times characters, is shown when its probability reaches `minConfidence`; otherwise the
-daemon stays silent.
+probability times (characters + a bonus for a whole line), is shown when its probability reaches
+`minConfidence` (`minConfidenceLineStart` at an empty line); otherwise the daemon stays silent.
 """
 
 from __future__ import annotations
@@ -41,22 +41,33 @@ FEATURES = (
     "agree",  # another source backs it: a model line that a candidate starts with, or a candidate
     # that starts like the model's greedy line
     "log_typed",  # characters already typed on the line
+    "led",  # a retrieved line that starts like a line the model wrote (candidates.led_candidates)
+    "before_next",  # it came before a line equal to the line below the cursor
+    "between",  # both: after a line equal to the one above, before a line equal to the one below
 )
 
 WEIGHTS_FILE = Path(__file__).resolve().parent.parent / "data" / "choice.json"
 
 
-def _load_weights() -> dict[str, float]:
+def _load_fit() -> dict:
+    try:
+        data = json.loads(WEIGHTS_FILE.read_text("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_weights(fit: dict) -> dict[str, float]:
     """The weights benchmarks/fit_choice.py fitted on the tune split (with the shipped model; other
     models use them too), or a plain "trust the model's probability" fallback."""
     try:
-        data = json.loads(WEIGHTS_FILE.read_text("utf-8"))
-        return {k: float(v) for k, v in data["weights"].items() if k in FEATURES}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {k: float(v) for k, v in fit["weights"].items() if k in FEATURES}
+    except (KeyError, TypeError, ValueError, AttributeError):
         return {"bias": 0.0, "logp": 1.0}
 
 
-WEIGHTS: dict[str, float] = _load_weights()
+_FIT = _load_fit()
+WEIGHTS: dict[str, float] = _load_weights(_FIT)
 
 
 @dataclass
@@ -98,6 +109,9 @@ def features(o: Option) -> dict[str, float]:
         "runner_up": float(o.branch > 0),
         "agree": float(o.agree),
         "log_typed": math.log1p(o.typed),
+        "led": float(c is not None and c.led),
+        "before_next": float(c is not None and c.before_next),
+        "between": float(c is not None and c.before_next and c.after_prev),
     }
     return f
 
@@ -190,19 +204,24 @@ def agreement(options: Sequence[Option]) -> None:
             o.agree = len(head) == 3 and o.text.startswith(head)
 
 
-WHOLE_LINE_BONUS = 10.0  # what a whole right line is worth beyond its characters (nothing left to check)
+# what a whole right line is worth beyond its characters (nothing left to check), chosen with the
+# weights on the tune split
+_bonus = _FIT.get("whole_line_bonus", 10.0)
+WHOLE_LINE_BONUS = float(_bonus) if isinstance(_bonus, int | float) else 10.0
 
 
-def utility(o: Option) -> float:
+def utility(o: Option, bonus: float | None = None) -> float:
     """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line)."""
-    return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line)
+    return o.p * (len(o.text) + (WHOLE_LINE_BONUS if bonus is None else bonus) * o.whole_line)
 
 
-def choose(options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS) -> Option | None:
+def choose(
+    options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS, bonus: float | None = None
+) -> Option | None:
     """The option with the largest expected gain (utility) among those with p >= min_p."""
     best: Option | None = None
     for o in options:
         calibrate(o, weights)
-        if o.p >= min_p and (best is None or utility(o) > utility(best)):
+        if o.p >= min_p and (best is None or utility(o, bonus) > utility(best, bonus)):
             best = o
     return best

@@ -398,6 +398,16 @@ def finalize(text: str, ctx: CursorContext) -> Suggestion | None:
     return Suggestion(insert_text=text, replace_chars=replace)
 
 
+def leads_back(text: str, ctx: CursorContext) -> bool:
+    """Inside a line (text after the cursor), does `text` reach the rest of the line, with its
+    brackets balanced on the way? Then what comes before that point is consistent with both sides
+    of the cursor (finalize keeps just that part)."""
+    if not ctx.mid_line:
+        return False
+    reached = _up_to_suffix(text.split("\n", 1)[0], ctx.line_suffix)
+    return reached is not None and balanced(reached)
+
+
 def _finalize_unsafe(text: str, ctx: CursorContext) -> Suggestion | None:
     """finalize without the suffix-safety rules (suffixSafety off): the text after the cursor is
     only trimmed where the suggestion repeats it."""

@@ -19,9 +19,9 @@ from bitmamba_lsp.engine.decoding import GenerationConfig, StopReason, decode
 from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
-from bitmamba_lsp.lsp.candidates import request_candidates, request_words
+from bitmamba_lsp.lsp.candidates import request_candidates, request_led, request_words
 from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
-from bitmamba_lsp.lsp.completion import finalize
+from bitmamba_lsp.lsp.completion import finalize, leads_back
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.settings import Settings
@@ -124,7 +124,8 @@ def suggest(
         job.known_words = request_words(job.document, job.offset, settings, job.workspace_lines)
     # the state after the prompt: its checkpoint (the cursor track keeps one), never a copy on the
     # way to the first token
-    wants_state = (job.candidates and settings.line_candidates) or branching
+    leading = line_start and job.document is not None and settings.line_candidates and settings.lead_candidates
+    wants_state = (job.candidates and settings.line_candidates) or branching or leading
     start_state = store.state_after(job.uri, prompt.ids) if wants_state and settings.incremental_state else None
     if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
         text = ""  # healing must not make up a word nothing supports
@@ -132,15 +133,25 @@ def suggest(
     if mixture is not None and reason is not StopReason.CANCELLED and text and not text.startswith("\n"):
         pieces = token_pieces(decoder.tokens, mixture.chosen, tok, skip)
         ended = reason in (StopReason.EOS, StopReason.STOP)
-        options = options_for(model, start_state, restored.logits, hooks, skip, job, pieces, ended)
+        branches: list[Option] = []
         if firsts is not None and start_state is not None:
-            options += branch_options(model, start_state, restored.logits, hooks, cfg, job, skip, firsts, settings)
+            branches = branch_options(model, start_state, restored.logits, hooks, cfg, job, skip, firsts, settings)
+        if leading and job.document is not None:  # lines of the document that start like the model's
+            written = [text.split("\n", 1)[0], *{o.branch: o.text for o in branches}.values()]
+            have = {c.text for c in job.candidates}
+            job.candidates = [*job.candidates, *request_led(job.document, job.offset, settings, job.workspace_lines, written, have)]
+        options = options_for(model, start_state, restored.logits, hooks, skip, job, pieces, ended) + branches
         typed = len(job.ctx.line_prefix.strip())
         for o in options:
             o.typed = typed
         agreement(options)
-        if settings.min_confidence > 0:
-            text = shown_text(choose(options, settings.min_confidence), text, pieces, settings.min_confidence)
+        if settings.min_confidence > 0 and job.ctx.safety and leads_back(text, job.ctx):
+            pass  # inside a line, the model's own line leads back to its rest: that part is shown as it is
+        elif settings.min_confidence > 0:
+            bar = settings.min_confidence
+            if line_start and settings.min_confidence_line_start >= 0:
+                bar = settings.min_confidence_line_start
+            text = shown_text(choose(options, bar), text, pieces, bar)
         elif start_state is not None:  # show everything: the greedy text unless a candidate beats it
             greedy = Option(text.split("\n", 1)[0], None, [lp for _, lp in pieces], True, False)
             best = max(options, key=lambda o: math.exp(sum(o.logps)) * len(o.text), default=greedy)

@@ -44,7 +44,9 @@ export const SERVER_SETTINGS = [
   'suffixSafety',
   'lineBranches',
   'lineCandidates',
+  'leadCandidates',
   'minConfidence',
+  'minConfidenceLineStart',
   'minLineConfidence',
 ] as const;
 
