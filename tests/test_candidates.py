@@ -12,6 +12,8 @@ from bitmamba_lsp.lsp.candidates import (
     lead_of,
     led_candidates,
     line_candidates,
+    middle_candidates,
+    middle_of,
     partial_word,
     previous_line,
     request_candidates,
@@ -69,6 +71,25 @@ def test_lines_that_start_like_the_models_line() -> None:
     assert [(c.text, c.source) for c in got] == [("return self.b", "file"), ("return self.a", "file"), ("return cls(x)", "workspace")]
     settings.lead_candidates = False
     assert request_led(text, at, settings, ws, ["return self.c"], set()) == []
+
+
+def test_middles_other_lines_put_between_the_same_ends() -> None:
+    assert middle_of("foo(a, b=2)", "foo(a, ", ")") == "b=2"
+    assert middle_of("x = a + b", "x = ", " + b") == "a"  # the space before the rest stays the rest's
+    assert middle_of("foo(a)", "foo(a", ")") is None  # nothing between
+    assert middle_of("bar(a, b)", "foo(", ")") is None
+    assert middle_of("foo()", "foo(", "))") is None  # shorter than both ends
+    text = "def f():\n    foo(a, b=2)\n    y = 1\n    foo(a, )\n    foo(a, c=3)\n    foo(a, c=3)\n"
+    at = text.index("foo(a, )") + len("foo(a, ")
+    got = middle_candidates(text, at)
+    assert [(c.text, c.count, c.distance) for c in got] == [("c=3", 2, 1), ("b=2", 1, 2)]  # most frequent first
+    assert middle_candidates(text, text.index("y = 1") + 5) == []  # nothing after the cursor
+    assert middle_candidates(text, text.index("y = 1") + 4) == []  # the line has no other like it
+    ws = WorkspaceLines()
+    ws.add_file(Path("w.py"), "    foo(a, d=4)\nfoo(a, d=4)\nfoo(a, e=5)\n")
+    ws.finish()
+    assert [(c.text, c.count, c.source) for c in ws.middles("foo(a, ", ")", 5)] == [("d=4", 2, "workspace"), ("e=5", 1, "workspace")]
+    assert ws.middles("", ")", 5) == []
 
 
 def test_the_cursors_own_line_is_never_a_candidate() -> None:

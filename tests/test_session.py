@@ -137,6 +137,31 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
     run(go())
 
 
+def test_inside_a_line_it_offers_what_other_lines_put_between_the_same_ends(model_path) -> None:
+    """A span removed inside a line: the daemon offers what the document's other lines put between
+    the same start and end (most frequent), replacing nothing of the rest."""
+
+    async def go():
+        text = "def f(a):\n    y = s + t\n    y = u + t\n    y = s + t\n    y =  + t\n    g(a, c=3)\n    g(a, )\n"
+        for on in (True, False):
+            # off: no candidates and no caches (the caches alone would lead the model to "s + t")
+            session, _ = await ready_session(model_path, lineCandidates=on, cacheModel=on)
+            session.open(URI, text, 1)
+            got = await session.complete(URI, (4, len("    y = ")), "utf-32")  # words after the cursor
+            if on:
+                assert got is not None and got.text == "s" and got.end is None  # inserted, the rest stays
+            else:
+                assert got is None or got.text != "s"
+            got = await session.complete(URI, (6, len("    g(a, ")), "utf-32")  # closing punctuation only
+            if on:  # the suggestion's own bracket closes the line: it replaces the ")"
+                assert got is not None and got.text == "c=3)" and got.end == (6, len("    g(a, )"))
+            else:
+                assert got is None or not got.text.startswith("c=3")
+            session.shutdown()
+
+    run(go())
+
+
 def test_bad_requests_are_request_errors(model_path) -> None:
     async def go():
         session, _ = await ready_session(model_path)

@@ -143,6 +143,48 @@ def led_candidates(
     return out
 
 
+MIDDLE_WINDOW = 2000  # lines on each side of the cursor searched for middle candidates
+
+
+def middle_of(line: str, typed: str, rest: str) -> str | None:
+    """What the stripped `line` puts between `typed` (the cursor's line before the cursor,
+    indentation stripped) and `rest` (after the cursor, as it is): None when it does not start and
+    end the same way or puts nothing there. Spaces between the cursor and the rest stay the rest's."""
+    end = rest.strip()
+    if len(line) <= len(typed) + len(end) or not line.startswith(typed) or not line.endswith(end):
+        return None
+    x = line[len(typed) : len(line) - len(end)]
+    lead = rest[: len(rest) - len(rest.lstrip())]
+    if lead and x.endswith(lead):
+        x = x[: len(x) - len(lead)]
+    return x if x.strip() else None
+
+
+def middle_candidates(text: str, offset: int, *, window: int = MIDDLE_WINDOW, limit: int = MAX_CANDIDATES) -> list[Candidate]:
+    """Inside a line (text after the cursor): what other lines of the document put between the
+    same start and the same end. A line `typed X rest` elsewhere, where the cursor's line holds
+    `typed | rest`, offers X (`foo(a, |)` beside `foo(a, b=2)`: `b=2`); most frequent first, then
+    nearest."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line_end = len(text) if line_end < 0 else line_end
+    typed = text[line_start:offset].lstrip()
+    rest = text[offset:line_end].rstrip()
+    if not rest.strip() or not typed.strip():
+        return []
+    above = _lines_back(text, line_start, window)
+    below = text[line_end + 1 : _forward(text, line_end + 1, window)].split("\n")
+    found: Counter[str] = Counter()
+    nearest: dict[str, int] = {}
+    for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+        x = middle_of(ln.strip(), typed, rest)
+        if x:
+            found[x] += 1
+            nearest[x] = min(nearest.get(x, 1 << 30), d)
+    ranked = sorted(found, key=lambda x: (-found[x], nearest[x]))[:limit]
+    return [Candidate(x, "file", False, found[x], nearest[x]) for x in ranked]
+
+
 def _lines_back(text: str, end: int, n: int) -> list[str]:
     start = end
     for _ in range(n + 1):
@@ -246,6 +288,21 @@ class WorkspaceLines:
             for line in sorted(hits, key=lambda x: -self.count[x])[:per_lead]:
                 out.append(Candidate(line, "workspace", False, self.count[line], 0, led=True))
         return out
+
+    def middles(self, typed: str, rest: str, limit: int) -> list[Candidate]:
+        """What the workspace's lines put between `typed` and `rest` (middle_of), most frequent
+        first: middle_candidates for the workspace."""
+        out: Counter[str] = Counter()
+        if self._sorted is None or not typed or not rest.strip():
+            return []
+        i = bisect.bisect_left(self._sorted, typed)
+        for line in self._sorted[i : i + 2000]:
+            if not line.startswith(typed):
+                break
+            x = middle_of(line, typed, rest) if self.count[line] > 0 else None
+            if x:
+                out[x] += self.count[line]
+        return [Candidate(x, "workspace", False, n, 0) for x, n in out.most_common(limit)]
 
     def candidates(self, prev: str, typed: str, limit: int) -> list[Candidate]:
         found: Counter[str] = Counter()

@@ -21,12 +21,12 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
 from bitmamba_lsp.lsp.candidates import request_candidates, request_led, request_words
 from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
-from bitmamba_lsp.lsp.completion import finalize, leads_back
+from bitmamba_lsp.lsp.completion import finalize
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import StateStore
-from bitmamba_lsp.lsp.weighing import branch_options, options_for, shown_text, token_pieces
+from bitmamba_lsp.lsp.weighing import branch_options, inside_line_text, options_for, shown_text, token_pieces
 
 __all__ = ["CompletionJob", "CompletionResult", "cancelled_result", "invents_word", "suggest"]
 
@@ -145,8 +145,9 @@ def suggest(
         for o in options:
             o.typed = typed
         agreement(options)
-        if settings.min_confidence > 0 and job.ctx.safety and leads_back(text, job.ctx):
-            pass  # inside a line, the model's own line leads back to its rest: that part is shown as it is
+        shown = inside_line_text(job, settings, text) if settings.min_confidence > 0 else None
+        if shown is not None:
+            text = shown
         elif settings.min_confidence > 0:
             bar = settings.min_confidence
             if line_start and settings.min_confidence_line_start >= 0:
