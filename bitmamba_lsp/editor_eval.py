@@ -146,10 +146,12 @@ class Tally:
         self.n += 1
         self.truth_chars += len(truth)
         self.similarity += edit_similarity(s, truth)
+        if not (suggestion or "").strip():
+            return
+        self.shown += 1  # a ghost text the user sees, even one that starts with a line break (then wrong)
+        self.loops += is_loop(suggestion or "")
         if not s.strip():
             return
-        self.shown += 1
-        self.loops += is_loop(suggestion or "")
         if s == truth:
             self.exact += 1
         if truth.startswith(s):

@@ -59,10 +59,11 @@ def test_the_tally() -> None:
     t.add("return", "return x")  # right prefix, not exact
     t.add("yield y", "return x")  # wrong
     t.add(None, "return x")  # silent
+    t.add("\nreturn x", "return x")  # shown (a ghost text), but it leaves the line blank: wrong
     r = t.report()
-    assert r["n"] == 4 and r["exact"] == 0.25 and r["shown"] == 0.75
-    assert abs(r["precision"] - 2 / 3) < 1e-9
-    assert r["chars_gained"] == (len("return x") + len("return")) / 4
+    assert r["n"] == 5 and r["exact"] == 0.2 and r["shown"] == 0.8
+    assert abs(r["precision"] - 2 / 4) < 1e-9
+    assert r["chars_gained"] == (len("return x") + len("return")) / 5
 
 
 def test_a_whole_run_on_a_local_fixture(fim_model_dir: Path) -> None:

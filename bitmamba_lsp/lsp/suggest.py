@@ -130,7 +130,12 @@ def suggest(
     if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
         text = ""  # healing must not make up a word nothing supports
     options: list[Option] = []
-    if mixture is not None and reason is not StopReason.CANCELLED and text and not text.startswith("\n"):
+    # at an empty line, a suggestion that starts with another line break leaves the line blank:
+    # not shown, but the other options (runners-up, candidates) are still weighed
+    leaves_line = settings.min_confidence > 0 and line_start and text.startswith("\n")
+    if leaves_line:
+        text = ""
+    if mixture is not None and reason is not StopReason.CANCELLED and (text or leaves_line) and not text.startswith("\n"):
         pieces = token_pieces(decoder.tokens, mixture.chosen, tok, skip)
         ended = reason in (StopReason.EOS, StopReason.STOP)
         branches: list[Option] = []
