@@ -180,7 +180,8 @@ def expected_suggestion(
 ) -> str | None:
     """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
     a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules.
-    Token healing: the prompt's last token is dropped, generation must reproduce its bytes (each
+    Token healing: the prompt's last token is dropped (with the earlier pieces of a word it ends),
+    generation must reproduce its bytes (each
     token starting with what is left of them, or being a prefix of it), and those bytes are not
     part of the suggestion. `fim` = (suffix lines, suffix tokens): the prompt of a FIM model
     (reference_fim_ids); a FIM sentinel ends the suggestion like the end of text. `context`: token
@@ -196,14 +197,30 @@ def expected_suggestion(
         ids = tok.encode(before) or [model.eos_id]
     ids = [*(context or []), *ids]
     heal, rest = "", b""
-    if healing and len(ids) >= 2 and ids[-1] not in stops and ids[-1] not in tok.special_ids:
-        raw = tok.token_bytes(ids[-1])
+
+    def text_of(t: int) -> str:
+        if t in stops or t in tok.special_ids:
+            return ""
         try:
-            heal = raw.decode("utf-8")
+            return tok.token_bytes(t).decode("utf-8")
         except UnicodeDecodeError:
-            heal = ""
-        if heal:
-            ids, rest = ids[:-1], raw
+            return ""
+
+    def wordy(x: str) -> bool:
+        return x != "" and all(c.isalnum() or c == "_" for c in x)
+
+    if healing and len(ids) >= 2 and text_of(ids[-1]):
+        # the last token; and while it is inside a word, the word's earlier pieces (up to 4 tokens,
+        # 32 characters, one token always stays; a piece with a space before it starts the word)
+        k, heal = 1, text_of(ids[-1])
+        while k < 4 and k + 1 < len(ids) and wordy(heal):
+            p = text_of(ids[-1 - k])
+            if not (wordy(p) or (p[:1] == " " and wordy(p[1:]))) or len(p) + len(heal) > 32:
+                break
+            k, heal = k + 1, p + heal
+            if p[:1] == " ":
+                break
+        ids, rest = ids[:-k], heal.encode("utf-8")
     state = model.new_state()
     logits = model.prefill(state, ids)
     rules, dec = StopRules(ctx), tok.stream_decoder()

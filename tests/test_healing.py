@@ -62,6 +62,27 @@ def test_heal_takes_back_the_last_token(tok):
     assert healer.heal(np.asarray([*ids, tok.eos_id])).raw == b""  # special tokens stay
 
 
+@needs_default
+def test_heal_takes_back_a_whole_partial_word(tok):
+    """`retur` is ` ret` + `ur` in the shipped vocabulary: taking back only `ur` would leave the
+    model to spell the word on from ` ret`, never as the ` return` it knows."""
+    healer = TokenHealer(tok, [tok.eos_id])
+    for text, word in (("def f(x):\n    retur", " retur"), ("x = Fal", " Fal"), ("import typin", " typin")):
+        ids = np.asarray(tok.encode(text))
+        pieces = [tok.decode([int(t)]) for t in ids]
+        k = next(n for n in range(1, len(ids)) if "".join(pieces[-n:]) == word)
+        h = healer.heal(ids)
+        assert h.text == word and h.raw == word.encode() and np.array_equal(h.ids, ids[:-k])
+        # the model's own tokens for the whole word are allowed again (` return`, ` False`)
+        assert any(healer.token_bytes(int(i)).startswith(word.encode()) for i in healer.allowed(h.raw))
+    # not past the word's start, not past max_tokens, never the whole prompt
+    ids = np.asarray(tok.encode("    retur"))
+    assert healer.heal(ids, max_tokens=1).text == tok.decode([int(ids[-1])])
+    assert tok.decode([int(t) for t in healer.heal(ids).ids]).strip() == ""
+    ids = np.asarray(tok.encode("a.bcdefghij"))
+    assert "." not in healer.heal(ids).text  # punctuation ends the word
+
+
 def test_healed_text_strips_across_chunks():
     h = SkipPrefix("    ")
     assert [h.feed(c) for c in ["  ", "   x", "y"]] == ["", " x", "y"]

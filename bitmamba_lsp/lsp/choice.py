@@ -44,6 +44,11 @@ FEATURES = (
     "led",  # a retrieved line that starts like a line the model wrote (candidates.led_candidates)
     "before_next",  # it came before a line equal to the line below the cursor
     "between",  # both: after a line equal to the one above, before a line equal to the one below
+    # the candidates' own slopes (a retrieved line and the model's line are judged differently)
+    "cand_mean_logp",
+    "cand_log_tokens",
+    "cand_agree",
+    "whole_logp",  # whole_line x logp
 )
 
 WEIGHTS_FILE = Path(__file__).resolve().parent.parent / "data" / "choice.json"
@@ -113,6 +118,11 @@ def features(o: Option) -> dict[str, float]:
         "before_next": float(c is not None and c.before_next),
         "between": float(c is not None and c.before_next and c.after_prev),
     }
+    cand = f["candidate"]
+    f["cand_mean_logp"] = cand * f["mean_logp"]
+    f["cand_log_tokens"] = cand * f["log_tokens"]
+    f["cand_agree"] = cand * f["agree"]
+    f["whole_logp"] = f["whole_line"] * logp
     return f
 
 

@@ -107,15 +107,19 @@ class Prompt:
         return Prompt((Segment(SegmentKind.PREFIX, np.asarray([token], dtype=np.int32), 0),))
 
     def heal(self, healer: TokenHealer) -> tuple[Prompt, Healed]:
-        """The prompt without its last token when token healing takes it back, and what the first
-        generated tokens must reproduce (engine/healing.py)."""
-        healed = healer.heal(self.ids)
-        if len(healed.ids) == len(self.ids):
-            return self, healed
+        """The prompt without the tokens token healing takes back (within its last segment), and
+        what the first generated tokens must reproduce (engine/healing.py)."""
         segs = list(self.segments)
-        i = max(k for k, s in enumerate(segs) if len(s.ids))
+        nonempty = [k for k, s in enumerate(segs) if len(s.ids)]
+        if not nonempty:
+            return self, Healed(self.ids, "", b"")
+        i = nonempty[-1]
+        healed = healer.heal(self.ids, max_tokens=len(segs[i].ids))
+        k = len(self.ids) - len(healed.ids)
+        if k == 0:
+            return self, healed
         last = segs[i]
-        segs[i] = Segment(last.kind, last.ids[:-1], min(last.own, len(last.ids) - 1))
+        segs[i] = Segment(last.kind, last.ids[:-k], min(last.own, len(last.ids) - k))
         return Prompt(tuple(segs)), healed
 
     def plan(self, start: int, spacing: int, dense: int, document_limit: int) -> CheckpointPlan:
