@@ -165,7 +165,7 @@ def test_inside_a_line_it_offers_what_other_lines_put_between_the_same_ends(mode
 def test_at_an_empty_line_a_suggestion_that_starts_with_a_line_break_is_not_shown(model_path) -> None:
     """The file's cache leads the model to write "\n" + the next statement at an empty line
     (shown with minConfidence 0); with abstention on, nothing that leaves the cursor's line blank
-    is offered there."""
+    is offered there, nor at the end of a line that opens no block."""
 
     async def go():
         text = "x = 1\n\ny = 2\n" * 12 + "x = 1\n\n"
@@ -177,6 +177,15 @@ def test_at_an_empty_line_a_suggestion_that_starts_with_a_line_break_is_not_show
             got[threshold] = await session.complete(URI, (line, 0), "utf-32")
             session.shutdown()
         assert got[0] is not None and got[0].text.startswith("\n")  # what the model writes there
+        assert got[0.3] is None or not got[0.3].text.startswith("\n")
+        # the same at the end of a line that opens no block (its next line is all it would offer)
+        text = "x = 1\ny = 2\n" * 12 + "x = 1"
+        for threshold in (0, 0.3):
+            session, _ = await ready_session(model_path, minConfidence=threshold)
+            session.open(URI, text, 1)
+            got[threshold] = await session.complete(URI, (24, 5), "utf-32")
+            session.shutdown()
+        assert got[0] is not None and got[0].text.startswith("\n")
         assert got[0.3] is None or not got[0.3].text.startswith("\n")
 
     run(go())

@@ -21,7 +21,7 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
 from bitmamba_lsp.lsp.candidates import request_candidates, request_led, request_words
 from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
-from bitmamba_lsp.lsp.completion import finalize
+from bitmamba_lsp.lsp.completion import BLOCK_OPENERS, finalize
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.settings import Settings
@@ -130,9 +130,11 @@ def suggest(
     if mixture is not None and job.known_words is not None and invents_word(job, text, mixture, decoder.tokens, tok, skip):
         text = ""  # healing must not make up a word nothing supports
     options: list[Option] = []
-    # at an empty line, a suggestion that starts with another line break leaves the line blank:
-    # not shown, but the other options (runners-up, candidates) are still weighed
-    leaves_line = settings.min_confidence > 0 and line_start and text.startswith("\n")
+    # a suggestion that starts with a line break leaves the cursor's line as it is: at an empty line
+    # (it stays blank) or after a line that opens no block, that is not shown, but the other options
+    # (runners-up, candidates) are still weighed
+    opener = job.ctx.line_prefix.rstrip().endswith(BLOCK_OPENERS)
+    leaves_line = settings.min_confidence > 0 and (line_start or not opener) and text.startswith("\n")
     if leaves_line:
         text = ""
     if mixture is not None and reason is not StopReason.CANCELLED and (text or leaves_line) and not text.startswith("\n"):
