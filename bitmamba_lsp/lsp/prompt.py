@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bitmamba_lsp.engine.fim import FimSpec
-from bitmamba_lsp.engine.healing import Healed, TokenHealer
+from bitmamba_lsp.engine.healing import MAX_HEALED_TOKENS, Healed, TokenHealer
 from bitmamba_lsp.lsp.documents import TrackedDocument
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Prompt:
         if not nonempty:
             return self, Healed(self.ids, "", b"")
         i = nonempty[-1]
-        healed = healer.heal(self.ids, max_tokens=len(segs[i].ids))
+        healed = healer.heal(self.ids, max_tokens=min(MAX_HEALED_TOKENS, len(segs[i].ids)))
         k = len(self.ids) - len(healed.ids)
         if k == 0:
             return self, healed
