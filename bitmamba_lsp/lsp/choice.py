@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,10 +160,12 @@ def greedy_prefixes(
 
 class FirstChoices:
     """A logits hook that notes the k most likely first tokens (after the other hooks), so the
-    line can also be written from the runners-up (`ForceFirst`)."""
+    line can also be written from the runners-up (`ForceFirst`). A runner-up that is only blanks
+    (`blank`) is passed over: it would write the same line with other indentation."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, blank: Callable[[int], bool] | None = None) -> None:
         self.k = k
+        self.blank = blank
         self.tokens: list[int] = []
         self.done = False
 
@@ -171,10 +173,13 @@ class FirstChoices:
         return not self.done
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
-        k = min(self.k, len(logits))
-        top = np.argpartition(logits, -k)[-k:]
+        n = min(self.k * 3 if self.blank else self.k, len(logits))
+        top = np.argpartition(logits, -n)[-n:]
         top = top[np.argsort(-logits[top])]
-        self.tokens = [int(t) for t in top if np.isfinite(logits[t])]
+        tokens = [int(t) for t in top if np.isfinite(logits[t])]
+        if self.blank is not None and tokens:
+            tokens = [tokens[0], *(t for t in tokens[1:] if not self.blank(t))]
+        self.tokens = tokens[: self.k]
         return logits
 
     def accept(self, token: int) -> None:

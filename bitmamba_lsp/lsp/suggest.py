@@ -109,7 +109,8 @@ def suggest(
     )
     active = hooks.fresh()
     mixture = hooks.mixture
-    firsts = FirstChoices(settings.line_branches + 1) if branching and mixture is not None else None
+    blank = (lambda t: not tok.token_bytes(t).strip()) if hasattr(tok, "token_bytes") else None
+    firsts = FirstChoices(settings.line_branches + 1, blank) if branching and mixture is not None else None
     decoder, rules = line_decoder(model, cfg, job, skip, [*active, *([firsts] if firsts else [])], mixture, settings)
     first_token_at = 0.0
     drafter = hooks.drafter(model)
