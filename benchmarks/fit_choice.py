@@ -143,10 +143,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--no-report", action="store_true", help="stop after the choice on the tune split (write nothing)")
     ap.add_argument("--records", type=Path, help="keep the weighed options here (JSON), and read them from it when it exists")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="a daemon setting for both splits (e.g. lineBranches=4): what the choice is fitted for")
     args = ap.parse_args()
     info = machine_info()
     print(f"machine: {info['cpu']} | {info['cores']} cores | SIMD {info['simd']} | threads {args.threads}")
-    base = {"threads": args.threads}
+    base = {"threads": args.threads, **{k: json.loads(v) for k, _, v in (kv.partition("=") for kv in args.set)}}
     tune = load_split("tune", args.files_per_package)
     t0 = time.perf_counter()
     records: list[dict] = []
