@@ -49,6 +49,8 @@ FEATURES = (
     "cand_log_tokens",
     "cand_agree",
     "whole_logp",  # whole_line x logp
+    "first_logp",  # of its first token (at an empty line: what kind of line it is)
+    "cand_first_logp",
 )
 
 WEIGHTS_FILE = Path(__file__).resolve().parent.parent / "data" / "choice.json"
@@ -123,6 +125,8 @@ def features(o: Option) -> dict[str, float]:
     f["cand_log_tokens"] = cand * f["log_tokens"]
     f["cand_agree"] = cand * f["agree"]
     f["whole_logp"] = f["whole_line"] * logp
+    f["first_logp"] = o.logps[0] if o.logps else 0.0
+    f["cand_first_logp"] = cand * f["first_logp"]
     return f
 
 
