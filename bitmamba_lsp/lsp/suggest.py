@@ -138,7 +138,11 @@ def suggest(
     leaves_line = settings.min_confidence > 0 and (line_start or not opener) and text.startswith("\n")
     if leaves_line:
         text = ""
-    if mixture is not None and reason is not StopReason.CANCELLED and (text or leaves_line) and not text.startswith("\n"):
+    # inside a line (text after the cursor): what fits both sides, when something does
+    inside = inside_line_text(job, settings, text) if settings.min_confidence > 0 and reason is not StopReason.CANCELLED else None
+    if inside is not None:
+        text = inside
+    elif mixture is not None and reason is not StopReason.CANCELLED and (text or leaves_line) and not text.startswith("\n"):
         pieces = token_pieces(decoder.tokens, mixture.chosen, tok, skip)
         ended = reason in (StopReason.EOS, StopReason.STOP)
         branches: list[Option] = []
@@ -153,10 +157,7 @@ def suggest(
         for o in options:
             o.typed = typed
         agreement(options)
-        shown = inside_line_text(job, settings, text) if settings.min_confidence > 0 else None
-        if shown is not None:
-            text = shown
-        elif settings.min_confidence > 0:
+        if settings.min_confidence > 0:
             bar = settings.min_confidence
             if line_start and settings.min_confidence_line_start >= 0:
                 bar = settings.min_confidence_line_start
