@@ -92,6 +92,47 @@ def test_middles_other_lines_put_between_the_same_ends() -> None:
     assert ws.middles("", ")", 5) == []
 
 
+def _middles_reference(text: str, offset: int, window: int) -> list[tuple[str, int, int]]:
+    """middle_candidates by the plain reading: every line within `window` lines of the cursor's."""
+    lines = text.split("\n")
+    row = text.count("\n", 0, offset)
+    col = offset - (text.rfind("\n", 0, offset) + 1)
+    typed, rest = lines[row][:col].lstrip(), lines[row][col:].rstrip()
+    if not rest.strip() or not typed.strip():
+        return []
+    found: dict[str, list[int]] = {}
+    for k, ln in enumerate(lines):
+        if k != row and abs(k - row) <= window:
+            x = middle_of(ln.strip(), typed, rest)
+            if x:
+                found.setdefault(x, []).append(abs(k - row))
+    ranked = sorted(found, key=lambda x: (-len(found[x]), min(found[x])))
+    return [(x, len(found[x]), min(found[x])) for x in ranked[:3]]
+
+
+def test_middles_match_a_plain_reading_of_the_lines(monkeypatch) -> None:
+    import random
+
+    from bitmamba_lsp.lsp import candidates as cand
+
+    rnd = random.Random(7)
+    pieces = ["f(a, ", "b", "c=1", ")", " + t", "y = ", "s", "u", "", "    "]
+    for trial in range(300):
+        lines = ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 4))) for _ in range(rnd.randint(1, 30))]
+        text = "\n".join(lines)
+        offset = rnd.randint(0, len(text))
+        window = rnd.choice([1, 3, 2000])
+        if trial % 3 == 0:  # the character window binds too: it must never yield a piece of a line
+            monkeypatch.setattr(cand, "MIDDLE_WINDOW_CHARS", rnd.randint(1, 40))
+            got = [(c.text, c.count, c.distance) for c in middle_candidates(text, offset, window=window)]
+            full = {x for x, _, _ in _middles_reference(text, offset, len(lines))}
+            assert {x for x, _, _ in got} <= full
+            monkeypatch.setattr(cand, "MIDDLE_WINDOW_CHARS", 200_000)
+        else:
+            got = [(c.text, c.count, c.distance) for c in middle_candidates(text, offset, window=window)]
+            assert got == _middles_reference(text, offset, window), (text, offset, window)
+
+
 def test_the_cursors_own_line_is_never_a_candidate() -> None:
     text = "def f():\n    return compute(value)\n"
     at = text.index("compute")

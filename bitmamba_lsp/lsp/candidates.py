@@ -144,6 +144,7 @@ def led_candidates(
 
 
 MIDDLE_WINDOW = 2000  # lines on each side of the cursor searched for middle candidates
+MIDDLE_WINDOW_CHARS = 200_000  # ... and at most this many characters
 
 
 def middle_of(line: str, typed: str, rest: str) -> str | None:
@@ -172,11 +173,23 @@ def middle_candidates(text: str, offset: int, *, window: int = MIDDLE_WINDOW, li
     rest = text[offset:line_end].rstrip()
     if not rest.strip() or not typed.strip():
         return []
-    above = _lines_back(text, line_start, window)
-    below = text[line_end + 1 : _forward(text, line_end + 1, window)].split("\n")
+    # the window by characters first (one split in C), then by lines
+    lo = max(0, line_start - 1 - MIDDLE_WINDOW_CHARS)
+    above = text[lo : max(0, line_start - 1)].split("\n") if line_start > 0 else []
+    if lo > 0 and text[lo - 1] != "\n":
+        above = above[1:]  # the slice began inside a line
+    above = above[-window:]
+    hi = min(len(text), line_end + 1 + MIDDLE_WINDOW_CHARS)
+    below = text[line_end + 1 : hi].split("\n") if line_end < len(text) else []
+    if hi < len(text) and below:
+        below = below[:-1]  # the slice ended inside a line
+    below = below[:window]
     found: Counter[str] = Counter()
     nearest: dict[str, int] = {}
+    end = rest.strip()
     for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+        if typed not in ln or end not in ln:
+            continue  # (a quick test in C first: most lines hold neither end)
         x = middle_of(ln.strip(), typed, rest)
         if x:
             found[x] += 1
