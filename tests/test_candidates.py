@@ -123,14 +123,41 @@ def test_middles_match_a_plain_reading_of_the_lines(monkeypatch) -> None:
         offset = rnd.randint(0, len(text))
         window = rnd.choice([1, 3, 2000])
         if trial % 3 == 0:  # the character window binds too: it must never yield a piece of a line
-            monkeypatch.setattr(cand, "MIDDLE_WINDOW_CHARS", rnd.randint(1, 40))
+            monkeypatch.setattr(cand, "WINDOW_CHARS", rnd.randint(1, 40))
             got = [(c.text, c.count, c.distance) for c in middle_candidates(text, offset, window=window)]
             full = {x for x, _, _ in _middles_reference(text, offset, len(lines))}
             assert {x for x, _, _ in got} <= full
-            monkeypatch.setattr(cand, "MIDDLE_WINDOW_CHARS", 200_000)
+            monkeypatch.setattr(cand, "WINDOW_CHARS", 200_000)
         else:
             got = [(c.text, c.count, c.distance) for c in middle_candidates(text, offset, window=window)]
             assert got == _middles_reference(text, offset, window), (text, offset, window)
+
+
+def test_led_lines_match_a_plain_reading_of_the_lines() -> None:
+    import random
+
+    rnd = random.Random(11)
+    pieces = ["return ", "x", "self.", "a", "(1)", " ", "if "]
+    for _ in range(300):
+        lines = ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 3))) for _ in range(rnd.randint(1, 25))]
+        row = rnd.randrange(len(lines))
+        lines[row] = "  "
+        text = "\n".join(lines)
+        offset = sum(len(x) + 1 for x in lines[:row]) + rnd.randint(0, 2)
+        leads, window, per = rnd.sample(["return ", "self.", "if ", "x"], 2), rnd.choice([2, 2000]), rnd.choice([1, 5])
+        want, seen = [], set()
+        for lead in leads:
+            found: dict[str, list[int]] = {}
+            for k, ln in enumerate(lines):
+                st = ln.strip()
+                if k != row and abs(k - row) <= window and st.startswith(lead) and len(st) > len(lead):
+                    found.setdefault(st, []).append(abs(k - row))
+            for st in sorted(found, key=lambda x: (min(found[x]), -len(found[x])))[:per]:
+                if st not in seen:
+                    seen.add(st)
+                    want.append((st, len(found[st]), min(found[st])))
+        got = [(c.text, c.count, c.distance) for c in led_candidates(text, offset, leads, window=window, per_lead=per)]
+        assert got == want, (text, offset, leads)
 
 
 def test_the_cursors_own_line_is_never_a_candidate() -> None:

@@ -115,6 +115,24 @@ def lead_of(line: str) -> str | None:
     return m.group(0) if m else None
 
 
+WINDOW_CHARS = 200_000  # the windows of led and middle candidates hold at most this many characters a side
+
+
+def _around(text: str, line_start: int, line_end: int, window: int) -> tuple[list[str], list[str]]:
+    """The lines above the cursor's line (nearest last) and below it (nearest first), at most
+    `window` lines and WINDOW_CHARS characters on each side (read by characters first: one split
+    in C), never a piece of a line."""
+    lo = max(0, line_start - 1 - WINDOW_CHARS)
+    above = text[lo : max(0, line_start - 1)].split("\n") if line_start > 0 else []
+    if lo > 0 and text[lo - 1] != "\n":
+        above = above[1:]  # the slice began inside a line
+    hi = min(len(text), line_end + 1 + WINDOW_CHARS)
+    below = text[line_end + 1 : hi].split("\n") if line_end < len(text) else []
+    if hi < len(text) and below:
+        below = below[:-1]  # the slice ended inside a line
+    return above[-window:] if window else [], below[:window]
+
+
 def led_candidates(
     text: str, offset: int, leads: list[str], *, window: int = LEAD_WINDOW, per_lead: int = LEAD_LINES
 ) -> list[Candidate]:
@@ -125,14 +143,20 @@ def led_candidates(
     line_end = len(text) if line_end < 0 else line_end
     if text[line_start:line_end].strip() or not leads:
         return []
-    above = [ln.strip() for ln in _lines_back(text, line_start, window)]
-    below = [ln.strip() for ln in text[line_end + 1 : _forward(text, line_end + 1, window)].split("\n")]
+    above, below = _around(text, line_start, line_end, window)
+    leads = list(dict.fromkeys(leads))
+    starts = tuple(leads)
+    hits: list[tuple[int, str]] = []  # (distance, stripped line) of the lines that start with a lead
+    for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+        s = ln.lstrip()
+        if s.startswith(starts):  # one test in C for all the leads
+            hits.append((d, s.rstrip()))
     out: list[Candidate] = []
     seen: set[str] = set()
-    for lead in dict.fromkeys(leads):
+    for lead in leads:
         found: dict[str, int] = {}  # line -> distance
         count: Counter[str] = Counter()
-        for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+        for d, ln in hits:
             if ln.startswith(lead) and len(ln) > len(lead):
                 found[ln] = min(found.get(ln, 1 << 30), d)
                 count[ln] += 1
@@ -144,7 +168,6 @@ def led_candidates(
 
 
 MIDDLE_WINDOW = 2000  # lines on each side of the cursor searched for middle candidates
-MIDDLE_WINDOW_CHARS = 200_000  # ... and at most this many characters
 
 
 def middle_of(line: str, typed: str, rest: str) -> str | None:
@@ -173,17 +196,7 @@ def middle_candidates(text: str, offset: int, *, window: int = MIDDLE_WINDOW, li
     rest = text[offset:line_end].rstrip()
     if not rest.strip() or not typed.strip():
         return []
-    # the window by characters first (one split in C), then by lines
-    lo = max(0, line_start - 1 - MIDDLE_WINDOW_CHARS)
-    above = text[lo : max(0, line_start - 1)].split("\n") if line_start > 0 else []
-    if lo > 0 and text[lo - 1] != "\n":
-        above = above[1:]  # the slice began inside a line
-    above = above[-window:]
-    hi = min(len(text), line_end + 1 + MIDDLE_WINDOW_CHARS)
-    below = text[line_end + 1 : hi].split("\n") if line_end < len(text) else []
-    if hi < len(text) and below:
-        below = below[:-1]  # the slice ended inside a line
-    below = below[:window]
+    above, below = _around(text, line_start, line_end, window)
     found: Counter[str] = Counter()
     nearest: dict[str, int] = {}
     end = rest.strip()
