@@ -137,6 +137,22 @@ def test_stop_matcher_streams_what_a_whole_text_search_gives(chunks: list[str], 
     assert m.stopped == (cut is not None)
 
 
+def test_a_longer_stop_that_starts_earlier_wins() -> None:
+    """Found by the property above: over "a\n" + "a" with stops "\n" and "a\na", the earliest
+    stop of the whole text is "a\na" at 0; the matcher must wait for it rather than stop at the
+    "\n" of the first chunk."""
+    m = StopMatcher(["\n", "a\na"])
+    assert not m.feed("a\n") and m.take() == ""
+    assert m.feed("a") and m.text == "" and m.stopped
+    m = StopMatcher(["\n", "a\na"])
+    assert not m.feed("a\n")
+    assert m.feed("b") and m.text == "a"  # it did not complete: the "\n" stop holds
+    m = StopMatcher(["\n", "a\na"])
+    m.feed("a\n")
+    m.finish()  # the text ended before it could complete
+    assert m.text == "a" and m.stopped
+
+
 def test_skip_prefix_across_chunks() -> None:
     s = SkipPrefix("abc")
     assert [s.feed(c) for c in ["a", "bcd", "e"]] == ["", "d", "e"]

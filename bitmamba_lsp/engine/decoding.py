@@ -178,19 +178,33 @@ class StopMatcher:
             return False
         cut = find_stop(held, self.stops)
         if cut is not None:
-            self.text += held[:cut]
-            self._held = ""
-            self.stopped = True
-            return True
+            # a longer stop sequence that starts before `cut` may still complete ("a\na" and "\n"
+            # over "a\n" + "a"): wait for it, releasing only what precedes its start
+            early = next((j for j in range(cut) if self._could_start(held[j:])), None)
+            if early is None:
+                self.text += held[:cut]
+                self._held = ""
+                self.stopped = True
+                return True
+            self.text += held[:early]
+            self._held = held[early:]
+            return False
         keep = partial_stop_len(held, self.stops)
         self.text += held[: len(held) - keep]
         self._held = held[len(held) - keep :]
         return False
 
+    def _could_start(self, tail: str) -> bool:
+        """Is `tail` a proper prefix of some stop sequence (it may still become that one)?"""
+        return any(len(s) > len(tail) and s.startswith(tail) for s in self.stops)
+
     def finish(self) -> None:
-        """Release the held text: it was a proper prefix of a stop sequence, never a whole one."""
+        """Release the held text up to the earliest whole stop sequence in it, if any (a longer one
+        that started earlier did not complete)."""
         if not self.stopped:
-            self.text += self._held
+            cut = find_stop(self._held, self.stops)
+            self.text += self._held if cut is None else self._held[:cut]
+            self.stopped = cut is not None
         self._held = ""
 
     def take(self) -> str:
