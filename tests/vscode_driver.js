@@ -107,6 +107,13 @@ async function main() {
     // the extension activates on startup: its status bar item appears, then the model's name
     res.status_initial = await waitFor('the bitmamba status bar item', () => statusItem(page), 30000);
     step('status item', { status: res.status_initial });
+    // and the language client has started (the item leaves "loading" once the daemon answered):
+    // a document typed into before that sometimes never gets an inline-completion request
+    res.status_ready = await waitFor('the client to start', async () => {
+      const st = await statusItem(page);
+      return st && !String(st.label || st.text).includes('loading') ? st : null;
+    }, 30000).catch(() => null);
+    step('client started', { status: res.status_ready });
 
     // open the file through Quick Open
     const file = env('BITMAMBA_TEST_FILE');
