@@ -46,11 +46,15 @@ WINDOW_LINES = 2000  # lines on each side of the cursor searched for candidates
 MAX_CANDIDATES = 3
 
 
+def _line_bounds(text: str, offset: int) -> tuple[int, int]:
+    """Start and end (before its line break) of the line that holds `offset`."""
+    end = text.find("\n", offset)
+    return text.rfind("\n", 0, offset) + 1, len(text) if end < 0 else end
+
+
 def line_candidates(text: str, offset: int, *, window: int = WINDOW_LINES, limit: int = MAX_CANDIDATES) -> list[Candidate]:
     """Candidate rests of the cursor's line (what would follow the cursor), most promising first."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = text.find("\n", offset)
-    line_end = len(text) if line_end < 0 else line_end
+    line_start, line_end = _line_bounds(text, offset)
     before = text[line_start:offset]
     if text[offset:line_end].strip():
         return []  # the line goes on after the cursor: a whole line does not fit
@@ -118,10 +122,10 @@ def lead_of(line: str) -> str | None:
 WINDOW_CHARS = 200_000  # the windows of led and middle candidates hold at most this many characters a side
 
 
-def _around(text: str, line_start: int, line_end: int, window: int) -> tuple[list[str], list[str]]:
-    """The lines above the cursor's line (nearest last) and below it (nearest first), at most
+def _around(text: str, line_start: int, line_end: int, window: int) -> list[tuple[int, str]]:
+    """(distance in lines, line) of the lines above the cursor's line and below it, at most
     `window` lines and WINDOW_CHARS characters on each side (read by characters first: one split
-    in C), never a piece of a line."""
+    in C), never a piece of a line; the lines above first, farthest first."""
     lo = max(0, line_start - 1 - WINDOW_CHARS)
     above = text[lo : max(0, line_start - 1)].split("\n") if line_start > 0 else []
     if lo > 0 and text[lo - 1] != "\n":
@@ -130,7 +134,8 @@ def _around(text: str, line_start: int, line_end: int, window: int) -> tuple[lis
     below = text[line_end + 1 : hi].split("\n") if line_end < len(text) else []
     if hi < len(text) and below:
         below = below[:-1]  # the slice ended inside a line
-    return above[-window:] if window else [], below[:window]
+    above, below = (above[-window:] if window else []), below[:window]
+    return [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]
 
 
 def led_candidates(
@@ -138,16 +143,13 @@ def led_candidates(
 ) -> list[Candidate]:
     """Lines of the document near the cursor that start with one of `leads` (an empty line only),
     nearest first, `per_lead` for each."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = text.find("\n", offset)
-    line_end = len(text) if line_end < 0 else line_end
+    line_start, line_end = _line_bounds(text, offset)
     if text[line_start:line_end].strip() or not leads:
         return []
-    above, below = _around(text, line_start, line_end, window)
     leads = list(dict.fromkeys(leads))
     starts = tuple(leads)
     hits: list[tuple[int, str]] = []  # (distance, stripped line) of the lines that start with a lead
-    for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+    for d, ln in _around(text, line_start, line_end, window):
         s = ln.lstrip()
         if s.startswith(starts):  # one test in C for all the leads
             hits.append((d, s.rstrip()))
@@ -189,18 +191,15 @@ def middle_candidates(text: str, offset: int, *, window: int = MIDDLE_WINDOW, li
     same start and the same end. A line `typed X rest` elsewhere, where the cursor's line holds
     `typed | rest`, offers X (`foo(a, |)` beside `foo(a, b=2)`: `b=2`); most frequent first, then
     nearest."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = text.find("\n", offset)
-    line_end = len(text) if line_end < 0 else line_end
+    line_start, line_end = _line_bounds(text, offset)
     typed = text[line_start:offset].lstrip()
     rest = text[offset:line_end].rstrip()
     if not rest.strip() or not typed.strip():
         return []
-    above, below = _around(text, line_start, line_end, window)
     found: Counter[str] = Counter()
     nearest: dict[str, int] = {}
     end = rest.strip()
-    for d, ln in [*((len(above) - k, ln) for k, ln in enumerate(above)), *((k + 1, ln) for k, ln in enumerate(below))]:
+    for d, ln in _around(text, line_start, line_end, window):
         if typed not in ln or end not in ln:
             continue  # (a quick test in C first: most lines hold neither end)
         x = middle_of(ln.strip(), typed, rest)

@@ -229,18 +229,16 @@ _bonus = _FIT.get("whole_line_bonus", 10.0)
 WHOLE_LINE_BONUS = float(_bonus) if isinstance(_bonus, int | float) else 10.0
 
 
-def utility(o: Option, bonus: float | None = None) -> float:
+def utility(o: Option) -> float:
     """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line)."""
-    return o.p * (len(o.text) + (WHOLE_LINE_BONUS if bonus is None else bonus) * o.whole_line)
+    return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line)
 
 
-def choose(
-    options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS, bonus: float | None = None
-) -> Option | None:
+def choose(options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS) -> Option | None:
     """The option with the largest expected gain (utility) among those with p >= min_p."""
     best: Option | None = None
     for o in options:
         calibrate(o, weights)
-        if o.p >= min_p and (best is None or utility(o, bonus) > utility(best, bonus)):
+        if o.p >= min_p and (best is None or utility(o) > utility(best)):
             best = o
     return best

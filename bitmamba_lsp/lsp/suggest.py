@@ -109,8 +109,9 @@ def suggest(
     )
     active = hooks.fresh()
     mixture = hooks.mixture
-    blank = (lambda t: not tok.token_bytes(t).strip()) if hasattr(tok, "token_bytes") else None
-    firsts = FirstChoices(settings.line_branches + 1, blank) if branching and mixture is not None else None
+    firsts = None
+    if branching and mixture is not None:  # runners-up of blanks only are passed over
+        firsts = FirstChoices(settings.line_branches + 1, lambda t: not tok.token_bytes(t).strip())
     decoder, rules = line_decoder(model, cfg, job, skip, [*active, *([firsts] if firsts else [])], mixture, settings)
     first_token_at = 0.0
     drafter = hooks.drafter(model)
