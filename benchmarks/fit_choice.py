@@ -67,47 +67,60 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50)
     return w
 
 
-def replay(
-    opts: list[dict], cases: list[dict], p: np.ndarray, thresholds: dict[str, float], bonus: float
-) -> dict[str, dict[str, float]]:
-    """What the daemon would show with these probabilities: per case, the option with the largest
-    p x (characters + bonus for a whole line) among p >= its mode's threshold; scored like
-    editor_eval (precision, chars gained)."""
-    best: dict[str, tuple[float, dict]] = {}
-    for r, pr in zip(opts, p, strict=True):
-        if r["kind"] in thresholds and pr >= thresholds[r["kind"]]:
-            gain = pr * (len(r["text"]) + bonus * r["features"]["whole_line"])  # choice.utility
-            if r["case"] not in best or gain > best[r["case"]][0]:
-                best[r["case"]] = (gain, r)
-    out = {}
-    for mode in thresholds:
+class ModeOptions:
+    """The weighed options of one mode as arrays, for replaying the choice quickly."""
+
+    def __init__(self, opts: list[dict], cases: list[dict], mode: str) -> None:
+        self.index = np.asarray([i for i, r in enumerate(opts) if r["kind"] == mode], dtype=np.int64)
         ids = [c["case"] for c in cases if c["kind"] == mode]
-        shown = [best[i][1] for i in ids if i in best]
-        right = [r for r in shown if r["right"]]
-        whole = [r for r in right if r["features"]["whole_line"]]
-        out[mode] = {
-            "n": len(ids),
-            "threshold": thresholds[mode],
-            "shown": len(shown) / max(1, len(ids)),
-            "precision": len(right) / len(shown) if shown else 0.0,
-            "chars_gained": sum(len(r["text"].rstrip()) for r in right) / max(1, len(ids)),
-            "whole_lines": len(whole) / max(1, len(ids)),
-            # what the choice maximises (choice.utility): characters, plus the bonus per whole line
-            "utility": (sum(len(r["text"].rstrip()) for r in right) + bonus * len(whole)) / max(1, len(ids)),
-        }
-    return out
+        self.packages = sorted({c["package"] for c in cases if c["kind"] == mode})
+        case_of = {c: k for k, c in enumerate(ids)}
+        pkg_of = {name: k for k, name in enumerate(self.packages)}
+        sel = [opts[i] for i in self.index]
+        self.case = np.asarray([case_of[r["case"]] for r in sel], dtype=np.int64)
+        self.length = np.asarray([len(r["text"]) for r in sel], dtype=np.float64)
+        self.chars = np.asarray([len(r["text"].rstrip()) for r in sel], dtype=np.float64)
+        self.whole = np.asarray([bool(r["features"]["whole_line"]) for r in sel])
+        self.right = np.asarray([bool(r["right"]) for r in sel])
+        self.case_package = np.zeros(len(ids), dtype=np.int64)
+        for c in cases:
+            if c["kind"] == mode:
+                self.case_package[case_of[c["case"]]] = pkg_of[c["package"]]
+        self.n_cases = len(ids)
+        self.order = np.arange(len(sel))
 
 
-def by_package(opts: list[dict], cases: list[dict], p: np.ndarray, mode: str, threshold: float, bonus: float) -> dict:
-    """The pooled replay of one mode at one threshold, with the lowest precision of any one package."""
-    row = replay(opts, cases, p, {mode: threshold}, bonus)[mode]
-    worst = 1.0
-    for pkg in sorted({c["package"] for c in cases}):
-        sel = [i for i, r in enumerate(opts) if r["package"] == pkg]
-        one = replay([opts[i] for i in sel], [c for c in cases if c["package"] == pkg], p[sel], {mode: threshold}, bonus)[mode]
-        if one["shown"] > 0:
-            worst = min(worst, one["precision"])
-    return {**row, "worst_package_precision": worst}
+def replay_mode(m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: float, bonus: float) -> dict:
+    """What the daemon would show with these probabilities (choice.choose): per case, the option with
+    the largest p x (characters + bonus for a whole line) among those with p >= the threshold (a
+    whole line: the threshold x whole_bar); scored like editor_eval (precision, chars gained), pooled
+    and with the lowest precision of any one package."""
+    p = p_all[m.index]
+    eligible = p >= np.where(m.whole, threshold * whole_bar, threshold)
+    gain = np.where(eligible, p * (m.length + bonus * m.whole), -np.inf)  # choice.utility
+    order = np.lexsort((m.order, -gain, m.case))  # per case, the largest gain first (ties: the first)
+    first = order[np.r_[True, m.case[order][1:] != m.case[order][:-1]]] if len(order) else order
+    chosen = first[eligible[first]]
+    right = m.right[chosen]
+    pkg = m.case_package[m.case[chosen]]
+    n = max(1, m.n_cases)
+    shown_by = np.bincount(pkg, minlength=len(m.packages))
+    right_by = np.bincount(pkg, weights=right.astype(np.float64), minlength=len(m.packages))
+    worst = min((r / s for r, s in zip(right_by, shown_by, strict=True) if s > 0), default=1.0)
+    whole = right & m.whole[chosen]
+    chars = float(m.chars[chosen][right].sum())
+    return {
+        "n": m.n_cases,
+        "threshold": threshold,
+        "whole_line_bar": whole_bar,
+        "shown": len(chosen) / n,
+        "precision": float(right.mean()) if len(chosen) else 0.0,
+        "chars_gained": chars / n,
+        "whole_lines": float(whole.sum()) / n,
+        # what the choice maximises (choice.utility): characters, plus the bonus per whole line
+        "utility": (chars + bonus * float(whole.sum())) / n,
+        "worst_package_precision": float(worst),
+    }
 
 
 def pick_threshold(rows: list[dict], min_precision: float, min_exact: float, min_package: float = 0.0) -> tuple[dict, int]:
@@ -134,6 +147,8 @@ def main() -> int:
     ap.add_argument("--min-exact", type=float, nargs=2, default=[0.08, 0.12], metavar=("LINE_START", "MID_LINE"),
                     help="whole right lines per request (issue 14's exact-line floors)")
     ap.add_argument("--thresholds", type=float, nargs="*", default=[round(0.1 + 0.05 * i, 2) for i in range(13)])
+    ap.add_argument("--whole-line-bars", type=float, nargs="*", default=[1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1],
+                    help="a whole line's bar as a fraction of the mode's threshold (choice.WHOLE_LINE_BAR)")
     ap.add_argument("--l2", type=float, nargs="*", default=[1.0, 10.0, 100.0])
     ap.add_argument("--bonus", type=float, nargs="*", default=[10.0, 20.0, 40.0])
     ap.add_argument("--files-per-package", type=int, default=40)
@@ -168,6 +183,7 @@ def main() -> int:
     print(f"{len(opts)} options ({int(y.sum())} right), {len(cases)} cases in {time.perf_counter() - t0:.0f} s")
     packages = sorted({r["package"] for r in cases})
     floors = dict(zip(SCORED_MODES, args.min_exact, strict=False))
+    by_mode = {mode: ModeOptions(opts, cases, mode) for mode in SCORED_MODES}
     trials = []
     for l2 in args.l2:
         p_held = np.zeros(len(opts))
@@ -178,17 +194,18 @@ def main() -> int:
         for bonus in args.bonus:
             chosen, reached = {}, 0
             for mode in SCORED_MODES:
-                rows = [by_package(opts, cases, p_held, mode, t, bonus) for t in args.thresholds]
+                rows = [replay_mode(by_mode[mode], p_held, t, bar, bonus) for t in args.thresholds for bar in args.whole_line_bars]
                 row, level = pick_threshold(rows, args.min_precision, floors.get(mode, 0.0), args.min_package_precision)
                 chosen[mode], reached = row, reached + level
             gained = sum(r["chars_gained"] for r in chosen.values())
             trials.append({"l2": l2, "bonus": bonus, "reached": reached, "chars_gained": gained, "held_out": chosen})
             print(f"  l2 {l2:g} bonus {bonus:g}: bars reached {reached}/{2 * len(SCORED_MODES)}, gained {gained:.2f} | "
-                  + " | ".join(f"{m} at {r['threshold']}: precision {r['precision']:.2f} (worst package "
+                  + " | ".join(f"{m} at {r['threshold']} (whole lines x{r['whole_line_bar']}): precision {r['precision']:.2f} (worst package "
                                f"{r['worst_package_precision']:.2f}), whole lines {r['whole_lines']:.3f}, "
                                f"gained {r['chars_gained']:.2f}" for m, r in chosen.items()))
     best = max(trials, key=lambda t: (t["reached"], t["chars_gained"]))
     thresholds = {m: r["threshold"] for m, r in best["held_out"].items()}
+    whole_bars = {m: r["whole_line_bar"] for m, r in best["held_out"].items()}
     w = fit_logistic(x, y, best["l2"])
     weights = {k: round(float(v), 4) for k, v in zip(names, w, strict=True)}
     p_all = 1.0 / (1.0 + np.exp(-(x @ w)))
@@ -197,7 +214,8 @@ def main() -> int:
         if m.any():
             print(f"  calibration (fitted): predicted {lo:.1f}-{hi:.1f}: {m.sum():5d} options, right {y[m].mean():.2f}")
     print(f"chosen by leave-one-package-out on the tune split: l2 {best['l2']}, bonus {best['bonus']}, "
-          f"minConfidence {thresholds['mid_line']}, minConfidenceLineStart {thresholds['line_start']}")
+          f"minConfidence {thresholds['mid_line']}, minConfidenceLineStart {thresholds['line_start']}, "
+          f"whole-line bars {whole_bars}")
     print(f"weights: {weights}")
     if args.no_report:
         return 0
@@ -206,6 +224,9 @@ def main() -> int:
     choice.WEIGHTS.clear()
     choice.WEIGHTS.update(weights)  # this process's daemon sessions use the fitted weights and bonus
     choice.WHOLE_LINE_BONUS = best["bonus"]
+    old_bars = dict(choice.WHOLE_LINE_BAR)
+    choice.WHOLE_LINE_BAR.clear()
+    choice.WHOLE_LINE_BAR.update(whole_bars)
     report = run_scoring(load_split("report", args.files_per_package),
                          {**base, "minConfidence": thresholds["mid_line"], "minConfidenceLineStart": thresholds["line_start"]},
                          lines_per_file=args.lines_per_file, seed=0)
@@ -214,13 +235,13 @@ def main() -> int:
     WEIGHTS_FILE.write_text(json.dumps({
         "fitted_on": "tune split of benchmarks/bench_usefulness.py (" + ", ".join(f"{n} {v}" for n, v in PACKAGES["tune"]) + ")",
         "model": report["model"], "options": len(opts), "l2": best["l2"], "weights": weights,
-        "whole_line_bonus": best["bonus"],
+        "whole_line_bonus": best["bonus"], "whole_line_bar": whole_bars,
         "min_confidence": thresholds["mid_line"], "min_confidence_line_start": thresholds["line_start"]}, indent=2) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fit-choice.json").write_text(json.dumps({
-        "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "trials": trials,
+        "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "previous_whole_line_bar": old_bars, "trials": trials,
         "bars": {"min_precision": args.min_precision, "min_package_precision": args.min_package_precision, "min_exact": floors},
-        "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds}, "report": report}, indent=2) + "\n")
+        "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds, "whole_line_bar": whole_bars}, "report": report}, indent=2) + "\n")
     print(f"wrote {WEIGHTS_FILE}; set Settings.min_confidence = {thresholds['mid_line']} and "
           f"min_confidence_line_start = {thresholds['line_start']} in bitmamba_lsp/lsp/settings.py")
     return 0

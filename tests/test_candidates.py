@@ -245,7 +245,7 @@ def test_choice_picks_the_largest_expected_gain_above_the_threshold() -> None:
 def test_runner_up_hooks_note_and_force_the_first_token() -> None:
     import numpy as np
 
-    from bitmamba_lsp.lsp.choice import FirstChoices, ForceFirst
+    from bitmamba_lsp.lsp.choice import FirstChoices, ForceTokens
 
     logits = np.asarray([0.1, 3.0, -np.inf, 2.0, 1.0], dtype=np.float32)  # token 2: forbidden (healing)
     firsts = FirstChoices(4)
@@ -253,7 +253,7 @@ def test_runner_up_hooks_note_and_force_the_first_token() -> None:
     assert firsts.apply(logits) is logits and firsts.tokens == [1, 3, 4, 0]
     firsts.accept(1)
     assert not firsts.active()
-    force = ForceFirst(3)
+    force = ForceTokens([3])
     out = force.apply(logits)
     assert int(np.argmax(out)) == 3 and np.isfinite(out[3]) and out[2] == -np.inf
     force.accept(3)

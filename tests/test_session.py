@@ -4,6 +4,7 @@ suggestion, request ordering and status, against an independent computation of t
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from lsp_client import PLAIN, expected_suggestion
@@ -117,7 +118,8 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
                 continue
             options = res.options
             assert options and all(0.0 <= o.p <= 1.0 for o in options)
-            eligible = [o for o in options if o.p >= threshold]
+            bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)  # a whole line: the bar times this
+            eligible = [o for o in options if o.p >= threshold * (bar if o.whole_line else 1.0)]
             if not eligible:
                 assert got is None
             else:
@@ -131,8 +133,42 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
         session.open(URI, text, 1)
         got = await session.complete(URI, (line, 4), "utf-32")
         assert session.last_result is not None and session.last_result.options
-        assert (got is None) == all(o.p < 0.999 for o in session.last_result.options)
+        bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)
+        assert (got is None) == all(o.p < 0.999 * (bar if o.whole_line else 1.0) for o in session.last_result.options)
         session.shutdown()
+
+    run(go())
+
+
+SHIPPED = Path(choice.__file__).resolve().parent.parent / "data" / "default"
+
+
+@pytest.mark.parametrize("shipped", [False, True], ids=["gpt2-random", "shipped"])
+def test_at_an_indented_empty_line_runners_up_write_other_lines(model_path, shipped) -> None:
+    """lineBranches at an indented empty line: healing takes back the line break and the
+    indentation, so the first steps only re-type them; the runners-up are those of the token that
+    chooses the line's content, and each writes a line of its own (before, they were noted at the
+    first step, where every token but the indentation is masked, and no branch was ever written)."""
+
+    async def go():
+        text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "
+        line = text.count("\n")
+        for branches in (0, 2):
+            # the shipped tokenizer has line break + indentation tokens (a line break and seven
+            # spaces): healing takes back the line break and the four spaces
+            session, _ = await ready_session(SHIPPED if shipped else model_path, minConfidence=1e-6,
+                                            minConfidenceLineStart=-1, lineBranches=branches,
+                                            minLineConfidence=0)  # a random model: every line is unlikely
+            session.open(URI, text, 1)
+            await session.complete(URI, (line, 4), "utf-32")
+            res = session.last_result
+            assert res is not None and res.options
+            written = {o.branch for o in res.options}
+            assert written == ({0, 1, 2} if branches else {0})
+            firsts = {o.branch: o.text.split()[0] for o in res.options if o.branch and o.text.strip()}
+            assert all(not o.text[:1].isspace() for o in res.options if o.branch)  # no other indentation
+            assert len(set(firsts.values())) == len(firsts) == branches  # two other lines, two other starts
+            session.shutdown()
 
     run(go())
 

@@ -7,7 +7,8 @@ a few features (how likely the model and the caches find its tokens, how long it
 from), through a logistic model fitted on the "tune" split of the held-out benchmark
 (benchmarks/fit_choice.py writes the weights below). The option with the largest expected gain,
 probability times (characters + a bonus for a whole line), is shown when its probability reaches
-`minConfidence` (`minConfidenceLineStart` at an empty line); otherwise the daemon stays silent.
+`minConfidence` (`minConfidenceLineStart` at an empty line; a whole line needs that bar times the
+mode's fitted `whole_line_bar`); otherwise the daemon stays silent.
 """
 
 from __future__ import annotations
@@ -163,51 +164,74 @@ def greedy_prefixes(
 
 
 class FirstChoices:
-    """A logits hook that notes the k most likely first tokens (after the other hooks), so the
-    line can also be written from the runners-up (`ForceFirst`). A runner-up that is only blanks
-    (`blank`) is passed over: it would write the same line with other indentation."""
+    """A logits hook that notes the k most likely tokens at the step where the line's content is
+    chosen (after the other hooks), so the line can also be written from the runners-up
+    (`ForceTokens`). With `token_bytes`, that is the first step that offers a token with something
+    other than blanks beyond the `healed` bytes still to re-type: at an indented empty line healing
+    takes back the line break and the indentation, so the first steps may only re-type them; the
+    tokens accepted until then are `prefix`. A runner-up with nothing but blanks beyond them would
+    write the same line with other indentation, or an empty line, and is passed over. Without
+    `token_bytes`: the k most likely first tokens."""
 
-    def __init__(self, k: int, blank: Callable[[int], bool] | None = None) -> None:
+    MAX_PREFIX = 8  # steps of blanks before the choice is given up
+
+    def __init__(self, k: int, token_bytes: Callable[[int], bytes] | None = None, healed: bytes = b"") -> None:
         self.k = k
-        self.blank = blank
+        self.token_bytes = token_bytes
+        self.rest = healed  # healed bytes not re-typed yet
+        self.prefix: list[int] = []
         self.tokens: list[int] = []
         self.done = False
 
     def active(self) -> bool:
         return not self.done
 
+    def _beyond(self, token: int) -> bytes:
+        """What `token` writes beyond the healed bytes still to re-type."""
+        b = self.token_bytes(token) if self.token_bytes is not None else b""
+        return b[len(self.rest) :] if b.startswith(self.rest) else b""
+
     def apply(self, logits: np.ndarray) -> np.ndarray:
-        n = min(self.k * 3 if self.blank else self.k, len(logits))
+        n = min(self.k * 3 if self.token_bytes else self.k, len(logits))
         top = np.argpartition(logits, -n)[-n:]
         top = top[np.argsort(-logits[top])]
         tokens = [int(t) for t in top if np.isfinite(logits[t])]
-        if self.blank is not None and tokens:
-            tokens = [tokens[0], *(t for t in tokens[1:] if not self.blank(t))]
+        if self.token_bytes is not None and tokens:
+            tokens = [tokens[0], *(t for t in tokens[1:] if self._beyond(t).strip())]
         self.tokens = tokens[: self.k]
         return logits
 
     def accept(self, token: int) -> None:
-        self.done = True
+        if self.token_bytes is None or len(self.tokens) > 1 or len(self.prefix) >= self.MAX_PREFIX:
+            self.done = True
+            return
+        extra = self._beyond(token)
+        if extra.strip() or b"\n" in extra:  # the line's content, or its end, came with no choice
+            self.done, self.tokens = True, []
+            return
+        b = self.token_bytes(token)
+        self.rest = self.rest[len(b) :] if self.rest.startswith(b) else b""
+        self.prefix.append(token)
 
 
-class ForceFirst:
-    """A logits hook that makes the first token `token` (placed after the others, which still see
-    and score the real distribution)."""
+class ForceTokens:
+    """A logits hook that makes the next tokens `tokens`, one per step (placed after the others,
+    which still see and score the real distribution)."""
 
-    def __init__(self, token: int) -> None:
-        self.token = token
-        self.done = False
+    def __init__(self, tokens: Sequence[int]) -> None:
+        self.tokens = list(tokens)
+        self.at = 0
 
     def active(self) -> bool:
-        return not self.done
+        return self.at < len(self.tokens)
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         out = logits.copy()
-        out[self.token] = float(np.max(logits[np.isfinite(logits)])) + 1e4
+        out[self.tokens[self.at]] = float(np.max(logits[np.isfinite(logits)])) + 1e4
         return out
 
     def accept(self, token: int) -> None:
-        self.done = True
+        self.at += 1
 
 
 def agreement(options: Sequence[Option]) -> None:
@@ -229,16 +253,33 @@ _bonus = _FIT.get("whole_line_bonus", 10.0)
 WHOLE_LINE_BONUS = float(_bonus) if isinstance(_bonus, int | float) else 10.0
 
 
+def _whole_line_bars(fit: dict) -> dict[str, float]:
+    bars = fit.get("whole_line_bar", {})
+    if not isinstance(bars, dict):
+        return {}
+    return {k: float(v) for k, v in bars.items() if isinstance(v, int | float) and 0 < v <= 1}
+
+
+# a whole line is shown from a lower probability than a line cut short: the mode's bar times this
+# (per mode: "line_start", "mid_line"; chosen with the weights on the tune split). Accepting it
+# finishes the line; a cut one is worth showing only when it is nearly sure.
+WHOLE_LINE_BAR: dict[str, float] = _whole_line_bars(_FIT)
+
+
 def utility(o: Option) -> float:
     """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line)."""
     return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line)
 
 
-def choose(options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS) -> Option | None:
-    """The option with the largest expected gain (utility) among those with p >= min_p."""
+def choose(
+    options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS, whole_bar: float = 1.0
+) -> Option | None:
+    """The option with the largest expected gain (utility) among those with p >= min_p (a whole
+    line: p >= min_p x whole_bar)."""
     best: Option | None = None
     for o in options:
         calibrate(o, weights)
-        if o.p >= min_p and (best is None or utility(o) > utility(best)):
+        bar = min_p * whole_bar if o.whole_line else min_p
+        if o.p >= bar and (best is None or utility(o) > utility(best)):
             best = o
     return best

@@ -47,15 +47,15 @@ class Settings:
     workspace_max_files: int = 20_000  # workspace files looked at for the workspace cache
     workspace_max_tokens: int = 1_000_000  # tokens of workspace files kept in it
     suffix_safety: bool = True  # inside a finished line only offer what leads back to it; cut loops
-    line_branches: int = 2  # at an empty line, also write the line from the next most likely first tokens
+    line_branches: int = 0  # at an empty line, also write the line from the next most likely first tokens
     line_candidates: bool = True  # also score whole lines of the document that could follow, show the best
     lead_candidates: bool = True  # at an empty line, also lines that start like the model's own lines
     # show a suggestion only when its calibrated probability of being right reaches this (choice.py;
     # chosen on the tune split by benchmarks/fit_choice.py); 0: show everything
-    min_confidence: float = 0.15
+    min_confidence: float = 0.1
     # the same at an empty line (the cursor at the line's indentation), where suggestions are less
     # often right and calibration carries over less well (chosen the same way); -1: minConfidence
-    min_confidence_line_start: float = 0.35
+    min_confidence_line_start: float = 0.45
     min_line_confidence: float = 0.001  # stop generating once the line's probability falls below this
     # fill-in-the-middle (lsp/prompt.py), for models that declare it in model.json: the model reads
     # the text after the cursor too; the suffix window is N lines, at most T tokens (0: chosen from

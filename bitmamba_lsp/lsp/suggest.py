@@ -20,7 +20,7 @@ from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
 from bitmamba_lsp.lsp.candidates import request_candidates, request_led, request_words
-from bitmamba_lsp.lsp.choice import FirstChoices, Option, agreement, choose
+from bitmamba_lsp.lsp.choice import WHOLE_LINE_BAR, FirstChoices, Option, agreement, choose
 from bitmamba_lsp.lsp.completion import BLOCK_OPENERS, finalize
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
@@ -111,7 +111,8 @@ def suggest(
     mixture = hooks.mixture
     firsts = None
     if branching and mixture is not None:  # runners-up of blanks only are passed over
-        firsts = FirstChoices(settings.line_branches + 1, lambda t: not tok.token_bytes(t).strip())
+        special = {*getattr(tok, "special_ids", ()), model.eos_id}  # never a line to write
+        firsts = FirstChoices(settings.line_branches + 1, lambda t: b"" if t in special else tok.token_bytes(t), raw)
     decoder, rules = line_decoder(model, cfg, job, skip, [*active, *([firsts] if firsts else [])], mixture, settings)
     first_token_at = 0.0
     drafter = hooks.drafter(model)
@@ -162,7 +163,8 @@ def suggest(
             bar = settings.min_confidence
             if line_start and settings.min_confidence_line_start >= 0:
                 bar = settings.min_confidence_line_start
-            text = shown_text(choose(options, bar), text, pieces, bar)
+            whole_bar = WHOLE_LINE_BAR.get("line_start" if line_start else "mid_line", 1.0)
+            text = shown_text(choose(options, bar, whole_bar=whole_bar), text, pieces, bar)
         elif start_state is not None:  # show everything: the greedy text unless a candidate beats it
             greedy = Option(text.split("\n", 1)[0], None, [lp for _, lp in pieces], True, False)
             best = max(options, key=lambda o: math.exp(sum(o.logps)) * len(o.text), default=greedy)

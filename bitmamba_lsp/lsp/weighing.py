@@ -21,7 +21,7 @@ import numpy as np
 from bitmamba_lsp.engine.decoding import GenerationConfig, SkipPrefix, StopReason, decode
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.candidates import middle_candidates
-from bitmamba_lsp.lsp.choice import FirstChoices, ForceFirst, Option, greedy_prefixes
+from bitmamba_lsp.lsp.choice import FirstChoices, ForceTokens, Option, greedy_prefixes
 from bitmamba_lsp.lsp.completion import leads_back
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob
@@ -102,12 +102,13 @@ def branch_options(
     firsts: FirstChoices,
     settings: Settings,
 ) -> list[Option]:
-    """The lines written from the runners-up of the first token (an empty line: the first token
-    decides the most and is the least sure)."""
+    """The lines written from the runners-up of the token that chooses the line's content (at an
+    empty line it decides the most and is the least sure), after the tokens the greedy line took
+    before it (re-typing the healed indentation)."""
     tok = model.require_tokenizer()
     out: list[Option] = []
     for k, first in enumerate(firsts.tokens[1:], 1):
-        b_hooks = [*hooks.fresh(), ForceFirst(first)]
+        b_hooks = [*hooks.fresh(), ForceTokens([*firsts.prefix, first])]
         b_mix = hooks.mixture
         b_dec, _ = line_decoder(model, cfg, job, skip, b_hooks, b_mix, settings)
         for _ in decode(model, state.copy(), b_dec, logits):
