@@ -4,8 +4,10 @@
 Held-out code: pinned, permissively licensed PyPI packages, downloaded with pip (wheels, no
 dependencies) into a cache folder. None of them is installed in the environment the shipped model
 was trained from (its corpus was the standard library and the packages next to it); the licence of
-each is read from its wheel metadata and recorded. Two splits: "tune" (where thresholds and
-mixing weights are chosen) and "report" (where figures are quoted).
+each is read from its wheel metadata and recorded. Three splits: "tune" (where thresholds and
+mixing weights are fitted: fit_choice.py), "select" (where a variant of the daemon, a feature set
+or a policy, is chosen over another by a rule stated before it is run, once the tune split has
+fitted each) and "report" (where figures are quoted, and nothing is chosen).
 
     python benchmarks/bench_usefulness.py                     # both splits, the shipped model
     python benchmarks/bench_usefulness.py --split report --model path/to/model.bin
@@ -35,6 +37,8 @@ PACKAGES: dict[str, list[tuple[str, str]]] = {
     # three, did not carry over to the report split at line starts
     "tune": [("toolz", "1.0.0"), ("tabulate", "0.9.0"), ("glom", "23.5.0"),
              ("funcy", "2.0"), ("pyparsing", "3.2.0"), ("voluptuous", "0.15.2")],
+    # since stop 23: choosing between variants on the report split would leave no untouched figures
+    "select": [("tenacity", "9.0.0"), ("humanize", "4.11.0"), ("tinydb", "4.8.2"), ("pyrsistent", "0.20.0")],
     "report": [("boltons", "24.1.0"), ("cachetools", "5.5.0"), ("marshmallow", "3.23.1")],
 }
 PERMISSIVE = ("MIT", "BSD", "Apache", "ISC", "PSF", "Python Software Foundation")
@@ -100,7 +104,8 @@ def cap(files: list[SourceFile], per_package: int) -> list[SourceFile]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model (default: the shipped one)")
-    ap.add_argument("--split", choices=["tune", "report", "both"], default="both")
+    ap.add_argument("--split", choices=["tune", "select", "report", "both"], default="both",
+                    help="both: tune and report")
     ap.add_argument("--corpus", type=Path, help="score DIR/<package>/**/*.py instead of the pinned packages")
     ap.add_argument("--files-per-package", type=int, default=40)
     ap.add_argument("--lines-per-file", type=int, default=10)

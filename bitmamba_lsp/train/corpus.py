@@ -69,7 +69,11 @@ SKIP_DIRS = {
 # Distributions never used for the default corpus, whatever their license.
 # The usefulness benchmark's held-out packages (benchmarks/bench_usefulness.py) are excluded by name
 # from every source, so a model trained here never saw them.
-BENCHMARK_PACKAGES = {"toolz", "tabulate", "glom", "boltons", "cachetools", "marshmallow", "funcy", "pyparsing", "voluptuous"}
+BENCHMARK_PACKAGES = {
+    "toolz", "tabulate", "glom", "funcy", "pyparsing", "voluptuous",  # tune
+    "tenacity", "humanize", "tinydb", "pyrsistent",  # select
+    "boltons", "cachetools", "marshmallow",  # report
+}
 EXCLUDED_DISTRIBUTIONS = {"bitmamba-lsp", "bitmamba_lsp"} | BENCHMARK_PACKAGES
 
 # SPDX identifiers (and license-classifier / free-text names) accepted as permissive.
