@@ -145,7 +145,12 @@ async function main() {
     const typed = env('BITMAMBA_TEST_TYPE');
     await page.keyboard.type(typed, { delay: 25 });
     step('typed');
-    res.typed_lines = await editorLines(page);
+    // the view draws keystrokes a frame later (on a loaded machine, several): wait for the last one
+    const want = res.before[res.before.length - 1] + typed;
+    res.typed_lines = await waitFor('the typed text drawn in the editor', async () => {
+      const l = await editorLines(page);
+      return l.length && l[l.length - 1] === want ? l : null;
+    }, 10000).catch(() => editorLines(page));
 
     // the ghost text: wait for it, then until it has stayed the same for 1 s (the last request's)
     // (VS Code asks by itself as keys are typed; on a loaded machine it sometimes never does: after
