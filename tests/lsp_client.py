@@ -180,7 +180,8 @@ def expected_suggestion(
 ) -> str | None:
     """What the daemon must suggest at `offset` (greedy), computed from scratch with the engine:
     a fresh prefill of the text before the cursor, token-by-token greedy decoding, the stop rules.
-    Token healing: the prompt's last token is dropped (with the earlier pieces of a word it ends),
+    Token healing: the prompt's last token is dropped (with the earlier pieces of a word it ends,
+    or the blank tokens before a blank one),
     generation must reproduce its bytes (each
     token starting with what is left of them, or being a prefix of it), and those bytes are not
     part of the suggestion. `fim` = (suffix lines, suffix tokens): the prompt of a FIM model
@@ -220,6 +221,12 @@ def expected_suggestion(
             k, heal = k + 1, p + heal
             if p[:1] == " ":
                 break
+        # and while it is all blanks (blank lines, indentation), the blank tokens before it
+        while k < 4 and k + 1 < len(ids) and not heal.strip():
+            p = text_of(ids[-1 - k])
+            if p == "" or p.strip() or len(p) + len(heal) > 32:
+                break
+            k, heal = k + 1, p + heal
         ids, rest = ids[:-k], heal.encode("utf-8")
     state = model.new_state()
     logits = model.prefill(state, ids)

@@ -83,6 +83,26 @@ def test_heal_takes_back_a_whole_partial_word(tok):
     assert "." not in healer.heal(ids).text  # punctuation ends the word
 
 
+@needs_default
+def test_heal_takes_back_a_run_of_blanks_whole(tok):
+    """A text ending in a blank line and indentation tokenizes as ")" + "\n" + "\n    " (nothing
+    follows the blanks), but in training the same blanks before a word were "\n\n   " + " def":
+    the whole run is taken back, or the model goes on from a lone "\n" it never saw there."""
+    healer = TokenHealer(tok, [tok.eos_id])
+    text = "class A:\n    def f(self):\n        return 1\n\n    "
+    ids = np.asarray(tok.encode(text))
+    pieces = [tok.decode([int(t)]) for t in ids]
+    k = next(n for n in range(1, len(ids)) if "".join(pieces[-n:]).strip() or n == len(ids)) - 1
+    assert k >= 2  # the blanks really are more than one token here
+    h = healer.heal(ids)
+    assert h.text == "\n\n    " and np.array_equal(h.ids, ids[:-k])
+    # the training-time split is allowed again
+    assert any(healer.token_bytes(int(i)) == b"\n\n   " for i in healer.allowed(h.raw))
+    assert healer.heal(ids, max_tokens=1).text == pieces[-1]  # within max_tokens
+    ids = np.asarray(tok.encode("x = 1\n    "))  # a word before the blanks stays
+    assert healer.heal(ids).text.strip() == ""
+
+
 def test_healed_text_strips_across_chunks():
     h = SkipPrefix("    ")
     assert [h.feed(c) for c in ["  ", "   x", "y"]] == ["", " x", "y"]
@@ -97,6 +117,8 @@ def test_healed_text_strips_across_chunks():
         ("if __name__ == ", lambda s: s.startswith(("'__main__'", '"__main__"'))),
         ("try:\n    import json\nexcept ", lambda s: s.startswith("ImportError")),
         ("class Point:\n    def __init__(self", lambda s: s.rstrip().endswith("):")),
+        # a new method after a blank line: a word, not the "= os..." of a lone line break
+        ("class A:\n    def f(self):\n        return 1\n\n    ", lambda s: s[:1].isalpha() or s[:1] in "@#"),
     ],
 )
 def test_shipped_model_completes_natural_code(prompt, check):
