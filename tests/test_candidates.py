@@ -240,6 +240,11 @@ def test_choice_picks_the_largest_expected_gain_above_the_threshold() -> None:
     assert best is not None
     assert utility(best) == max(utility(o) for o in options)  # p x (characters + the whole-line bonus)
     assert choose(options, 0.99, weights) is None  # nothing is that sure: silence
+    # a whole line is eligible from min_p x whole_bar, a line cut short only from min_p
+    bar = max(o.p for o in options if o.whole_line) / 0.99 * 0.999  # just under the best whole line
+    got = choose(options, 0.99, weights, whole_bar=bar)
+    assert got is not None and got.whole_line
+    assert choose(options, 0.99, weights, whole_bar=bar * 1.002) is None
 
 
 def test_runner_up_hooks_note_and_force_the_first_token() -> None:
