@@ -365,9 +365,9 @@ class ModelWorker:
             size = int(min(max(self._bg_rate * SLICE_SECONDS, 8), 1024))
             t0 = time.perf_counter()
             fed = store.prefill_slice(model, d, size, self._busy_uri)
-            dt = time.perf_counter() - t0
-            self._bg_rate = 0.5 * self._bg_rate + 0.5 * fed / max(dt, 1e-6)
+            rate = fed / max(time.perf_counter() - t0, 1e-6)
+            self._bg_rate = 0.5 * self._bg_rate + 0.5 * rate
             if fed >= MIN_FEED:  # a foreground feed is at least as fast (a low measure at load heals)
-                self.feed_rate = max(self.feed_rate, fed / max(dt, 1e-6))
+                self.feed_rate = max(self.feed_rate, rate)
             self.background_tokens += fed
             return
