@@ -87,7 +87,6 @@ class ModeOptions:
             if c["kind"] == mode:
                 self.case_package[case_of[c["case"]]] = pkg_of[c["package"]]
         self.n_cases = len(ids)
-        self.order = np.arange(len(sel))
 
 
 def replay_mode(m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: float, bonus: float) -> dict:
@@ -98,7 +97,7 @@ def replay_mode(m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: 
     p = p_all[m.index]
     eligible = p >= np.where(m.whole, threshold * whole_bar, threshold)
     gain = np.where(eligible, p * (m.length + bonus * m.whole), -np.inf)  # choice.utility
-    order = np.lexsort((m.order, -gain, m.case))  # per case, the largest gain first (ties: the first)
+    order = np.lexsort((np.arange(len(m.case)), -gain, m.case))  # per case, the largest gain first (ties: the first)
     first = order[np.r_[True, m.case[order][1:] != m.case[order][:-1]]] if len(order) else order
     chosen = first[eligible[first]]
     right = m.right[chosen]
