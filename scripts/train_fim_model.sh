@@ -1,35 +1,50 @@
 #!/usr/bin/env bash
-# Train the default FIM model (issue 16): the previous default model (issue 5: 10.6M tokens of
-# Python, left to right) trained on, with the three FIM sentinels added to its vocabulary
-# (ids 4096-4098), on Python and JavaScript/TypeScript in fill-in-the-middle form.
+# Train the default FIM model (issue 16) the way the shipped one was trained: three passes over
+# the same corpus, each starting from the one before (model.json's "lineage" records each command).
 #
+#   PASS=1  from the issue-5 model (Python, left to right; `git show 3ea1aca:bitmamba_lsp/data/
+#           default/model.bin` and its model.json / tokenizer.json into a folder, INIT=that folder),
+#           the three FIM sentinels added to its vocabulary (ids 4096-4098); 110 min, lr 2e-3, seed 1
+#   PASS=2  from pass 1 (INIT=runs/fim-model): 88 min, lr 8e-4, seed 1
+#   PASS=3  from pass 2 (INIT=runs/fim2-model): 65 min, lr 5e-4, seed 2 (new FIM split points)
+#   every pass: AdamW cosine to a tenth of its rate, 2 threads
+#
+# Without INIT a pass starts from the shipped model (fine-tuning it further).
 # Corpus: the running Python's standard library, the permissive site-packages, and the pinned
 # PyPI and npm packages of bitmamba_lsp/train/registry_packages.json (downloaded once into
 # ~/.cache/bitmamba/corpus, license checked per package, 15% of packages held out whole, the
 # usefulness benchmark's packages excluded by name). Files: .py .js .mjs .cjs .jsx .ts .mts .cts .tsx;
 # minified / generated / data-like files dropped, exact duplicates removed, 3 MB per package.
 # FIM: 70% of ~1.5 kB pieces as <pre> prefix <suf> suffix <mid> middle <eot> (data.FimOptions).
-# Same shape (d_model 256, 4 layers: ~4.9 MB model.bin): at ~3.8k training tokens/s on the 2-core
-# guest, the session's ~110 minutes are ~25M tokens, already below what this size could use.
+# Same shape (d_model 256, 4 layers: ~4.9 MB model.bin): 3.5-6k training tokens/s on the 2-core
+# guest, 69M tokens in the three passes.
 #
-#     nohup scripts/train_fim_model.sh > runs/fim/nohup.log 2>&1 &
-# Re-running resumes from runs/fim/checkpoint.pt (pass --no-resume to start over); every
+#     PASS=3 INIT=runs/fim2-model nohup scripts/train_fim_model.sh > runs/fim3.log 2>&1 &
+# Re-running resumes from $RUN_DIR/checkpoint.pt (pass --no-resume to start over); every
 # checkpoint is exported to $OUT with "status": "partial".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-RUN_DIR="${RUN_DIR:-runs/fim}"
-OUT="${OUT:-runs/fim-model}"
+PASS="${PASS:-1}"
+case "$PASS" in
+    1) SUFFIX=""; LR=2e-3; WARMUP=100; MIN=110; SEED=1 ;;
+    2) SUFFIX=2; LR=8e-4; WARMUP=50; MIN=88; SEED=1 ;;
+    3) SUFFIX=3; LR=5e-4; WARMUP=50; MIN=65; SEED=2 ;;
+    *) echo "PASS must be 1, 2 or 3" >&2; exit 2 ;;
+esac
+RUN_DIR="${RUN_DIR:-runs/fim$SUFFIX}"
+OUT="${OUT:-runs/fim$SUFFIX-model}"
+INIT="${INIT:-default}"
 mkdir -p "$RUN_DIR"
 EXT=()
 for e in .py .js .mjs .cjs .jsx .ts .mts .cts .tsx; do EXT+=(--ext "$e"); done
 
 exec "$PYTHON" -m bitmamba_lsp.train train \
-    --init default --stdlib --site-packages --packages "${EXT[@]}" \
+    --init "$INIT" --stdlib --site-packages --packages "${EXT[@]}" \
     --fim-rate 0.7 \
     --out "$OUT" --run-dir "$RUN_DIR" \
     --seq-len 512 --batch-size 8 \
-    --lr 2e-3 --min-lr-ratio 0.1 --warmup-steps 100 --weight-decay 0.05 --grad-clip 1.0 \
-    --steps 20000 --minutes "${MINUTES:-110}" --eval-every 200 --checkpoint-minutes 5 \
-    --seed 1 --threads 2 \
+    --lr "$LR" --min-lr-ratio 0.1 --warmup-steps "$WARMUP" --weight-decay 0.05 --grad-clip 1.0 \
+    --steps 20000 --minutes "${MINUTES:-$MIN}" --eval-every 200 --checkpoint-minutes 5 \
+    --seed "$SEED" --threads 2 \
     "$@"

@@ -190,9 +190,9 @@ function scenarios.accept()
 end
 
 -- type the character the ghost shows: it stays (trimmed) with no new request; then accept;
--- then type a character it does not show: it disappears
+-- then, on a new line, type a character the suggestion there does not show: it disappears
 function scenarios.typeover()
-  python_buffer('typeover.py', { 'def add(a, b):', '    total = a + b', '    return' })
+  python_buffer('typeover.py', { 'import os', '', '', 'class Config:', '    def __init__(self, path):', '        ' })
   keys('A')
   wait_ghost()
   local s = { shown = snapshot() }
@@ -205,7 +205,8 @@ function scenarios.typeover()
     return ghost.visible() == nil
   end, 3000, 'accept')
   s.accepted = snapshot()
-  -- the next suggestion (after accepting), then a character it does not show
+  -- a new line (autoindented) and its suggestion, then a character it does not show
+  keys('<CR>')
   wait_ghost('the next suggestion')
   s.next = snapshot()
   local wrong = s.next.visible:sub(1, 1) == '#' and '@' or '#'
@@ -250,7 +251,7 @@ end
 
 -- accept word, accept line, then the rest; multi-line ghost text as virtual lines
 function scenarios.partial()
-  python_buffer('partial.py', { 'import os', '', '', 'def read_file(path):', '    ' })
+  python_buffer('partial.py', { 'import sys', '', '', 'def main(argv):', '    ' })
   keys('A')
   wait_ghost()
   local s = { shown = snapshot(), screen = screen(16) }
