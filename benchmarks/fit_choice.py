@@ -141,8 +141,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--min-precision", type=float, default=0.50,
                     help="right among shown, per mode (issue 16's floor; issue 14's is 0.40)")
-    ap.add_argument("--min-package-precision", type=float, default=0.40,
-                    help="right among shown in every held-out package (issue 14's floor): the choice must carry over")
+    ap.add_argument("--min-package-precision", type=float, nargs="+", default=[0.40], metavar="P",
+                    help="right among shown in every held-out package (issue 14's floor): the choice must carry "
+                         "over; one value for both modes or LINE_START MID_LINE")
     ap.add_argument("--min-exact", type=float, nargs=2, default=[0.08, 0.12], metavar=("LINE_START", "MID_LINE"),
                     help="whole right lines per request (issue 14's exact-line floors)")
     ap.add_argument("--thresholds", type=float, nargs="*", default=[round(0.1 + 0.05 * i, 2) for i in range(13)])
@@ -182,6 +183,8 @@ def main() -> int:
     print(f"{len(opts)} options ({int(y.sum())} right), {len(cases)} cases in {time.perf_counter() - t0:.0f} s")
     packages = sorted({r["package"] for r in cases})
     floors = dict(zip(SCORED_MODES, args.min_exact, strict=False))
+    package_bars = args.min_package_precision * len(SCORED_MODES) if len(args.min_package_precision) == 1 else args.min_package_precision
+    package_bar = dict(zip(SCORED_MODES, package_bars, strict=True))
     by_mode = {mode: ModeOptions(opts, cases, mode) for mode in SCORED_MODES}
     trials = []
     for l2 in args.l2:
@@ -194,7 +197,7 @@ def main() -> int:
             chosen, reached = {}, 0
             for mode in SCORED_MODES:
                 rows = [replay_mode(by_mode[mode], p_held, t, bar, bonus) for t in args.thresholds for bar in args.whole_line_bars]
-                row, level = pick_threshold(rows, args.min_precision, floors.get(mode, 0.0), args.min_package_precision)
+                row, level = pick_threshold(rows, args.min_precision, floors.get(mode, 0.0), package_bar[mode])
                 chosen[mode], reached = row, reached + level
             gained = sum(r["chars_gained"] for r in chosen.values())
             trials.append({"l2": l2, "bonus": bonus, "reached": reached, "chars_gained": gained, "held_out": chosen})
@@ -239,7 +242,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fit-choice.json").write_text(json.dumps({
         "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "previous_whole_line_bar": old_bars, "trials": trials,
-        "bars": {"min_precision": args.min_precision, "min_package_precision": args.min_package_precision, "min_exact": floors},
+        "bars": {"min_precision": args.min_precision, "min_package_precision": package_bar, "min_exact": floors},
         "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds, "whole_line_bar": whole_bars}, "report": report}, indent=2) + "\n")
     print(f"wrote {WEIGHTS_FILE}; set Settings.min_confidence = {thresholds['mid_line']} and "
           f"min_confidence_line_start = {thresholds['line_start']} in bitmamba_lsp/lsp/settings.py")
