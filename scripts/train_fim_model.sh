@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the default FIM model (issue 16) the way the shipped one was trained: three passes over
+# Train the default FIM model (issue 16) the way the shipped one was trained: four passes over
 # the same corpus, each starting from the one before (model.json's "lineage" records each command).
 #
 #   PASS=1  from the issue-5 model (Python, left to right; `git show 3ea1aca:bitmamba_lsp/data/
@@ -7,6 +7,8 @@
 #           the three FIM sentinels added to its vocabulary (ids 4096-4098); 110 min, lr 2e-3, seed 1
 #   PASS=2  from pass 1 (INIT=runs/fim-model): 88 min, lr 8e-4, seed 1
 #   PASS=3  from pass 2 (INIT=runs/fim2-model): 65 min, lr 5e-4, seed 2 (new FIM split points)
+#   PASS=4  from pass 3 (INIT=runs/fim3-model): 70 min, lr 5e-4, seed 3, 2,048-token windows
+#           (6 kB pieces, batch 2: the same tokens a step)
 #   every pass: AdamW cosine to a tenth of its rate, 2 threads
 #
 # Without INIT a pass starts from the shipped model (fine-tuning it further).
@@ -17,20 +19,22 @@
 # minified / generated / data-like files dropped, exact duplicates removed, 3 MB per package.
 # FIM: 70% of ~1.5 kB pieces as <pre> prefix <suf> suffix <mid> middle <eot> (data.FimOptions).
 # Same shape (d_model 256, 4 layers: ~4.9 MB model.bin): 3.5-6k training tokens/s on the 2-core
-# guest, 69M tokens in the three passes.
+# guest, 85M tokens in the four passes.
 #
-#     PASS=3 INIT=runs/fim2-model nohup scripts/train_fim_model.sh > runs/fim3.log 2>&1 &
+#     PASS=4 INIT=runs/fim3-model nohup scripts/train_fim_model.sh > runs/fim3.log 2>&1 &
 # Re-running resumes from $RUN_DIR/checkpoint.pt (pass --no-resume to start over); every
 # checkpoint is exported to $OUT with "status": "partial".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 PASS="${PASS:-1}"
+SEQ=512; BATCH=8
 case "$PASS" in
     1) SUFFIX=""; LR=2e-3; WARMUP=100; MIN=110; SEED=1 ;;
     2) SUFFIX=2; LR=8e-4; WARMUP=50; MIN=88; SEED=1 ;;
     3) SUFFIX=3; LR=5e-4; WARMUP=50; MIN=65; SEED=2 ;;
-    *) echo "PASS must be 1, 2 or 3" >&2; exit 2 ;;
+    4) SUFFIX=4; LR=5e-4; WARMUP=50; MIN=70; SEED=3; SEQ=2048; BATCH=2 ;;
+    *) echo "PASS must be 1, 2, 3 or 4" >&2; exit 2 ;;
 esac
 RUN_DIR="${RUN_DIR:-runs/fim$SUFFIX}"
 OUT="${OUT:-runs/fim$SUFFIX-model}"
@@ -43,7 +47,7 @@ exec "$PYTHON" -m bitmamba_lsp.train train \
     --init "$INIT" --stdlib --site-packages --packages "${EXT[@]}" \
     --fim-rate 0.7 \
     --out "$OUT" --run-dir "$RUN_DIR" \
-    --seq-len 512 --batch-size 8 \
+    --seq-len "$SEQ" --batch-size "$BATCH" \
     --lr "$LR" --min-lr-ratio 0.1 --warmup-steps "$WARMUP" --weight-decay 0.05 --grad-clip 1.0 \
     --steps 20000 --minutes "${MINUTES:-$MIN}" --eval-every 200 --checkpoint-minutes 5 \
     --seed "$SEED" --threads 2 \
