@@ -62,16 +62,16 @@ def main() -> int:
     t0 = time.perf_counter()
     losses: dict[str, list[float]] = {}
     used = []
-    for name, version in PACKAGES[args.split]:
-        for f in fetch(name, version, CACHE)[0]:
-            if len(used) >= args.files:
-                break
-            ids = np.asarray(model.tokenizer.encode(f.text), dtype=np.int64)
-            if len(ids) < MIN_TOKENS:
-                continue
-            used.append(f"{f.package}/{f.name}")
-            for k, v in loss_by_context(model, ids).items():
-                losses.setdefault(k, []).extend(v)
+    files = [f for name, version in PACKAGES[args.split] for f in fetch(name, version, CACHE)[0]]
+    for f in files:
+        if len(used) >= args.files:
+            break
+        ids = np.asarray(model.tokenizer.encode(f.text), dtype=np.int64)
+        if len(ids) < MIN_TOKENS:
+            continue
+        used.append(f"{f.package}/{f.name}")
+        for k, v in loss_by_context(model, ids).items():
+            losses.setdefault(k, []).extend(v)
     if not used:
         print("no file is long enough")
         return 1

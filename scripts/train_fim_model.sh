@@ -21,7 +21,7 @@
 # Same shape (d_model 256, 4 layers: ~4.9 MB model.bin): 3.5-6k training tokens/s on the 2-core
 # guest, 85M tokens in the four passes.
 #
-#     PASS=4 INIT=runs/fim3-model nohup scripts/train_fim_model.sh > runs/fim3.log 2>&1 &
+#     PASS=4 INIT=runs/fim3-model nohup scripts/train_fim_model.sh > runs/fim4.log 2>&1 &
 # Re-running resumes from $RUN_DIR/checkpoint.pt (pass --no-resume to start over); every
 # checkpoint is exported to $OUT with "status": "partial".
 set -euo pipefail
