@@ -10,6 +10,9 @@
    initialized + didOpen + inlineCompletion; wall time from spawn to the completion's answer (and to
    the initialize reply). Settings: debounceMs 0, maxTokens 1, minConfidence 0, speculative off, so
    that what is timed is the start, not the generation of a long suggestion.
+   The same with `bitmamba-lsp --warm` (lsp/warm.py): served by a running warm server (its own
+   runtime folder), interleaved with the cold runs; and a first start with no warm server yet
+   (cold, and it spawns one) followed by the start after it.
 3. For reference, what Python alone takes to start and import numpy, lsprotocol.types and the
    daemon's modules: the part of each figure that is not ours to cut by lazier imports.
 
@@ -141,9 +144,13 @@ class Client:
             self.proc.wait()
 
 
-def time_daemon(model: Path, threads: int | None, env: dict[str, str]) -> tuple[float, float, str]:
-    """(seconds to the initialize reply, seconds to the first completion's answer, its text)."""
-    c = Client([*_script("bitmamba-lsp", ["lsp"]), "--model", str(model), *_threads(threads)], env)
+def time_daemon(
+    model: Path, threads: int | None, env: dict[str, str], warm: bool = False
+) -> tuple[float, float, str]:
+    """(seconds to the initialize reply, seconds to the first completion's answer, its text).
+    ``warm``: `bitmamba-lsp --warm` (served by the warm server of env's runtime folder if one runs)."""
+    flags = ["--warm"] if warm else []
+    c = Client([*_script("bitmamba-lsp", ["lsp"]), "--model", str(model), *_threads(threads), *flags], env)
     try:
         opts = {"debounceMs": 0, "maxTokens": 1, "minConfidence": 0, "speculative": False}
         c.send("initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": opts}, 1)
@@ -161,6 +168,30 @@ def time_daemon(model: Path, threads: int | None, env: dict[str, str]) -> tuple[
         return t_init, t_first, items[0]["insertText"] if items else ""
     finally:
         c.close()
+
+
+def start_warm_server(env: dict[str, str], timeout: float = 60) -> subprocess.Popen:
+    """A warm server (lsp/warm.py) in env's runtime folder, once its socket is there."""
+    folder = Path(env["BITMAMBA_LSP_RUNTIME_DIR"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitmamba_lsp.lsp.warm", "serve", "--idle", "600"], env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_socket(folder, timeout)
+    return proc
+
+
+def wait_for_socket(folder: Path, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if list(folder.glob("warm-*.sock")):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"no warm server came up in {folder}")
+
+
+def stop_warm_servers(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "bitmamba_lsp.lsp.warm", "stop"], env=env, capture_output=True)
 
 
 def stats(xs: list[float]) -> dict[str, Any]:
@@ -214,12 +245,40 @@ def main() -> int:
             cold.append(time_generate(model, args.threads, {**env, "XDG_CACHE_HOME": tmp}))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    time_daemon(model, args.threads, env)
-    inits, firsts, text = [], [], ""
-    for _ in range(args.repeats):
-        a, b, text = time_daemon(model, args.threads, env)
-        inits.append(a)
-        firsts.append(b)
+    # The daemon, cold (no warm start) and with --warm served by a running warm server, interleaved.
+    env_cold = {**env, "BITMAMBA_LSP_WARM": "0"}
+    runtime = Path(tempfile.mkdtemp(prefix="bitmamba-warm-"))
+    env_warm = {**env, "BITMAMBA_LSP_RUNTIME_DIR": str(runtime)}
+    server = start_warm_server(env_warm)
+    try:
+        time_daemon(model, args.threads, env_cold)
+        time_daemon(model, args.threads, env_warm, warm=True)
+        inits, firsts, text = [], [], ""
+        w_inits, w_firsts, w_text = [], [], ""
+        for _ in range(args.repeats):
+            a, b, text = time_daemon(model, args.threads, env_cold)
+            inits.append(a)
+            firsts.append(b)
+            a, b, w_text = time_daemon(model, args.threads, env_warm, warm=True)
+            w_inits.append(a)
+            w_firsts.append(b)
+    finally:
+        stop_warm_servers(env_warm)
+        server.wait(10)
+    # A user's very first start with --warm: no warm server yet, so a cold start that spawns one;
+    # the next start (once it is up) is served by it.
+    first_ever, second = [], []
+    for _ in range(min(3, args.repeats)):
+        fresh = Path(tempfile.mkdtemp(prefix="bitmamba-warm-"))
+        env_fresh = {**env, "BITMAMBA_LSP_RUNTIME_DIR": str(fresh)}
+        try:
+            first_ever.append(time_daemon(model, args.threads, env_fresh, warm=True)[1])
+            wait_for_socket(fresh)
+            second.append(time_daemon(model, args.threads, env_fresh, warm=True)[1])
+        finally:
+            stop_warm_servers(env_fresh)
+            shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(runtime, ignore_errors=True)
     refs = {name: stats([time_python(code, env) for _ in range(args.repeats)]) for name, code in REFERENCES.items()}
 
     note = note or busy_note(at_start=False)
@@ -235,6 +294,11 @@ def main() -> int:
         "daemon_initialize_reply": stats(inits),
         "daemon_first_completion": stats(firsts),
         "daemon_completion_text": text,
+        "warm_daemon_initialize_reply": stats(w_inits),
+        "warm_daemon_first_completion": stats(w_firsts),
+        "warm_daemon_completion_text": w_text,
+        "warm_first_ever_start": stats(first_ever),
+        "warm_second_start": stats(second),
         "references": refs,
     }
     rows = [
@@ -242,6 +306,10 @@ def main() -> int:
         ("`bitmamba generate --ids ... -n 1` (tokenizer cache cold)", res["generate_cold_tokenizer_cache"]),
         ("`bitmamba-lsp`: spawn to the initialize reply", res["daemon_initialize_reply"]),
         ("`bitmamba-lsp`: spawn to the first inline completion", res["daemon_first_completion"]),
+        ("`bitmamba-lsp --warm`, a warm server running: spawn to the initialize reply", res["warm_daemon_initialize_reply"]),
+        ("`bitmamba-lsp --warm`, a warm server running: spawn to the first inline completion", res["warm_daemon_first_completion"]),
+        ("`bitmamba-lsp --warm`, none running yet (the first start: cold, spawns one): first completion", res["warm_first_ever_start"]),
+        ("`bitmamba-lsp --warm`, the start after that one: first completion", res["warm_second_start"]),
     ]
     md = [
         f"Machine: {info['cpu']}, {info['cores']} cores, SIMD {info['simd']}, Python {info['python']}, "
@@ -256,7 +324,9 @@ def main() -> int:
     md += [
         "",
         "The daemon gets initialize, then initialized + didOpen (a 10-line Python file) + inlineCompletion at "
-        "its end at once, with debounceMs 0, maxTokens 1, minConfidence 0 and speculative off.",
+        "its end at once, with debounceMs 0, maxTokens 1, minConfidence 0 and speculative off. Cold and warm "
+        "runs alternate; cold runs have BITMAMBA_LSP_WARM=0. The warm server has the daemon's modules imported "
+        "and no model: each forked daemon loads the `.bin` itself, as a cold one does.",
         "",
         f"Floor (issue 17): generate median <= {FLOOR_S} s (cache warm), daemon first completion <= {FLOOR_S} s.",
     ]

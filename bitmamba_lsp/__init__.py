@@ -3,12 +3,36 @@
 import bitmamba_lsp
 m = bitmamba_lsp.load()                 # the default model shipped in the package
 print(m.complete("def fibonacci(n):", max_tokens=32, temperature=0))
+
+The engine (and NumPy with it) is imported on first use of one of its names, so that a command that
+needs none of it (`bitmamba-lsp --warm` handing its stdio to a warm daemon) starts in milliseconds.
+The C++ core is imported here: on a CPU that lacks the instructions this build was compiled for,
+`import bitmamba_lsp` raises a clear ImportError, never an illegal instruction later.
 """
 
+from __future__ import annotations
+
 from bitmamba_lsp import _core
-from bitmamba_lsp.engine import GenerationConfig, Model, ModelNotFoundError, State, load
+
+TYPE_CHECKING = False  # typing itself costs 10 ms of a warm start
+if TYPE_CHECKING:
+    from typing import Any
+
+    from bitmamba_lsp.engine import GenerationConfig, Model, ModelNotFoundError, State, load
 
 __version__ = "0.1.0"
+
+_ENGINE_NAMES = ("GenerationConfig", "Model", "ModelNotFoundError", "State", "load")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from bitmamba_lsp import engine
+
+        value = getattr(engine, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bitmamba_lsp' has no attribute {name!r}")
 
 
 def simd_level() -> str:

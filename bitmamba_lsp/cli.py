@@ -361,6 +361,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 _PLUGINS = {
     "bitmamba_lsp.lsp.cli": ("lsp",),
+    "bitmamba_lsp.lsp.warm": ("warm",),
     "bitmamba_lsp.http.cli": ("serve",),
     "bitmamba_lsp.train.cli": ("train",),
     "bitmamba_lsp.evaluation": ("eval",),

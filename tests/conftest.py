@@ -56,6 +56,13 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["BITMAMBA_LSP_CACHE_DIR"] = str(tmp_path_factory.mktemp("bitmamba-lsp-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_warm_start() -> None:
+    # No daemon started by a test hands its start to a warm server (lsp/warm.py) or spawns one that
+    # would outlive the session; tests/test_warm_start.py runs its own, in folders of its own.
+    os.environ["BITMAMBA_LSP_WARM"] = "0"
+
+
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 
 

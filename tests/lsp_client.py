@@ -32,10 +32,13 @@ async def start_server(
     encodings: list[str] | None = None,
     options: dict[str, Any] | None = None,
     wait: bool = True,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[LanguageClient, T.InitializeResult]:
+    """`command` replaces `bitmamba lsp --threads 1` (e.g. the `bitmamba-lsp --warm` launcher)."""
     lc = make_test_lsp_client()
-    cmd = [*SERVER] + (["--model", str(model)] if model is not None else [])
-    await lc.start_io(*cmd)
+    cmd = [*(command or SERVER)] + (["--model", str(model)] if model is not None else [])
+    await lc.start_io(*cmd, **({"env": env} if env is not None else {}))
     caps = client_capabilities(client)
     if encodings is not None:  # [] : the client says nothing (utf-16 is then the only choice)
         caps.general = T.GeneralClientCapabilities(position_encodings=encodings or None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +45,25 @@ class Healed:
     ids: np.ndarray  # the prompt without its last token(s) (or unchanged)
     text: str  # what the first generated tokens must reproduce, removed from the suggestion
     raw: bytes  # the same as bytes: the constraint still to satisfy
+
+
+_HEALERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def healer_for(tokenizer, special_ids: Sequence[int] = ()) -> TokenHealer:  # type: ignore[no-untyped-def]
+    """The TokenHealer of `tokenizer` (built once per tokenizer object and set of special ids: a
+    sort of the whole vocabulary, ~50 ms for GPT-2's, which a daemon would otherwise pay at every
+    model load; a warm start's fork inherits it built, lsp/warm.py). A healer is immutable but for
+    its cache of pure lookups, so models sharing a tokenizer share it."""
+    key = tuple(sorted(set(special_ids)))
+    try:
+        per = _HEALERS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return TokenHealer(tokenizer, special_ids)
+    healer = per.get(key)
+    if healer is None:
+        healer = per[key] = TokenHealer(tokenizer, special_ids)
+    return healer
 
 
 class TokenHealer:

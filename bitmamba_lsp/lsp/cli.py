@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from bitmamba_lsp.lsp import warm
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("lsp", help="run the LSP completion daemon (stdio by default)")
@@ -19,10 +21,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--threads", "-t", type=int, default=None, help="override the threads setting")
     p.add_argument("--log-file", help="write the daemon's log here (stderr by default)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="start fast: hand this start to a warm process that has the daemon imported (Linux; one is "
+        f"started on first use and ends after {warm.IDLE_S / 60:.0f} idle minutes; {warm.ENV}=0 turns it off)",
+    )
     p.set_defaults(func=run)
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line that gives `args` (what a warm server's daemon parses again)."""
+    out = ["--warm"]
+    for flag, value in (("--model", args.model), ("--threads", args.threads), ("--log-file", args.log_file)):
+        if value is not None:
+            out += [flag, str(value)]
+    return [*out, "--log-level", args.log_level]
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.warm and not args.tcp:  # `bitmamba lsp --warm` (`bitmamba-lsp` tried before parsing)
+        code = warm.try_warm(_argv(args))
+        if code is not None:
+            return code
     handler: logging.Handler = (
         logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
     )

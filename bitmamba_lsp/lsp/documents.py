@@ -20,7 +20,9 @@ model reads for a request is built from them in prompt.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,12 +51,23 @@ class Tokenizer(Protocol):
     def vocab_size(self) -> int: ...
 
 
+_CLEAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def clean_start_table(tok: Tokenizer) -> np.ndarray:
-    """For each token id: does its text start on a character boundary (not a UTF-8 continuation byte)?"""
+    """For each token id: does its text start on a character boundary (not a UTF-8 continuation byte)?
+    Built once per tokenizer object (read-only: shared by the models that use it)."""
+    try:
+        return _CLEAN[tok]
+    except (KeyError, TypeError):
+        pass
     out = np.ones(tok.vocab_size, dtype=bool)
     for i in range(tok.vocab_size):
         b = tok.token_bytes(i)
         out[i] = not b or (b[0] & 0xC0) != 0x80
+    out.flags.writeable = False
+    with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
+        _CLEAN[tok] = out
     return out
 
 

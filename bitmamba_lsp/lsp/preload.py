@@ -25,6 +25,9 @@ def start(name: str, threads: int | None) -> None:
     from bitmamba_lsp.engine import load
     from bitmamba_lsp.lsp.worker import PREFILL_RATE, measure_prefill_rate
 
+    with _lock:
+        if name in _pending:  # offered by the warm server (warm.py): already loaded
+            return
     fut: cf.Future[Any] = cf.Future()
 
     def run() -> None:
@@ -40,6 +43,14 @@ def start(name: str, threads: int | None) -> None:
     with _lock:
         _pending[name] = fut
     threading.Thread(target=run, name="bitmamba-preload", daemon=True).start()
+
+
+def offer(name: str, model: Any) -> None:
+    """`model`, already loaded (and its prefill rate measured), as the one `start(name)` would load."""
+    fut: cf.Future[Any] = cf.Future()
+    fut.set_result(model)
+    with _lock:
+        _pending[name] = fut
 
 
 def take(name: str | None, revision: str | None) -> Any:

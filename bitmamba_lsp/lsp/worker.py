@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bitmamba_lsp.engine.healing import TokenHealer
+from bitmamba_lsp.engine.healing import TokenHealer, healer_for
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
@@ -140,7 +140,7 @@ class ModelWorker:
 
     def _install(self, model: Model) -> None:
         self.healer = (
-            TokenHealer(model.tokenizer, [model.eos_id] if model.eos_id is not None else [])
+            healer_for(model.tokenizer, [model.eos_id] if model.eos_id is not None else [])
             if model.tokenizer is not None
             else None
         )
