@@ -24,7 +24,7 @@ EXT = REPO / "editors" / "vscode"
 BIN = Path(sys.executable).parent
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
-CLIENT_ONLY = {"serverPath", "serverArgs", "statusPollSeconds", "trace.server"}
+CLIENT_ONLY = {"serverPath", "serverArgs", "warmStart", "statusPollSeconds", "trace.server"}
 DAEMON_ONLY = {"incremental_state", "draft_fixed"}  # debugging and benchmark knobs, not user settings
 
 needs_node = pytest.mark.skipif(

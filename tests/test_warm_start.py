@@ -293,3 +293,11 @@ def test_bitmamba_lsp_warm_through_the_main_command_is_served_warm(model, server
         d.close()
     assert server.served() == before + 1
     assert "'--log-level', 'WARNING'" in _log(server.runtime)  # its arguments reached the daemon
+
+
+def test_bitmamba_warm_status_and_stop_without_a_server() -> None:
+    env = _env(_folder())
+    p = subprocess.run([*COLD[:-1], "warm", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout.strip() == "null"
+    p = subprocess.run([*COLD[:-1], "warm", "stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "no warm server was running" in p.stdout

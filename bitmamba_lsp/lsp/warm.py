@@ -390,8 +390,8 @@ class _Log:
 
 
 def serve(idle_s: float = IDLE_S, delay_s: float = 0.0, log_path: str | None = None) -> int:
-    """Run a warm server until `idle_s` seconds pass with no daemon running (or its socket is
-    removed or replaced). Returns 0; 0 too, at once, when another one already serves this key."""
+    """Run a warm server until `idle_s` seconds pass with no daemon running (never when 0), or its
+    socket is removed or replaced. Returns 0; 0 too, at once, when another one already serves this key."""
     import fcntl
 
     k = key()
@@ -501,7 +501,7 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
             if replaced:
                 log("socket removed or replaced: stopping")
                 break
-            if not children and time.monotonic() - last_busy > idle_s:
+            if idle_s > 0 and not children and time.monotonic() - last_busy > idle_s:
                 log(f"idle for {idle_s:.0f} s: stopping")
                 break
     finally:
@@ -672,7 +672,7 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
 
 def _add_arguments(p) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("action", choices=["start", "status", "stop", "serve"])
-    p.add_argument("--idle", type=float, default=IDLE_S, help=f"seconds without a daemon before it ends ({IDLE_S:.0f})")
+    p.add_argument("--idle", type=float, default=IDLE_S, help=f"seconds without a daemon before it ends ({IDLE_S:.0f}; 0: never)")
     p.add_argument("--delay", type=float, default=0.0, help="serve: seconds to wait before importing")
 
 

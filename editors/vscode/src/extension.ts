@@ -34,7 +34,10 @@ function currentServerSettings() {
 function createClient(): LanguageClient {
   const c = config();
   const command = c.get<string>('serverPath') || 'bitmamba-lsp';
-  const args = c.get<string[]>('serverArgs') ?? [];
+  const args = [...(c.get<string[]>('serverArgs') ?? [])];
+  if (c.get<boolean>('warmStart', true) && !args.includes('--warm')) {
+    args.push('--warm'); // later starts are forked by a warm process (Linux; see the README)
+  }
   const serverOptions: ServerOptions = {
     run: { command, args, transport: TransportKind.stdio },
     debug: { command, args: [...args, '--log-level', 'DEBUG'], transport: TransportKind.stdio },
@@ -175,7 +178,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       if (!e.affectsConfiguration(SECTION)) {
         return;
       }
-      if (e.affectsConfiguration(`${SECTION}.serverPath`) || e.affectsConfiguration(`${SECTION}.serverArgs`)) {
+      if (
+        e.affectsConfiguration(`${SECTION}.serverPath`) ||
+        e.affectsConfiguration(`${SECTION}.serverArgs`) ||
+        e.affectsConfiguration(`${SECTION}.warmStart`)
+      ) {
         await restart();
         return;
       }

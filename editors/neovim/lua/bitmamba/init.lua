@@ -51,22 +51,30 @@ local function as_object(t)
   return t
 end
 
---- The daemon command: `cmd`, plus `--log-file` (unless `log_file` is false, `cmd` already names
---- one, or `cmd` is a function). Neovim records every line a server writes on stderr as an
---- [ERROR] in its LSP log; the daemon's own log goes to its file instead.
+--- The daemon command: `cmd`, plus `--warm` (when `warm` is on and `cmd` does not say it) and
+--- `--log-file` (unless `log_file` is false, `cmd` already names one, or `cmd` is a function).
+--- Neovim records every line a server writes on stderr as an [ERROR] in its LSP log; the daemon's
+--- own log goes to its file instead.
 function M.daemon_cmd()
   local opts = config.options
   local cmd = opts.cmd
-  if type(cmd) ~= 'table' or not opts.log_file then
+  if type(cmd) ~= 'table' then
     return cmd
   end
+  local has_warm, has_log = false, false
   for _, a in ipairs(cmd) do
-    if a == '--log-file' or a:match('^%-%-log%-file=') then
-      return cmd
-    end
+    has_warm = has_warm or a == '--warm'
+    has_log = has_log or a == '--log-file' or a:match('^%-%-log%-file=') ~= nil
   end
-  vim.fn.mkdir(vim.fs.dirname(opts.log_file), 'p')
-  return vim.list_extend(vim.deepcopy(cmd), { '--log-file', opts.log_file })
+  local out = vim.deepcopy(cmd)
+  if opts.warm and not has_warm then
+    table.insert(out, '--warm')
+  end
+  if opts.log_file and not has_log then
+    vim.fn.mkdir(vim.fs.dirname(opts.log_file), 'p')
+    vim.list_extend(out, { '--log-file', opts.log_file })
+  end
+  return out
 end
 
 --- The daemon's log file, or nil when it logs to stderr (Neovim's LSP log).
