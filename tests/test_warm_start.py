@@ -301,3 +301,18 @@ def test_bitmamba_warm_status_and_stop_without_a_server() -> None:
     assert p.returncode == 1 and p.stdout.strip() == "null"
     p = subprocess.run([*COLD[:-1], "warm", "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "no warm server was running" in p.stdout
+
+
+def test_a_warm_server_ends_when_the_installed_code_changes() -> None:
+    s = WarmServer(idle=0)  # never idle: only the code check can end it (every CODE_CHECK_S)
+    try:
+        module = Path(warm.__file__)
+        st = module.stat()
+        try:
+            os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+            assert s.proc.wait(3 * warm.CODE_CHECK_S) == 0  # it saw another key than its own
+        finally:
+            os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert "the installed code changed" in _log(s.runtime)
+    finally:
+        s.close()

@@ -50,6 +50,7 @@ ENV = "BITMAMBA_LSP_WARM"  # "0": never warm; "1": warm even without --warm
 RUNTIME_ENV = "BITMAMBA_LSP_RUNTIME_DIR"  # where the sockets live (tests; else XDG_RUNTIME_DIR)
 IDLE_S = 1800.0  # a warm server with no daemon running ends after this long
 SPAWN_DELAY_S = 3.0  # a freshly spawned warm server waits this long before importing
+CODE_CHECK_S = 10.0  # how often a warm server checks that the installed code is still its own
 MAX_HEADER = 1 << 20
 _KEY_ENV_PREFIXES = ("PYTHON", "BITMAMBA_", "HF_")
 _KEY_ENV_NAMES = ("XDG_CACHE_HOME", "VIRTUAL_ENV", "HOME")
@@ -436,7 +437,7 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
     kept = KeptModel()
     last_fork = 0.0
     served = 0
-    last_busy = time.monotonic()
+    last_busy = last_check = time.monotonic()
     status_file = os.path.join(folder, f"warm-{k}.json")
 
     def write_status() -> None:
@@ -498,6 +499,11 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
                 replaced = os.stat(path).st_ino != ident
             except OSError:
                 replaced = True
+            if time.monotonic() - last_check > CODE_CHECK_S:
+                last_check = time.monotonic()
+                if key() != k:  # the package was upgraded or edited: launchers now look elsewhere
+                    log("the installed code changed: stopping")
+                    break
             if replaced:
                 log("socket removed or replaced: stopping")
                 break
