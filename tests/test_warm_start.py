@@ -130,9 +130,11 @@ async def test_a_warm_daemon_answers_as_a_cold_one(model, server) -> None:
     second = await _suggestions(model, [*LAUNCH, "--threads", "2"], server.env)
     assert server.served() == before + 2
     assert second == cold
+    assert "has the kept model (2 threads)" in _log(server.runtime)
 
 
 def test_exit_codes_reach_the_editor(model, server) -> None:
+    before = server.served()
     d = Raw(model, command=[*LAUNCH, "--threads", "1"], env=server.env)
     try:
         d.initialize()
@@ -151,6 +153,7 @@ def test_exit_codes_reach_the_editor(model, server) -> None:
         e.close()
     bad = subprocess.run([*LAUNCH, "--no-such-flag"], env=server.env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr
+    assert server.served() == before + 3  # all three were warm starts
 
 
 def _running(server: WarmServer) -> int:
@@ -264,14 +267,20 @@ def test_the_key_follows_the_code_and_the_environment(monkeypatch, tmp_path) -> 
     assert warm.key() == base
 
 
-def test_a_shared_runtime_folder_is_refused(tmp_path, monkeypatch) -> None:
-    folder = tmp_path / "open"
-    folder.mkdir()
+def test_a_shared_runtime_folder_is_refused(monkeypatch) -> None:
+    folder = _folder()
     folder.chmod(0o777)
     monkeypatch.setenv(warm.RUNTIME_ENV, str(folder))
     with pytest.raises(PermissionError, match="not a private directory"):
         warm.serve(idle_s=0)
-    assert warm.attach(["--warm"]) is None  # never hands stdio to a socket others could plant
+    # a socket someone planted there, where the launcher would look: it is never connected to
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as planted:
+        planted.bind(warm.socket_path())
+        planted.listen(1)
+        planted.settimeout(0.5)
+        assert warm.attach(["--warm"]) is None
+        with pytest.raises(TimeoutError):
+            planted.accept()
 
 
 def test_model_arguments_are_read_as_the_parser_reads_them() -> None:
@@ -303,7 +312,53 @@ def test_bitmamba_warm_status_and_stop_without_a_server() -> None:
     assert p.returncode == 0 and "no warm server was running" in p.stdout
 
 
+def test_a_daemon_whose_launcher_gave_up_never_touches_its_stdio(server) -> None:
+    """The launcher hands over its stdio, gets the pid, and leaves without the "go" (as one that
+    timed out and started cold does): the forked daemon ends without reading or writing a byte."""
+    stdin_r, stdin_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(stdin_w, b"Content-Length: 2\r\n\r\n{}")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(server.socket))
+            body = json.dumps({"argv": ["--help"], "cwd": "/", "env": dict(server.env), "umask": 0o22}).encode()
+            socket.send_fds(s, [len(body).to_bytes(4, "big") + body], [stdin_r, out_w, out_w])
+            pid = int(json.loads(s.makefile("rb").readline())["pid"])
+        os.close(out_w)
+        out_w = -1
+        assert os.read(out_r, 100) == b""  # EOF: the daemon closed its copy and printed no help
+        _wait_for(lambda: not warm._alive(pid), 20, "the daemon still runs")
+        assert os.read(stdin_r, 100).startswith(b"Content-Length")  # nothing was read from stdin
+    finally:
+        for fd in (stdin_r, stdin_w, out_r, out_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_a_stopped_warm_server_lets_its_daemons_finish(model) -> None:
+    s = WarmServer()
+    try:
+        d = Raw(model, command=[*LAUNCH, "--threads", "1"], env=s.env)
+        try:
+            d.initialize()
+            subprocess.run([sys.executable, "-m", "bitmamba_lsp.lsp.warm", "stop"], env=s.env, timeout=60)
+            assert not s.socket.exists() and s.proc.poll() is None  # no new launchers; still relaying
+            d.request(2, "bitmamba/status", {})
+            assert "result" in d.reply(2)  # the daemon goes on
+            d.request(3, "shutdown")
+            d.reply(3)
+            d.send({"jsonrpc": "2.0", "method": "exit"})
+            assert d.wait() == 0  # its exit code still reached the launcher
+        finally:
+            d.close()
+        assert s.proc.wait(20) == 0
+        assert "once its 1 daemon(s) end" in _log(s.runtime)
+    finally:
+        s.close()
+
+
 def test_a_warm_server_ends_when_the_installed_code_changes() -> None:
+    # last in this file: every warm server of this key (the module's too) stops on the change
     s = WarmServer(idle=0)  # never idle: only the code check can end it (every CODE_CHECK_S)
     try:
         module = Path(warm.__file__)
@@ -316,3 +371,4 @@ def test_a_warm_server_ends_when_the_installed_code_changes() -> None:
         assert "the installed code changed" in _log(s.runtime)
     finally:
         s.close()
+

@@ -52,6 +52,8 @@ IDLE_S = 1800.0  # a warm server with no daemon running ends after this long
 SPAWN_DELAY_S = 3.0  # a freshly spawned warm server waits this long before importing
 CODE_CHECK_S = 10.0  # how often a warm server checks that the installed code is still its own
 MAX_HEADER = 1 << 20
+GO = b"g"  # launcher -> daemon: it has the daemon's pid and hands over its stdio (see attach)
+GO_TIMEOUT_S = 30.0
 _KEY_ENV_PREFIXES = ("PYTHON", "BITMAMBA_", "HF_")
 _KEY_ENV_NAMES = ("XDG_CACHE_HOME", "VIRTUAL_ENV", "HOME")
 
@@ -103,6 +105,13 @@ def key() -> str:
                 p = os.path.join(root, name)
                 st = os.stat(p)
                 h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    core = sys.modules.get("bitmamba_lsp._core")
+    extra = [getattr(core, "__file__", None) or ""]
+    extra += [d for d in sys.path if d.endswith("-packages")]  # an upgraded dependency changes it
+    for p in extra:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     for k in sorted(os.environ):
         if (k.startswith(_KEY_ENV_PREFIXES) or k in _KEY_ENV_NAMES) and k not in (ENV, RUNTIME_ENV):
             h.update(f"{k}={os.environ[k]}\n".encode())
@@ -150,9 +159,14 @@ def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
 # -- the launcher (the editor's process) --
 
 
-def attach(argv: list[str], timeout: float = 2.0) -> int | None:
+def attach(argv: list[str], timeout: float = 2.0, pid_timeout: float = 10.0) -> int | None:
     """Hand this process's stdio to a warm server and wait for its daemon's exit code; None when no
-    warm server took it (then nothing was read from stdin: the caller starts cold)."""
+    warm server took it (then nothing was read from stdin: the caller starts cold).
+
+    The forked daemon touches the descriptors only after this launcher, having its pid, sends it
+    "go" on the socket; a launcher that gave up before (no pid within `pid_timeout`: a busy or
+    stuck warm server) closes the socket instead, and that daemon ends without reading a byte. So
+    the editor's stdio is never read by two daemons."""
     try:
         path = socket_path()
         if not os.path.exists(path):
@@ -168,17 +182,23 @@ def attach(argv: list[str], timeout: float = 2.0) -> int | None:
         return None
     umask = os.umask(0o022)
     os.umask(umask)
-    request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}
+    try:
+        cwd = os.getcwd()
+    except OSError:  # a deleted working folder: the daemon runs from / (a cold one would too)
+        cwd = "/"
+    request = {"argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": umask}
     try:
         _send_request(sock, request, [0, 1, 2])
+        sock.settimeout(pid_timeout)
         reader = sock.makefile("rb")
-        first = reader.readline()  # {"pid": N} once the child runs (a warm server answers at once)
+        first = reader.readline()  # {"pid": N} once the child is forked
         pid = int(json.loads(first)["pid"]) if first else 0
+        if pid > 0:
+            sock.sendall(GO)
     except (OSError, ValueError, KeyError, TypeError):
-        sock.close()
-        return None
+        pid = 0
     if pid <= 0:
-        sock.close()
+        sock.close()  # a daemon forked for us, if any, sees the socket close and ends untouched
         return None
 
     def forward(signum: int, _frame: object) -> None:
@@ -204,7 +224,8 @@ def attach(argv: list[str], timeout: float = 2.0) -> int | None:
         except (ValueError, KeyError, TypeError):
             return 1
         if code < 0:  # the daemon died of a signal: so does its launcher (what the editor sees)
-            signal.signal(-code, signal.SIG_DFL)
+            with contextlib.suppress(OSError, ValueError):  # SIGKILL's disposition cannot be set
+                signal.signal(-code, signal.SIG_DFL)
             os.kill(os.getpid(), -code)
             return 128 - code
         return code
@@ -231,9 +252,9 @@ def spawn() -> None:
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "bitmamba_lsp.lsp.warm", "serve", "--delay", str(SPAWN_DELAY_S)],
+            [sys.executable, "-P", "-m", "bitmamba_lsp.lsp.warm", "serve", "--delay", str(SPAWN_DELAY_S)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, cwd="/",
         )
 
 
@@ -323,10 +344,13 @@ class KeptModel:
             return None
         return (os.path.realpath(name), st.st_size, st.st_mtime_ns)
 
-    def note(self, argv: list[str]) -> None:
-        """A daemon was started with `argv`: keep its model next, if it names a file."""
+    def note(self, argv: list[str], cwd: str) -> None:
+        """A daemon was started with `argv` in `cwd`: keep its model next, if it names a file."""
         name, threads = _model_arg(argv)
-        if name is not None and self.identify(name) is not None and self.identify(name) != self.ident:
+        if name is None:
+            return
+        name = os.path.join(cwd, name)  # as the daemon reads it (an absolute name stays itself)
+        if self.identify(name) is not None and self.identify(name) != self.ident:
             self.wanted = (name, threads)
 
     def load_wanted(self, log: _Log) -> None:
@@ -355,16 +379,20 @@ class KeptModel:
         except Exception as exc:  # the daemons that use it report its errors themselves
             log(f"could not keep {name}: {type(exc).__name__}: {exc}")
 
-    def offer(self, argv: list[str]) -> None:
-        """In a forked child: hand the kept model to the daemon's preload if `argv` names it."""
-        name, threads = _model_arg(argv)
-        if self.model is None or name != self.name or self.identify(name) != self.ident:
+    def offer(self, argv: list[str], log: _Log) -> None:
+        """In a forked child (its working folder the launcher's): hand the kept model to the
+        daemon's preload if `argv` names it, with the threads a cold start would use."""
+        arg, threads = _model_arg(argv)
+        if self.model is None or arg is None or self.name is None:
+            return
+        if os.path.join(os.getcwd(), arg) != self.name or self.identify(arg) != self.ident:
             return
         from bitmamba_lsp.lsp import preload
 
         model = self.model
-        model.threads = threads or self.threads  # type: ignore[attr-defined]
-        preload.offer(name, model)
+        model.threads = threads if threads else 0  # type: ignore[attr-defined]  # 0: one per core
+        preload.offer(arg, model)
+        log(f"daemon {os.getpid()} has the kept model ({model.threads} threads)")  # type: ignore[attr-defined]
 
 
 def _derive(tok: object, eos_id: int | None) -> None:
@@ -395,6 +423,11 @@ def serve(idle_s: float = IDLE_S, delay_s: float = 0.0, log_path: str | None = N
     socket is removed or replaced. Returns 0; 0 too, at once, when another one already serves this key."""
     import fcntl
 
+    # A server started with `python -m` from some folder would import from that folder for as long
+    # as it runs (a project's own uuid.py...), which no daemon started cold from elsewhere would.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path.pop(0)
+    os.chdir("/")
     k = key()
     folder = _private_dir(runtime_dir())
     with open(os.path.join(folder, f"warm-{k}.lock"), "w") as lock:
@@ -440,11 +473,25 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
     last_busy = last_check = time.monotonic()
     status_file = os.path.join(folder, f"warm-{k}.json")
 
+    draining = False  # no new launchers (stopped, or the code changed): ends once its daemons have
+
     def write_status() -> None:
         tmp = status_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "socket": path, "served": served, "running": len(children)}, f)
-        os.replace(tmp, status_file)
+        with contextlib.suppress(OSError):
+            with open(tmp, "w") as f:
+                info = {"pid": os.getpid(), "socket": path, "served": served, "running": len(children)}
+                json.dump(info, f)
+            os.replace(tmp, status_file)
+
+    def drain(why: str) -> None:
+        nonlocal draining
+        log(f"{why}: stopping" + (f" once its {len(children)} daemon(s) end" if children else ""))
+        draining = True
+        sel.unregister(listener)
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == ident:
+                os.unlink(path)
 
     write_status()
     try:
@@ -456,7 +503,7 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
                 if ev.fileobj is wake_r:
                     with contextlib.suppress(OSError):
                         wake_r.recv(4096)
-                elif ev.fileobj is listener:
+                elif ev.fileobj is listener and not draining:
                     try:
                         conn, _ = listener.accept()
                     except OSError:
@@ -470,8 +517,8 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
                         write_status()
                 else:  # a launcher's connection: readable only when it closed (its process ended)
                     conn = ev.fileobj  # type: ignore[assignment]
-                    try:
-                        gone = not conn.recv(1, socket.MSG_DONTWAIT)
+                    try:  # a peek: the "go" byte is the daemon's to read
+                        gone = not conn.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
                     except BlockingIOError:
                         gone = False
                     except OSError:
@@ -495,6 +542,10 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
                 write_status()
             if children:
                 last_busy = time.monotonic()
+            if draining:
+                if not children:
+                    break
+                continue
             try:
                 replaced = os.stat(path).st_ino != ident
             except OSError:
@@ -502,18 +553,18 @@ def _serve_locked(k: str, folder: str, idle_s: float, delay_s: float, log: _Log,
             if time.monotonic() - last_check > CODE_CHECK_S:
                 last_check = time.monotonic()
                 if key() != k:  # the package was upgraded or edited: launchers now look elsewhere
-                    log("the installed code changed: stopping")
-                    break
+                    drain("the installed code changed")
+                    continue
             if replaced:
-                log("socket removed or replaced: stopping")
-                break
+                drain("socket removed or replaced")
+                continue
             if idle_s > 0 and not children and time.monotonic() - last_busy > idle_s:
                 log(f"idle for {idle_s:.0f} s: stopping")
                 break
     finally:
         signal.set_wakeup_fd(-1)
         sel.close()
-        listener.close()
+        listener.close()  # again when drained: a no-op
         wake_r.close()
         wake_w.close()
         try:
@@ -552,7 +603,14 @@ def _start(conn: socket.socket, inherited: list, lock_fd: int, log: _Log, kept: 
         log(f"refused a launcher: {exc}")
         conn.close()
         return 0
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # no memory or process left: the launcher starts cold
+        log(f"could not fork: {exc}")
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return 0
     if pid == 0:  # the daemon
         code = 1
         try:
@@ -561,14 +619,25 @@ def _start(conn: socket.socket, inherited: list, lock_fd: int, log: _Log, kept: 
             for obj in inherited:
                 obj.close()
             os.close(lock_fd)
+            conn.settimeout(GO_TIMEOUT_S)
+            try:
+                go = conn.recv(1)
+            except OSError:
+                go = b""
             conn.close()
+            if go != GO:  # the launcher gave up (it starts cold): never touch its stdio
+                os._exit(0)
             _become_daemon(request, fds)
-            kept.offer([str(a) for a in request["argv"]])
+            kept.offer([str(a) for a in request["argv"]], log)
             from bitmamba_lsp.cli import main
 
             code = main(["lsp", *[str(a) for a in request["argv"]]])
-        except SystemExit as exc:  # argparse's errors
-            code = exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # argparse's errors, as the interpreter would report them
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
         except BaseException:
             import traceback
 
@@ -581,13 +650,13 @@ def _start(conn: socket.socket, inherited: list, lock_fd: int, log: _Log, kept: 
                 os._exit(code)
     for fd in fds:
         os.close(fd)
-    log(f"daemon {pid} for {request['argv']!r} in {request.get('cwd')}")
-    kept.note([str(a) for a in request["argv"]])
-    try:
+    try:  # first: the launcher waits for it (and the daemon for the launcher's "go")
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         conn.setblocking(False)
     except OSError:
-        pass  # the launcher is gone: the selector sees the connection closed and ends the child
+        pass  # the launcher is gone: the daemon sees no "go" and ends
+    log(f"daemon {pid} for {request['argv']!r} in {request.get('cwd')}")
+    kept.note([str(a) for a in request["argv"]], str(request.get("cwd") or "/"))
     return pid
 
 
@@ -697,9 +766,9 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
             import subprocess
 
             subprocess.Popen(
-                [sys.executable, "-m", "bitmamba_lsp.lsp.warm", "serve", "--idle", str(args.idle)],
+                [sys.executable, "-P", "-m", "bitmamba_lsp.lsp.warm", "serve", "--idle", str(args.idle)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, cwd="/",
             )
         return 0
     if args.action == "status":

@@ -34,13 +34,15 @@ function currentServerSettings() {
 function createClient(): LanguageClient {
   const c = config();
   const command = c.get<string>('serverPath') || 'bitmamba-lsp';
-  const args = [...(c.get<string[]>('serverArgs') ?? [])];
-  if (c.get<boolean>('warmStart', true) && !args.includes('--warm')) {
-    args.push('--warm'); // later starts are forked by a warm process (Linux; see the README)
-  }
+  const args = c.get<string[]>('serverArgs') ?? [];
+  // A warm start (later starts are forked by a warm process; Linux; see the README): asked for in
+  // the environment, which an older bitmamba-lsp ignores (a flag would stop it starting), unless
+  // the user's environment already says.
+  const warm = c.get<boolean>('warmStart', true) && process.env.BITMAMBA_LSP_WARM === undefined;
+  const options = warm ? { env: { ...process.env, BITMAMBA_LSP_WARM: '1' } } : undefined;
   const serverOptions: ServerOptions = {
-    run: { command, args, transport: TransportKind.stdio },
-    debug: { command, args: [...args, '--log-level', 'DEBUG'], transport: TransportKind.stdio },
+    run: { command, args, options, transport: TransportKind.stdio },
+    debug: { command, args: [...args, '--log-level', 'DEBUG'], options, transport: TransportKind.stdio },
   };
   const clientOptions: LanguageClientOptions = {
     // every file: the model completes code and prose alike

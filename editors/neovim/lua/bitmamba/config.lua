@@ -10,9 +10,9 @@
 ---@field filetypes string[]|nil     filetypes to attach to (nil: every file buffer with a filetype)
 ---@field exclude_filetypes string[] never attach to these
 ---@field settings table             daemon settings (camelCase), sent as initializationOptions
----@field warm boolean               start the daemon with `--warm`: from the second start on it is
----                                  forked by a warm process that has it imported (Linux; the process
----                                  ends after 30 idle minutes)
+---@field warm boolean               a warm start (BITMAMBA_LSP_WARM=1 in the daemon's environment):
+---                                  from the second start on it is forked by a warm process that has
+---                                  it imported (Linux; the process ends after 30 idle minutes)
 ---@field log_file string|false      the daemon's own log (`--log-file`); false: its stderr, which Neovim
 ---                                  records as [ERROR] lines in the LSP log
 ---@field debounce_ms integer        wait this long after the last keystroke before asking

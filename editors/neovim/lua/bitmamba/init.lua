@@ -51,30 +51,32 @@ local function as_object(t)
   return t
 end
 
---- The daemon command: `cmd`, plus `--warm` (when `warm` is on and `cmd` does not say it) and
---- `--log-file` (unless `log_file` is false, `cmd` already names one, or `cmd` is a function).
---- Neovim records every line a server writes on stderr as an [ERROR] in its LSP log; the daemon's
---- own log goes to its file instead.
+--- The daemon command: `cmd`, plus `--log-file` (unless `log_file` is false, `cmd` already names
+--- one, or `cmd` is a function). Neovim records every line a server writes on stderr as an
+--- [ERROR] in its LSP log; the daemon's own log goes to its file instead.
 function M.daemon_cmd()
   local opts = config.options
   local cmd = opts.cmd
-  if type(cmd) ~= 'table' then
+  if type(cmd) ~= 'table' or not opts.log_file then
     return cmd
   end
-  local has_warm, has_log = false, false
   for _, a in ipairs(cmd) do
-    has_warm = has_warm or a == '--warm'
-    has_log = has_log or a == '--log-file' or a:match('^%-%-log%-file=') ~= nil
+    if a == '--log-file' or a:match('^%-%-log%-file=') then
+      return cmd
+    end
   end
-  local out = vim.deepcopy(cmd)
-  if opts.warm and not has_warm then
-    table.insert(out, '--warm')
+  vim.fn.mkdir(vim.fs.dirname(opts.log_file), 'p')
+  return vim.list_extend(vim.deepcopy(cmd), { '--log-file', opts.log_file })
+end
+
+--- The daemon's environment additions: BITMAMBA_LSP_WARM=1 when `warm` is on (a warm start, see
+--- the top-level README; an environment variable, not a flag, so that an older bitmamba-lsp
+--- that does not know it still starts) unless the user's environment already says.
+function M.daemon_env()
+  if config.options.warm and vim.env.BITMAMBA_LSP_WARM == nil then
+    return { BITMAMBA_LSP_WARM = '1' }
   end
-  if opts.log_file and not has_log then
-    vim.fn.mkdir(vim.fs.dirname(opts.log_file), 'p')
-    vim.list_extend(out, { '--log-file', opts.log_file })
-  end
-  return out
+  return nil
 end
 
 --- The daemon's log file, or nil when it logs to stderr (Neovim's LSP log).
@@ -105,6 +107,7 @@ function M.attach(bufnr)
   return vim.lsp.start({
     name = M.name,
     cmd = M.daemon_cmd(),
+    cmd_env = M.daemon_env(),
     root_dir = vim.fs.root(bufnr, { '.git' }) or vim.fn.getcwd(),
     init_options = as_object(opts.settings),
     -- One daemon for every buffer: the model is loaded once.
