@@ -200,6 +200,13 @@ def attach(argv: list[str], timeout: float = 2.0, pid_timeout: float = 10.0) -> 
     if pid <= 0:
         sock.close()  # a daemon forked for us, if any, sees the socket close and ends untouched
         return None
+    # The editor's pipes are the daemon's now: once it exits, the editor sees the end of its output
+    # at once, not when this launcher has also gone.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(OSError):
