@@ -20,8 +20,9 @@ server in the background for the next time (``spawn``: a new session, importing 
 delay so that it does not compete with this start; not niced: the daemons it forks inherit that). A warm server ends after ``IDLE_S`` seconds without a
 daemon running, or on ``bitmamba warm stop``.
 
-It holds no thread when it forks (a thread does not survive a fork: the engine's thread pools, the
-tokenizer library's). It does keep the last model a command line named (``--model FILE``), loaded
+It starts none of our threads before it forks (a thread does not survive a fork: the engine's thread
+pools, the tokenizer library's); NumPy's OpenBLAS pool, on a host with several cores, is stopped
+and restarted around the fork by OpenBLAS's own fork handlers. It does keep the last model a command line named (``--model FILE``), loaded
 while idle after that daemon started, its prefill rate measured, with a pool of one thread (no worker
 thread); a child forked for the same file, unchanged since (size, time), gets it from the fork, sets
 its threads and skips the load (``KeptModel``). The weights' pages are then shared by every daemon
