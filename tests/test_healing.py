@@ -130,3 +130,22 @@ def test_shipped_model_completes_natural_code(prompt, check):
     model = load(None, threads=1)
     got = expected_suggestion(model, prompt, len(prompt), 24, multiline=False)
     assert got is not None and check(got), (prompt, got)
+
+
+def test_a_healer_is_built_once_per_tokenizer_and_special_ids(tok):
+    from bitmamba_lsp.engine.healing import healer_for
+    from bitmamba_lsp.engine.tokenizer import TextTokenizer
+    from bitmamba_lsp.lsp.documents import clean_start_table
+
+    h = healer_for(tok, [0])
+    assert healer_for(tok, (0,)) is h  # what a second model load on this tokenizer gets
+    assert healer_for(tok, []) is not h
+    other = TextTokenizer.from_path(DEFAULT)  # another tokenizer object: its own
+    assert healer_for(other, [0]) is not h
+    fresh = TokenHealer(tok, [0])  # and the cached one is what building it gives
+    for rest in (b" ", b"self", b"    re"):
+        assert np.array_equal(h.allowed(rest), fresh.allowed(rest))
+    table = clean_start_table(tok)
+    assert clean_start_table(tok) is table and not table.flags.writeable
+    expected = [not b or (b[0] & 0xC0) != 0x80 for b in map(tok.token_bytes, range(tok.vocab_size))]
+    assert table.tolist() == expected
