@@ -83,6 +83,13 @@ class Raw:
         self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
         return r
 
+    def shutdown_and_exit(self, msg_id: int = 99) -> int:
+        """The orderly end an editor sends (shutdown, then exit); the process's exit code."""
+        self.request(msg_id, "shutdown")
+        assert self.reply(msg_id)["result"] is None
+        self.send({"jsonrpc": "2.0", "method": "exit"})
+        return self.wait()
+
     def wait(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout=timeout)
 

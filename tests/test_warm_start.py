@@ -138,10 +138,7 @@ def test_exit_codes_reach_the_editor(model, server) -> None:
     d = Raw(model, command=[*LAUNCH, "--threads", "1"], env=server.env)
     try:
         d.initialize()
-        d.request(2, "shutdown")
-        assert d.reply(2)["result"] is None
-        d.send({"jsonrpc": "2.0", "method": "exit"})
-        assert d.wait() == 0
+        assert d.shutdown_and_exit() == 0
     finally:
         d.close()
     e = Raw(model, command=[*LAUNCH, "--threads", "1"], env=server.env)
@@ -213,10 +210,7 @@ def test_without_a_warm_server_the_start_is_cold_and_spawns_one(model) -> None:
             d.initialize()
             d.request(2, "bitmamba/status", {})
             assert "result" in d.reply(2)
-            d.request(3, "shutdown")
-            d.reply(3)
-            d.send({"jsonrpc": "2.0", "method": "exit"})
-            assert d.wait() == 0
+            assert d.shutdown_and_exit() == 0
         finally:
             d.close()
         # ... and a warm server for the next start came up in the background
@@ -294,10 +288,7 @@ def test_bitmamba_lsp_warm_through_the_main_command_is_served_warm(model, server
     d = Raw(model, command=[*COLD, "--warm", "--threads", "1", "--log-level", "WARNING"], env=server.env)
     try:
         d.initialize()
-        d.request(2, "shutdown")
-        d.reply(2)
-        d.send({"jsonrpc": "2.0", "method": "exit"})
-        assert d.wait() == 0
+        assert d.shutdown_and_exit() == 0
     finally:
         d.close()
     assert server.served() == before + 1
@@ -345,10 +336,7 @@ def test_a_stopped_warm_server_lets_its_daemons_finish(model) -> None:
             assert not s.socket.exists() and s.proc.poll() is None  # no new launchers; still relaying
             d.request(2, "bitmamba/status", {})
             assert "result" in d.reply(2)  # the daemon goes on
-            d.request(3, "shutdown")
-            d.reply(3)
-            d.send({"jsonrpc": "2.0", "method": "exit"})
-            assert d.wait() == 0  # its exit code still reached the launcher
+            assert d.shutdown_and_exit() == 0  # its exit code still reached the launcher
         finally:
             d.close()
         assert s.proc.wait(20) == 0
