@@ -254,13 +254,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def spawn() -> None:
-    """Start a warm server for the next start, detached from this process (best effort)."""
+def spawn(*serve_args: str) -> None:
+    """Start a warm server (`serve` with `serve_args`), detached from this process, from / and
+    without the current folder on its path (best effort). Without arguments: the one a cold start
+    leaves for the next start, importing after a short delay."""
     import subprocess
 
+    args = serve_args or ("--delay", str(SPAWN_DELAY_S))
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-P", "-m", "bitmamba_lsp.lsp.warm", "serve", "--delay", str(SPAWN_DELAY_S)],
+            [sys.executable, "-P", "-m", "bitmamba_lsp.lsp.warm", "serve", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True, cwd="/",
         )
@@ -307,29 +310,22 @@ def _prepare() -> None:
 
 
 def _model_arg(argv: list[str]) -> tuple[str | None, int | None]:
-    """(--model, --threads) of a `bitmamba-lsp` command line, as its parser reads them."""
-    model: str | None = None
-    threads: int | None = None
-    it = iter(range(len(argv)))
-    for i in it:
-        a = argv[i]
-        for flags, kind in ((("--model", "-m"), "model"), (("--threads", "-t"), "threads")):
-            value = None
-            if a in flags and i + 1 < len(argv):
-                value = argv[i + 1]
-                next(it, None)
-            elif a.startswith(flags[0] + "="):
-                value = a.split("=", 1)[1]
-            if value is None:
-                continue
-            if kind == "model":
-                model = value
-            else:
-                try:
-                    threads = int(value)
-                except ValueError:
-                    threads = None
-    return model, threads
+    """(--model, --threads) of a `bitmamba-lsp` command line, read by argparse with the daemon's own
+    flags (abbreviations, `=`, repeats: the last one wins); (None, None) where it cannot."""
+    import argparse
+
+    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    p.add_argument("--model", "-m")
+    p.add_argument("--threads", "-t")
+    try:
+        args, _ = p.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None, None
+    try:
+        threads = int(args.threads) if args.threads is not None else None
+    except ValueError:
+        threads = None
+    return args.model, threads
 
 
 class KeptModel:
@@ -339,7 +335,6 @@ class KeptModel:
         self.name: str | None = None
         self.ident: tuple | None = None
         self.model: object = None
-        self.threads = 0
         self.wanted: tuple[str, int | None] | None = None
 
     @staticmethod
@@ -379,7 +374,6 @@ class KeptModel:
                 return  # the daemon refuses it anyway
             model.tokenizer.prepare()
             _derive(model.tokenizer, model.eos_id)
-            self.threads = model.threads
             model.extra[PREFILL_RATE] = (model.threads, measure_prefill_rate(model))
             model.threads = 1  # joins the pool's worker threads: none may exist at a fork
             self.name, self.ident, self.model = name, ident, model
@@ -771,13 +765,7 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
             return 1
     if args.action == "start":
         if status() is None:
-            import subprocess
-
-            subprocess.Popen(
-                [sys.executable, "-P", "-m", "bitmamba_lsp.lsp.warm", "serve", "--idle", str(args.idle)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True, cwd="/",
-            )
+            spawn("--idle", str(args.idle))
         return 0
     if args.action == "status":
         info = status()
