@@ -4,12 +4,13 @@
 1. Run the daemon over the tune split, recording every option it weighed (the greedy line's
    prefixes, the runners-up's lines, the whole-line candidates) with its features and whether the
    truth starts with it.
-2. Choose the L2 strength, the whole-line bonus of the utility and the two thresholds
-   (minConfidence for a line with something typed, minConfidenceLineStart at an empty line) by
-   leave-one-package-out within the tune split: fit a logistic regression (Newton's method) on two
-   packages, replay the choice (the option with the largest expected utility, p x (characters +
-   the bonus for a whole line), among p >= the mode's threshold) on the third, pool the three
-   held-out packages. Per mode, the threshold kept is the one with the most characters gained among
+2. Choose the L2 strength, the whole-line bonus of the utility and, per mode, the threshold
+   (minConfidence for a line with something typed, minConfidenceLineStart at an empty line), the
+   whole-line bar and the miss cost by leave-one-package-out within the tune split: fit a logistic
+   regression (Newton's method) on the other packages, replay the choice (the option with the
+   largest expected utility, p x (characters + the bonus for a whole line) - (1 - p) x the miss
+   cost, among p >= the mode's threshold and, with a cost, utility > 0) on the one left out, pool the
+   held-out packages. Per mode, the threshold (with its bar and cost) kept is the one with the most characters gained among
    those whose shown suggestions are right >= --min-precision of the time (pooled; and
    >= --min-package-precision in every package alone, so that it carries over to other code) and
    whose whole right lines reach --min-exact (the floors of issue 14), or among the first kind only
@@ -21,6 +22,7 @@
    tests/test_choice_defaults.py); score the report split once with the real daemon.
 
     python benchmarks/fit_choice.py
+    python benchmarks/fit_choice.py --skip-report   # write the choice, leave the report split unread
 """
 
 from __future__ import annotations
@@ -89,14 +91,20 @@ class ModeOptions:
         self.n_cases = len(ids)
 
 
-def replay_mode(m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: float, bonus: float) -> dict:
+def replay_mode(
+    m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: float, bonus: float, miss_cost: float = 0.0
+) -> dict:
     """What the daemon would show with these probabilities (choice.choose): per case, the option with
-    the largest p x (characters + bonus for a whole line) among those with p >= the threshold (a
-    whole line: the threshold x whole_bar); scored like editor_eval (precision, chars gained), pooled
-    and with the lowest precision of any one package."""
+    the largest p x (characters + bonus for a whole line) - (1 - p) x miss_cost among those with
+    p >= the threshold (a whole line: the threshold x whole_bar) and, with a miss cost, a positive
+    expected gain; scored like editor_eval (precision, chars gained), pooled and with the lowest
+    precision of any one package."""
     p = p_all[m.index]
+    utility = p * (m.length + bonus * m.whole) - (1.0 - p) * miss_cost  # choice.utility
     eligible = p >= np.where(m.whole, threshold * whole_bar, threshold)
-    gain = np.where(eligible, p * (m.length + bonus * m.whole), -np.inf)  # choice.utility
+    if miss_cost > 0:
+        eligible &= utility > 0
+    gain = np.where(eligible, utility, -np.inf)
     order = np.lexsort((np.arange(len(m.case)), -gain, m.case))  # per case, the largest gain first (ties: the first)
     first = order[np.r_[True, m.case[order][1:] != m.case[order][:-1]]] if len(order) else order
     chosen = first[eligible[first]]
@@ -112,6 +120,7 @@ def replay_mode(m: ModeOptions, p_all: np.ndarray, threshold: float, whole_bar: 
         "n": m.n_cases,
         "threshold": threshold,
         "whole_line_bar": whole_bar,
+        "miss_cost": miss_cost,
         "shown": len(chosen) / n,
         "precision": float(right.mean()) if len(chosen) else 0.0,
         "chars_gained": chars / n,
@@ -149,6 +158,8 @@ def main() -> int:
     ap.add_argument("--thresholds", type=float, nargs="*", default=[round(0.1 + 0.05 * i, 2) for i in range(13)])
     ap.add_argument("--whole-line-bars", type=float, nargs="*", default=[1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1],
                     help="a whole line's bar as a fraction of the mode's threshold (choice.WHOLE_LINE_BAR)")
+    ap.add_argument("--miss-costs", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 5.0],
+                    help="what a wrong suggestion costs, in characters (choice.MISS_COST), per mode")
     ap.add_argument("--l2", type=float, nargs="*", default=[1.0, 10.0, 100.0])
     ap.add_argument("--bonus", type=float, nargs="*", default=[10.0, 20.0, 40.0])
     ap.add_argument("--files-per-package", type=int, default=40)
@@ -157,6 +168,8 @@ def main() -> int:
     ap.add_argument("--floor", type=float, default=0.001, help="minLineConfidence while collecting")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--no-report", action="store_true", help="stop after the choice on the tune split (write nothing)")
+    ap.add_argument("--skip-report", action="store_true",
+                    help="write the choice without scoring the report split (when a variant is still to be chosen on select)")
     ap.add_argument("--records", type=Path, help="keep the weighed options here (JSON), and read them from it when it exists")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="a daemon setting for both splits (e.g. lineBranches=4): what the choice is fitted for")
@@ -196,18 +209,20 @@ def main() -> int:
         for bonus in args.bonus:
             chosen, reached = {}, 0
             for mode in SCORED_MODES:
-                rows = [replay_mode(by_mode[mode], p_held, t, bar, bonus) for t in args.thresholds for bar in args.whole_line_bars]
+                rows = [replay_mode(by_mode[mode], p_held, t, bar, bonus, cost)
+                        for t in args.thresholds for bar in args.whole_line_bars for cost in args.miss_costs]
                 row, level = pick_threshold(rows, args.min_precision, floors.get(mode, 0.0), package_bar[mode])
                 chosen[mode], reached = row, reached + level
             gained = sum(r["chars_gained"] for r in chosen.values())
             trials.append({"l2": l2, "bonus": bonus, "reached": reached, "chars_gained": gained, "held_out": chosen})
             print(f"  l2 {l2:g} bonus {bonus:g}: bars reached {reached}/{2 * len(SCORED_MODES)}, gained {gained:.2f} | "
-                  + " | ".join(f"{m} at {r['threshold']} (whole lines x{r['whole_line_bar']}): precision {r['precision']:.2f} (worst package "
+                  + " | ".join(f"{m} at {r['threshold']} (whole lines x{r['whole_line_bar']}, miss cost {r['miss_cost']:g}): precision {r['precision']:.2f} (worst package "
                                f"{r['worst_package_precision']:.2f}), whole lines {r['whole_lines']:.3f}, "
                                f"gained {r['chars_gained']:.2f}" for m, r in chosen.items()))
     best = max(trials, key=lambda t: (t["reached"], t["chars_gained"]))
     thresholds = {m: r["threshold"] for m, r in best["held_out"].items()}
     whole_bars = {m: r["whole_line_bar"] for m, r in best["held_out"].items()}
+    miss_costs = {m: r["miss_cost"] for m, r in best["held_out"].items()}
     w = fit_logistic(x, y, best["l2"])
     weights = {k: round(float(v), 4) for k, v in zip(names, w, strict=True)}
     p_all = 1.0 / (1.0 + np.exp(-(x @ w)))
@@ -217,7 +232,7 @@ def main() -> int:
             print(f"  calibration (fitted): predicted {lo:.1f}-{hi:.1f}: {m.sum():5d} options, right {y[m].mean():.2f}")
     print(f"chosen by leave-one-package-out on the tune split: l2 {best['l2']}, bonus {best['bonus']}, "
           f"minConfidence {thresholds['mid_line']}, minConfidenceLineStart {thresholds['line_start']}, "
-          f"whole-line bars {whole_bars}")
+          f"whole-line bars {whole_bars}, miss costs {miss_costs}")
     print(f"weights: {weights}")
     if args.no_report:
         return 0
@@ -229,21 +244,26 @@ def main() -> int:
     old_bars = dict(choice.WHOLE_LINE_BAR)
     choice.WHOLE_LINE_BAR.clear()
     choice.WHOLE_LINE_BAR.update(whole_bars)
-    report = run_scoring(load_split("report", args.files_per_package),
+    old_costs = dict(choice.MISS_COST)
+    choice.MISS_COST.clear()
+    choice.MISS_COST.update({m: c for m, c in miss_costs.items() if c > 0})
+    report = None if args.skip_report else run_scoring(load_split("report", args.files_per_package),
                          {**base, "minConfidence": thresholds["mid_line"], "minConfidenceLineStart": thresholds["line_start"]},
                          lines_per_file=args.lines_per_file, seed=0)
-    print("\n## report split\n")
-    print(markdown(report["results"]))
+    if report is not None:
+        print("\n## report split\n")
+        print(markdown(report["results"]))
     WEIGHTS_FILE.write_text(json.dumps({
         "fitted_on": "tune split of benchmarks/bench_usefulness.py (" + ", ".join(f"{n} {v}" for n, v in PACKAGES["tune"]) + ")",
-        "model": report["model"], "options": len(opts), "l2": best["l2"], "weights": weights,
-        "whole_line_bonus": best["bonus"], "whole_line_bar": whole_bars,
+        "model": base.get("model", "bitmamba-default") if report is None else report["model"], "options": len(opts), "l2": best["l2"], "weights": weights,
+        "whole_line_bonus": best["bonus"], "whole_line_bar": whole_bars, "miss_cost": miss_costs,
         "min_confidence": thresholds["mid_line"], "min_confidence_line_start": thresholds["line_start"]}, indent=2) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fit-choice.json").write_text(json.dumps({
-        "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "previous_whole_line_bar": old_bars, "trials": trials,
+        "machine": info, "weights": weights, "previous_weights": old, "previous_bonus": old_bonus, "previous_whole_line_bar": old_bars,
+        "previous_miss_cost": old_costs, "trials": trials,
         "bars": {"min_precision": args.min_precision, "min_package_precision": package_bar, "min_exact": floors},
-        "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds, "whole_line_bar": whole_bars}, "report": report}, indent=2) + "\n")
+        "chosen": {"l2": best["l2"], "bonus": best["bonus"], **thresholds, "whole_line_bar": whole_bars, "miss_cost": miss_costs}, "report": report}, indent=2) + "\n")
     print(f"wrote {WEIGHTS_FILE}; set Settings.min_confidence = {thresholds['mid_line']} and "
           f"min_confidence_line_start = {thresholds['line_start']} in bitmamba_lsp/lsp/settings.py")
     return 0

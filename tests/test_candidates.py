@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -245,6 +246,83 @@ def test_choice_picks_the_largest_expected_gain_above_the_threshold() -> None:
     got = choose(options, 0.99, weights, whole_bar=bar)
     assert got is not None and got.whole_line
     assert choose(options, 0.99, weights, whole_bar=bar * 1.002) is None
+
+
+def test_a_miss_cost_prefers_a_surer_option_and_keeps_silent_below_break_even(monkeypatch) -> None:
+    """With a cost c for a wrong suggestion the expected gain is p x (characters + bonus) - (1 - p) x c:
+    a short sure option beats a long doubtful one, and nothing is shown when no option gains."""
+    from bitmamba_lsp.lsp import choice
+    from bitmamba_lsp.lsp.choice import Option, choose, utility
+
+    monkeypatch.setattr(choice, "WHOLE_LINE_BONUS", 10.0)
+    monkeypatch.setattr(choice, "calibrate", lambda o, weights=None: o.p)  # p as given
+
+    def option(text: str, p: float, whole: bool = False) -> Option:
+        o = Option(text, None, [math.log(p)], whole, True)
+        o.p = p
+        return o
+
+    sure, doubtful = option("return", 0.9), option("return self._items[key]", 0.3)
+    assert choose([sure, doubtful], 0.05) is doubtful  # 0.3 x 23 = 6.9 > 0.9 x 6 = 5.4
+    assert choose([sure, doubtful], 0.05, miss_cost=5.0) is sure  # 6.9 - 0.7 x 5 = 3.4 < 5.4 - 0.1 x 5 = 4.9
+    assert math.isclose(utility(doubtful, 5.0), 0.3 * 23 - 0.7 * 5.0)
+    weak = option("x", 0.2)
+    assert choose([weak], 0.05) is weak  # above the bar, any gain is shown without a cost
+    assert choose([weak], 0.05, miss_cost=5.0) is None  # 0.2 x 1 - 0.8 x 5 < 0: silence
+    # a whole line's bonus carries it over the cost where the same text cut short does not
+    whole, cut = option("pass", 0.4, whole=True), option("pass", 0.4)
+    assert choose([cut], 0.05, miss_cost=5.0) is None  # 0.4 x 4 - 0.6 x 5 < 0
+    assert choose([cut, whole], 0.05, miss_cost=5.0) is whole  # 0.4 x (4 + 10) - 0.6 x 5 > 0
+
+
+def test_the_fits_replay_is_the_daemons_choice(monkeypatch) -> None:
+    """benchmarks/fit_choice.py chooses the thresholds and costs by replaying choice.choose over
+    recorded options with arrays; on random options, thresholds, bars and costs both pick the same
+    option (or both nothing)."""
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import numpy as np
+    from fit_choice import ModeOptions, replay_mode
+
+    from bitmamba_lsp.lsp import choice
+    from bitmamba_lsp.lsp.choice import Option, choose
+
+    rng = random.Random(3)
+    bonus = 10.0
+    monkeypatch.setattr(choice, "WHOLE_LINE_BONUS", bonus)
+    monkeypatch.setattr(choice, "calibrate", lambda o, weights=None: o.p)  # p as recorded
+    cases, opts, options = [], [], {}
+    for k in range(300):
+        case = f"c{k}"
+        cases.append({"kind": "line_start", "case": case, "package": f"pkg{k % 3}", "marker": True})
+        for _ in range(rng.randint(1, 6)):
+            text = "x" * rng.randint(1, 30)
+            whole, p, right = rng.random() < 0.3, rng.random(), rng.random() < 0.5
+            o = Option(text, None, [0.0], whole, True)
+            o.p = p
+            options.setdefault(case, []).append(o)
+            opts.append({"kind": "line_start", "case": case, "package": f"pkg{k % 3}", "text": text,
+                         "right": right, "features": {"whole_line": float(whole)}})
+    m = ModeOptions(opts, cases, "line_start")
+    p_all = np.asarray([o.p for case in options.values() for o in case])
+    right_of = {id(o): r["right"] for o, r in zip((o for c in options.values() for o in c), opts, strict=True)}
+    for threshold, bar, cost in [(0.3, 1.0, 0.0), (0.5, 0.2, 0.0), (0.1, 0.6, 5.0), (0.3, 0.8, 2.0), (0.05, 1.0, 20.0)]:
+        shown = right = 0
+        chars = 0.0
+        for case in options.values():
+            got = choose(case, threshold, whole_bar=bar, miss_cost=cost)
+            if got is not None:
+                shown += 1
+                if right_of[id(got)]:
+                    right += 1
+                    chars += len(got.text.rstrip())
+        got_replay = replay_mode(m, p_all, threshold, bar, bonus, cost)
+        assert got_replay["shown"] == shown / len(cases)
+        assert got_replay["precision"] == (right / shown if shown else 0.0)
+        assert abs(got_replay["chars_gained"] - chars / len(cases)) < 1e-9
 
 
 def test_runner_up_hooks_note_and_force_the_first_token() -> None:

@@ -16,6 +16,8 @@ def test_default_thresholds_are_the_fitted_ones() -> None:
     assert s.min_confidence_line_start == fit["min_confidence_line_start"]
     assert fit["whole_line_bonus"] == choice.WHOLE_LINE_BONUS
     assert fit["whole_line_bar"] == choice.WHOLE_LINE_BAR and set(fit["whole_line_bar"]) == {"line_start", "mid_line"}
+    assert set(fit["miss_cost"]) == {"line_start", "mid_line"}
+    assert {m: c for m, c in fit["miss_cost"].items() if c > 0} == choice.MISS_COST
     assert set(fit["weights"]) == set(choice.FEATURES)  # every feature has its fitted weight
 
 

@@ -101,7 +101,17 @@ def test_typing_through_the_pending_suggestion_needs_no_model_call(model_path) -
 def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> None:
     """With minConfidence the daemon weighs options (the greedy line's prefixes, the runners-up's
     lines, the whole-line candidates) and shows the one with the largest expected gain whose
-    calibrated probability reaches the threshold, or nothing; with 0 it shows the greedy text."""
+    calibrated probability reaches the threshold and whose expected gain after the miss cost is
+    positive, or nothing; with 0 it shows the greedy text."""
+
+    bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)  # a whole line: the bar times this
+    cost = choice.MISS_COST.get("line_start", 0.0)  # what a wrong suggestion costs, in characters
+
+    def gain(o) -> float:  # p x (characters + the bonus for a whole line) - (1 - p) x the cost
+        return o.p * (len(o.text) + choice.WHOLE_LINE_BONUS * o.whole_line) - (1 - o.p) * cost
+
+    def shown_at(o, threshold: float) -> bool:
+        return o.p >= threshold * (bar if o.whole_line else 1.0) and (cost == 0 or gain(o) > 0)
 
     async def go():
         text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "
@@ -118,13 +128,11 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
                 continue
             options = res.options
             assert options and all(0.0 <= o.p <= 1.0 for o in options)
-            bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)  # a whole line: the bar times this
-            eligible = [o for o in options if o.p >= threshold * (bar if o.whole_line else 1.0)]
+            eligible = [o for o in options if shown_at(o, threshold)]
             if not eligible:
                 assert got is None
             else:
-                bonus = choice.WHOLE_LINE_BONUS  # p x (characters + the bonus for a whole line)
-                best = max(eligible, key=lambda o: o.p * (len(o.text) + bonus * o.whole_line))
+                best = max(eligible, key=gain)
                 assert got is not None and got.text.split("\n")[0] == best.text.strip()
             session.shutdown()
         assert plain  # with minConfidence 0 the greedy text is shown
@@ -133,8 +141,7 @@ def test_it_shows_the_best_option_only_when_it_is_likely_right(model_path) -> No
         session.open(URI, text, 1)
         got = await session.complete(URI, (line, 4), "utf-32")
         assert session.last_result is not None and session.last_result.options
-        bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)
-        assert (got is None) == all(o.p < 0.999 * (bar if o.whole_line else 1.0) for o in session.last_result.options)
+        assert (got is None) == (not any(shown_at(o, 0.999) for o in session.last_result.options))
         session.shutdown()
 
     run(go())
@@ -149,6 +156,15 @@ def test_at_an_indented_empty_line_runners_up_write_other_lines(model_path, ship
     indentation, so the first steps only re-type them; the runners-up are those of the token that
     chooses the line's content, and each writes a line of its own (before, they were noted at the
     first step, where every token but the indentation is masked, and no branch was ever written)."""
+
+    bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)  # a whole line: the bar times this
+    cost = choice.MISS_COST.get("line_start", 0.0)  # what a wrong suggestion costs, in characters
+
+    def gain(o) -> float:  # p x (characters + the bonus for a whole line) - (1 - p) x the cost
+        return o.p * (len(o.text) + choice.WHOLE_LINE_BONUS * o.whole_line) - (1 - o.p) * cost
+
+    def shown_at(o, threshold: float) -> bool:
+        return o.p >= threshold * (bar if o.whole_line else 1.0) and (cost == 0 or gain(o) > 0)
 
     async def go():
         text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "

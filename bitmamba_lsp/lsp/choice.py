@@ -253,33 +253,45 @@ _bonus = _FIT.get("whole_line_bonus", 10.0)
 WHOLE_LINE_BONUS = float(_bonus) if isinstance(_bonus, int | float) else 10.0
 
 
-def _whole_line_bars(fit: dict) -> dict[str, float]:
-    bars = fit.get("whole_line_bar", {})
-    if not isinstance(bars, dict):
+def _per_mode(fit: dict, key: str, lo: float, hi: float) -> dict[str, float]:
+    values = fit.get(key, {})
+    if not isinstance(values, dict):
         return {}
-    return {k: float(v) for k, v in bars.items() if isinstance(v, int | float) and 0 < v <= 1}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and lo <= v <= hi and v > 0}
 
 
 # a whole line is shown from a lower probability than a line cut short: the mode's bar times this
 # (per mode: "line_start", "mid_line"; chosen with the weights on the tune split). Accepting it
 # finishes the line; a cut one is worth showing only when it is nearly sure.
-WHOLE_LINE_BAR: dict[str, float] = _whole_line_bars(_FIT)
+WHOLE_LINE_BAR: dict[str, float] = _per_mode(_FIT, "whole_line_bar", 0.0, 1.0)
+
+# what a wrong suggestion costs, in characters (per mode; chosen with the weights on the tune split):
+# reading it and typing on. It makes the choice take a shorter, surer option over a long doubtful
+# one, and stay silent where even the best one is expected to cost more than it saves.
+MISS_COST: dict[str, float] = _per_mode(_FIT, "miss_cost", 0.0, 1000.0)
 
 
-def utility(o: Option) -> float:
-    """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line)."""
-    return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line)
+def utility(o: Option, miss_cost: float = 0.0) -> float:
+    """The expected gain of showing `o`: p x (characters, plus the bonus for a whole line), less
+    (1 - p) x what a wrong one costs."""
+    return o.p * (len(o.text) + WHOLE_LINE_BONUS * o.whole_line) - (1.0 - o.p) * miss_cost
 
 
 def choose(
-    options: Sequence[Option], min_p: float, weights: dict[str, float] = WEIGHTS, whole_bar: float = 1.0
+    options: Sequence[Option],
+    min_p: float,
+    weights: dict[str, float] = WEIGHTS,
+    whole_bar: float = 1.0,
+    miss_cost: float = 0.0,
 ) -> Option | None:
     """The option with the largest expected gain (utility) among those with p >= min_p (a whole
-    line: p >= min_p x whole_bar)."""
+    line: p >= min_p x whole_bar); with a miss cost, only an option whose expected gain is positive."""
     best: Option | None = None
     for o in options:
         calibrate(o, weights)
         bar = min_p * whole_bar if o.whole_line else min_p
-        if o.p >= bar and (best is None or utility(o) > utility(best)):
+        if o.p < bar or (miss_cost > 0 and utility(o, miss_cost) <= 0):
+            continue
+        if best is None or utility(o, miss_cost) > utility(best, miss_cost):
             best = o
     return best

@@ -20,7 +20,7 @@ from bitmamba_lsp.engine.healing import TokenHealer
 from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.lsp.cache_model import CacheMixture, Level
 from bitmamba_lsp.lsp.candidates import request_candidates, request_led, request_words
-from bitmamba_lsp.lsp.choice import WHOLE_LINE_BAR, FirstChoices, Option, agreement, choose
+from bitmamba_lsp.lsp.choice import MISS_COST, WHOLE_LINE_BAR, FirstChoices, Option, agreement, choose
 from bitmamba_lsp.lsp.completion import BLOCK_OPENERS, finalize
 from bitmamba_lsp.lsp.hooks import Hooks, line_decoder
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
@@ -163,8 +163,9 @@ def suggest(
             bar = settings.min_confidence
             if line_start and settings.min_confidence_line_start >= 0:
                 bar = settings.min_confidence_line_start
-            whole_bar = WHOLE_LINE_BAR.get("line_start" if line_start else "mid_line", 1.0)
-            text = shown_text(choose(options, bar, whole_bar=whole_bar), text, pieces, bar)
+            mode = "line_start" if line_start else "mid_line"
+            chosen = choose(options, bar, whole_bar=WHOLE_LINE_BAR.get(mode, 1.0), miss_cost=MISS_COST.get(mode, 0.0))
+            text = shown_text(chosen, text, pieces, bar)
         elif start_state is not None:  # show everything: the greedy text unless a candidate beats it
             greedy = Option(text.split("\n", 1)[0], None, [lp for _, lp in pieces], True, False)
             best = max(options, key=lambda o: math.exp(sum(o.logps)) * len(o.text), default=greedy)
