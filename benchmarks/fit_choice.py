@@ -17,8 +17,8 @@
    when no threshold reaches both; the (L2, bonus) pair kept meets those bars in the most modes, then gains
    the most characters. (The calibration must carry over to code it was not fitted on: that is
    what the report split asks.)
-3. Fit the weights on the whole tune split with that L2 strength; write them, the bonus and the
-   thresholds to bitmamba_lsp/data/choice.json (settings.py's defaults must equal the thresholds:
+3. Fit the weights on the whole tune split with that L2 strength; write them, the bonus, the
+   thresholds, the whole-line bars and the miss costs to bitmamba_lsp/data/choice.json (settings.py's defaults must equal the thresholds:
    tests/test_choice_defaults.py); score the report split once with the real daemon.
 
     python benchmarks/fit_choice.py
@@ -148,8 +148,10 @@ def pick_threshold(rows: list[dict], min_precision: float, min_exact: float, min
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--min-precision", type=float, default=0.50,
-                    help="right among shown, per mode (issue 16's floor; issue 14's is 0.40)")
+    ap.add_argument("--min-precision", type=float, default=0.55,
+                    help="right among shown, per mode, held out by package on tune: issue 16's floor (0.50) plus "
+                         "a margin, since it has carried over to other packages a few points lower (the shipped "
+                         "choice was fitted with 0.55 since stop 27)")
     ap.add_argument("--min-package-precision", type=float, nargs="+", default=[0.40], metavar="P",
                     help="right among shown in every held-out package (issue 14's floor): the choice must carry "
                          "over; one value for both modes or LINE_START MID_LINE")

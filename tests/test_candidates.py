@@ -299,8 +299,12 @@ def test_the_fits_replay_is_the_daemons_choice(monkeypatch) -> None:
         case = f"c{k}"
         cases.append({"kind": "line_start", "case": case, "package": f"pkg{k % 3}", "marker": True})
         for _ in range(rng.randint(1, 6)):
-            text = "x" * rng.randint(1, 30)
-            whole, p, right = rng.random() < 0.3, rng.random(), rng.random() < 0.5
+            # half the cases from a few values: equal gains (the first option wins in both) and
+            # gains of exactly 0 under a cost (0.5 x 5 - 0.5 x 5: never shown) occur
+            coarse = k % 2 == 0
+            text = "x" * (rng.choice([1, 2, 5]) if coarse else rng.randint(1, 30))
+            p = rng.choice([0.1, 0.5, 0.9]) if coarse else rng.random()
+            whole, right = rng.random() < 0.3, rng.random() < 0.5
             o = Option(text, None, [0.0], whole, True)
             o.p = p
             options.setdefault(case, []).append(o)

@@ -83,3 +83,13 @@ def test_runner_ups_are_chosen_where_the_content_of_the_line_is() -> None:
     fc.apply(only)
     fc.accept(3)
     assert not fc.active() and fc.tokens == []
+
+
+def test_per_mode_values_from_choice_json_are_checked() -> None:
+    """A hand-edited choice.json with a cost that is not a positive number in range leaves that
+    mode without a cost (0: the choice as it was before costs), never a crash or a bool read as 1."""
+    fit = {"miss_cost": {"line_start": True, "mid_line": "5", "a": -1.0, "b": 3, "c": float("nan"), "d": 1e9}}
+    assert choice._per_mode(fit, "miss_cost", 0.0, 1000.0) == {"b": 3.0}
+    assert choice._per_mode({"miss_cost": [5]}, "miss_cost", 0.0, 1000.0) == {}
+    assert choice._per_mode({}, "miss_cost", 0.0, 1000.0) == {}
+    assert choice._per_mode({"whole_line_bar": {"line_start": 0.8, "mid_line": 1.5}}, "whole_line_bar", 0.0, 1.0) == {"line_start": 0.8}

@@ -157,15 +157,6 @@ def test_at_an_indented_empty_line_runners_up_write_other_lines(model_path, ship
     chooses the line's content, and each writes a line of its own (before, they were noted at the
     first step, where every token but the indentation is masked, and no branch was ever written)."""
 
-    bar = choice.WHOLE_LINE_BAR.get("line_start", 1.0)  # a whole line: the bar times this
-    cost = choice.MISS_COST.get("line_start", 0.0)  # what a wrong suggestion costs, in characters
-
-    def gain(o) -> float:  # p x (characters + the bonus for a whole line) - (1 - p) x the cost
-        return o.p * (len(o.text) + choice.WHOLE_LINE_BONUS * o.whole_line) - (1 - o.p) * cost
-
-    def shown_at(o, threshold: float) -> bool:
-        return o.p >= threshold * (bar if o.whole_line else 1.0) and (cost == 0 or gain(o) > 0)
-
     async def go():
         text = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    return data\n\n\ndef save(path):\n    "
         line = text.count("\n")

@@ -6,9 +6,11 @@ is a right prefix more often than a whole line is right) and the whole-line cand
 a few features (how likely the model and the caches find its tokens, how long it is, where it came
 from), through a logistic model fitted on the "tune" split of the held-out benchmark
 (benchmarks/fit_choice.py writes the weights below). The option with the largest expected gain,
-probability times (characters + a bonus for a whole line), is shown when its probability reaches
-`minConfidence` (`minConfidenceLineStart` at an empty line; a whole line needs that bar times the
-mode's fitted `whole_line_bar`); otherwise the daemon stays silent.
+probability times (characters + a bonus for a whole line) less (1 - probability) times what a wrong
+suggestion costs the reader (the mode's fitted `miss_cost`, in characters), is shown when its
+probability reaches `minConfidence` (`minConfidenceLineStart` at an empty line; a whole line needs
+that bar times the mode's fitted `whole_line_bar`) and, with a cost, its expected gain is positive;
+otherwise the daemon stays silent.
 """
 
 from __future__ import annotations
@@ -257,7 +259,11 @@ def _per_mode(fit: dict, key: str, lo: float, hi: float) -> dict[str, float]:
     values = fit.get(key, {})
     if not isinstance(values, dict):
         return {}
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and lo <= v <= hi and v > 0}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi and v > 0
+    }
 
 
 # a whole line is shown from a lower probability than a line cut short: the mode's bar times this
