@@ -10,16 +10,17 @@
    regression (Newton's method) on the other packages, replay the choice (the option with the
    largest expected utility, p x (characters + the bonus for a whole line) - (1 - p) x the miss
    cost, among p >= the mode's threshold and, with a cost, utility > 0) on the one left out, pool the
-   held-out packages. Per mode, the threshold (with its bar and cost) kept is the one with the most characters gained among
-   those whose shown suggestions are right >= --min-precision of the time (pooled; and
+   held-out packages. Per mode, the threshold (with its bar and cost) kept is the one with the most
+   characters gained among those whose shown suggestions are right >= --min-precision of the time (pooled; and
    >= --min-package-precision in every package alone, so that it carries over to other code) and
    whose whole right lines reach --min-exact (the floors of issue 14), or among the first kind only
    when no threshold reaches both; the (L2, bonus) pair kept meets those bars in the most modes, then gains
    the most characters. (The calibration must carry over to code it was not fitted on: that is
    what the report split asks.)
 3. Fit the weights on the whole tune split with that L2 strength; write them, the bonus, the
-   thresholds, the whole-line bars and the miss costs to bitmamba_lsp/data/choice.json (settings.py's defaults must equal the thresholds:
-   tests/test_choice_defaults.py); score the report split once with the real daemon.
+   thresholds, the whole-line bars and the miss costs to bitmamba_lsp/data/choice.json
+   (settings.py's defaults must equal the thresholds: tests/test_choice_defaults.py); score the
+   report split once with the real daemon.
 
     python benchmarks/fit_choice.py
     python benchmarks/fit_choice.py --skip-report   # write the choice, leave the report split unread
@@ -151,7 +152,7 @@ def main() -> int:
     ap.add_argument("--min-precision", type=float, default=0.55,
                     help="right among shown, per mode, held out by package on tune: issue 16's floor (0.50) plus "
                          "a margin, since it has carried over to other packages a few points lower (the shipped "
-                         "choice was fitted with 0.55 since stop 27)")
+                         "choice was fitted with it)")
     ap.add_argument("--min-package-precision", type=float, nargs="+", default=[0.40], metavar="P",
                     help="right among shown in every held-out package (issue 14's floor): the choice must carry "
                          "over; one value for both modes or LINE_START MID_LINE")
@@ -249,10 +250,11 @@ def main() -> int:
     old_costs = dict(choice.MISS_COST)
     choice.MISS_COST.clear()
     choice.MISS_COST.update({m: c for m, c in miss_costs.items() if c > 0})
-    report = None if args.skip_report else run_scoring(load_split("report", args.files_per_package),
-                         {**base, "minConfidence": thresholds["mid_line"], "minConfidenceLineStart": thresholds["line_start"]},
-                         lines_per_file=args.lines_per_file, seed=0)
-    if report is not None:
+    report = None
+    if not args.skip_report:
+        report = run_scoring(load_split("report", args.files_per_package),
+                             {**base, "minConfidence": thresholds["mid_line"], "minConfidenceLineStart": thresholds["line_start"]},
+                             lines_per_file=args.lines_per_file, seed=0)
         print("\n## report split\n")
         print(markdown(report["results"]))
     WEIGHTS_FILE.write_text(json.dumps({

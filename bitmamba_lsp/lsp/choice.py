@@ -268,7 +268,7 @@ def _per_mode(fit: dict, key: str, lo: float, hi: float) -> dict[str, float]:
 
 # a whole line is shown from a lower probability than a line cut short: the mode's bar times this
 # (per mode: "line_start", "mid_line"; chosen with the weights on the tune split). Accepting it
-# finishes the line; a cut one is worth showing only when it is nearly sure.
+# finishes the line.
 WHOLE_LINE_BAR: dict[str, float] = _per_mode(_FIT, "whole_line_bar", 0.0, 1.0)
 
 # what a wrong suggestion costs, in characters (per mode; chosen with the weights on the tune split):
@@ -293,11 +293,13 @@ def choose(
     """The option with the largest expected gain (utility) among those with p >= min_p (a whole
     line: p >= min_p x whole_bar); with a miss cost, only an option whose expected gain is positive."""
     best: Option | None = None
+    best_gain = 0.0
     for o in options:
         calibrate(o, weights)
         bar = min_p * whole_bar if o.whole_line else min_p
-        if o.p < bar or (miss_cost > 0 and utility(o, miss_cost) <= 0):
+        gain = utility(o, miss_cost)
+        if o.p < bar or (miss_cost > 0 and gain <= 0):
             continue
-        if best is None or utility(o, miss_cost) > utility(best, miss_cost):
-            best = o
+        if best is None or gain > best_gain:
+            best, best_gain = o, gain
     return best
