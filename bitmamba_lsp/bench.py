@@ -182,9 +182,14 @@ def bench_model(
 
         res = summary(timed(step_b, repeats), b * max(8, decode_tokens // 4))
         result["batch"][str(b)] = res
-        say(f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median")
+        say(
+            f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median"
+        )
     if verify_sizes:
         result["verify"] = bench_verification(model, verify_sizes, max(repeats, 15), say)
+        roof = compute_roof(model, result["verify"], say)
+        if roof:
+            result["verify"]["roof"] = roof
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -224,6 +229,66 @@ def bench_verification(
         say(
             f"verification step of {m} tokens: {res['median_s'] * 1e3:.2f} ms median = {res['steps_median']:.2f} single "
             f"steps ({s_med * 1e3:.2f} ms; min {res['steps_min']:.2f})"
+        )
+    return out
+
+
+def ternary_macs_per_token(info: dict[str, Any]) -> int | None:
+    """Multiply-adds of a BitMamba-2 model's ternary products for one token with its logits: every
+    layer pass's in_proj (2 d_inner + 3 n_heads rows) and out_proj, and the lm_head. None for
+    other architectures."""
+    if info.get("arch") != "bitmamba2":
+        return None
+    d, di, h = info["d_model"], info["d_inner"], info["n_heads"]
+    return info["layer_passes"] * ((2 * di + 3 * h) * d + d * di) + info["vocab_size"] * d
+
+
+def compute_roof(
+    model: Any, verify: dict[str, Any], say: Callable[[str], None] = lambda _m: None
+) -> dict[str, Any] | None:
+    """The MAC bound of a verification step: m tokens' ternary multiply-adds at the host's peak
+    dot-product rate (`_core.dot_peak`, the model's thread count) and at the rate the build's GEMM
+    reaches alone on this model's in_proj shape (`_core.gemm_rate`, random weights), in single steps
+    (the median single step of `verify`). No step of m tokens can cost less than the first bound
+    while it does its multiply-adds with that instruction. None where the build has no probe."""
+    macs = ternary_macs_per_token(model.core.info)
+    peak = _core.dot_peak(model.threads)
+    if macs is None or peak is None:
+        return None
+    info = model.core.info
+    d, rows = info["d_model"], 2 * info["d_inner"] + 3 * info["n_heads"]
+    w = _core.PackedMatrix.from_int8(np.random.default_rng(3).integers(-1, 2, (rows, d), dtype=np.int8))
+    single = verify["single_step"]["median_s"]
+    out: dict[str, Any] = {
+        "macs_per_token": macs,
+        "instruction": peak["instruction"],
+        "peak_gmacs_median": peak["median_gmacs"],
+        "peak_gmacs_best": peak["best_gmacs"],
+        "gemm": {},
+        "bound_steps": {},
+    }
+    for t in (8, 64):
+        g = _core.gemm_rate(w, t, model.threads, 7)
+        out["gemm"][str(t)] = {
+            "median_gmacs": g["median_gmacs"],
+            "of_peak": g["median_gmacs"] / peak["median_gmacs"],
+        }
+    g8 = out["gemm"]["8"]["median_gmacs"]
+    for m in verify["sizes"]:
+        work = int(m) * macs
+        out["bound_steps"][m] = {
+            "at_peak": work / (peak["median_gmacs"] * 1e9) / single,
+            "at_gemm_rate": work / (g8 * 1e9) / single,
+        }
+    say(
+        f"compute roof: {peak['instruction']} {peak['median_gmacs']:.0f} GMAC/s median on {model.threads} "
+        f"thread(s); the GEMM alone ({rows}x{d}) {g8:.0f} GMAC/s at 8 tokens "
+        f"({out['gemm']['8']['of_peak']:.0%} of it), {out['gemm']['64']['median_gmacs']:.0f} at 64; "
+        f"{macs / 1e6:.0f} M multiply-adds a token with its logits"
+    )
+    for m, b in out["bound_steps"].items():
+        say(
+            f"  {m} tokens: >= {b['at_peak']:.2f} single steps at the peak, {b['at_gemm_rate']:.2f} at the GEMM's rate"
         )
     return out
 
@@ -338,4 +403,29 @@ def verify_markdown(results: list[dict[str, Any]]) -> str:
         cells = [str(r["threads"]), f"{v['single_step']['median_s'] * 1e3:.2f}"]
         cells += [f"{v['sizes'][m]['steps_median']:.2f} ({v['sizes'][m]['steps_min']:.2f})" for m in sizes]
         rows.append("| " + " | ".join(cells) + " |")
+    roofs = [r for r in with_v if r["verify"].get("roof")]
+    if roofs:
+        rows += [
+            "",
+            "The MAC bound of the same steps, in single steps (m tokens' ternary multiply-adds at the host's peak "
+            "dot-product rate / at the rate the GEMM alone reaches at 8 tokens; `_core.dot_peak`, `_core.gemm_rate`):",
+            "",
+            "| threads | peak GMAC/s (median) | GEMM alone, 8 / 64 tokens | "
+            + " | ".join(f"{m} tokens" for m in sizes)
+            + " |",
+            "|" + "---|" * (3 + len(sizes)),
+        ]
+        for r in roofs:
+            ro = r["verify"]["roof"]
+            cells = [
+                str(r["threads"]),
+                f"{ro['peak_gmacs_median']:.0f} ({ro['instruction']})",
+                f"{ro['gemm']['8']['median_gmacs']:.0f} / {ro['gemm']['64']['median_gmacs']:.0f} "
+                f"({ro['gemm']['8']['of_peak']:.0%} / {ro['gemm']['64']['of_peak']:.0%})",
+            ]
+            cells += [
+                f"{ro['bound_steps'][m]['at_peak']:.2f} / {ro['bound_steps'][m]['at_gemm_rate']:.2f}"
+                for m in sizes
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bitmamba_lsp import _core
 from bitmamba_lsp.bench import profile_stages
@@ -39,3 +40,58 @@ def test_markdown_table_rows_have_the_header_cell_count(model_factory):
     cells = [line.count("|") for line in lines]
     assert len(lines) == 4 and len(set(cells)) == 1, lines
     assert set(lines[1]) == {"|", "-"}
+
+
+def test_ternary_macs_per_token_counts_the_files_ternary_matrices(model_factory):
+    from bitmamba_lsp.bench import ternary_macs_per_token
+    from bitmamba_lsp.engine.formats.bitmamba_bin import TernaryTensor
+
+    path, _, tensors = model_factory(300, 64, 2, 4, seed=3)
+    expected = sum(t.rows * t.cols for t in tensors.values() if isinstance(t, TernaryTensor))
+    assert ternary_macs_per_token(load_bin(path, threads=1).core.info) == expected
+    assert ternary_macs_per_token({"arch": "mamba1"}) is None
+
+
+def test_dot_peak_probe():
+    r = _core.dot_peak(1, 2, 5.0)
+    if _core.simd_level() not in ("avx512-vnni", "avx2-vnni"):
+        assert r is None  # no probe on this level
+        return
+    assert r["instruction"].startswith("vpdpbusd") and r["macs_per_round"] in (256, 512)
+    assert r["best_gmacs"] >= r["median_gmacs"] > 1 and r["threads"] == 1
+    for bad in ({"threads": 0}, {"repeats": 0}, {"ms": 0.0}, {"ms": float("nan")}):
+        with pytest.raises(ValueError):
+            _core.dot_peak(**{"threads": 1, "repeats": 1, "ms": 1.0, **bad})
+
+
+def test_gemm_rate_probe():
+    w = _core.PackedMatrix.from_int8(np.random.default_rng(0).integers(-1, 2, (64, 256), dtype=np.int8))
+    r = _core.gemm_rate(w, 5, 2, 3)
+    assert r["tokens"] == 5 and r["threads"] == 2 and r["level"] == _core.simd_level()
+    assert r["best_gmacs"] >= r["median_gmacs"] > 0
+    assert r["best_gmacs"] * r["best_s"] * 1e9 == pytest.approx(64 * 256 * 5)  # padding is not counted
+    for bad in ((0, 1, 1), (5, 0, 1), (5, 1, 0), (5000, 1, 1)):
+        with pytest.raises(ValueError):
+            _core.gemm_rate(w, *bad)
+
+
+def test_compute_roof_scales_with_the_step_and_fills_the_table(model_factory):
+    from bitmamba_lsp.bench import bench_verification, compute_roof, ternary_macs_per_token, verify_markdown
+
+    path, _, _ = model_factory(300, 64, 2, 4, seed=3)
+    model = load_bin(path, threads=1)
+    verify = bench_verification(model, (2, 4), 2)
+    roof = compute_roof(model, verify)
+    if roof is None:
+        assert _core.dot_peak() is None
+        return
+    macs = ternary_macs_per_token(model.core.info)
+    single = verify["single_step"]["median_s"]
+    for m in ("2", "4"):
+        b = roof["bound_steps"][m]
+        assert b["at_peak"] == pytest.approx(int(m) * macs / (roof["peak_gmacs_median"] * 1e9) / single)
+        assert b["at_gemm_rate"] == pytest.approx(int(m) * macs / (roof["gemm"]["8"]["median_gmacs"] * 1e9) / single)
+    verify["roof"] = roof
+    lines = verify_markdown([{"threads": 1, "verify": verify}]).splitlines()
+    table = [line for line in lines[lines.index("") + 1 :] if line.startswith("|")]
+    assert len(table) == 3 and len({line.count("|") for line in table}) == 1, lines

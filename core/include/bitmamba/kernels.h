@@ -95,6 +95,14 @@ struct KernelSet {
     // one gemv per token: where the GEMM tile costs about one GEMV per token (AVX2), a padded tile
     // is a loss below 4 tokens; where it costs about half (AVX-512 VNNI), 2 tokens already gain.
     int gemm_min_tokens = kGemmTokens;
+    // The compute roof of the ternary products (bench: the MAC bound of a batched step): `rounds`
+    // rounds of the instruction the level's GEMM multiplies with, on 8 independent int32
+    // accumulators and nothing else; returns a checksum so that nothing is optimised out. Each
+    // round is dot_macs_per_round int8 multiply-adds. nullptr where a level has no such probe
+    // (scalar, plain AVX2/AVX-512BW, NEON).
+    int64_t (*dot_burst)(int64_t rounds) = nullptr;
+    int dot_macs_per_round = 0;
+    const char* dot_instruction = "";
 };
 
 // x rounded to the nearest integer, ties away from zero: std::round's definition, computed exactly

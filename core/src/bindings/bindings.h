@@ -29,6 +29,7 @@ const KernelSet& kernels_by_name(const std::string& level);
 // In module order: a type is bound before the functions whose signatures name it.
 void bind_system(py::module_& m);   // simd_level, simd_supported_by_cpu, default_threads, read_bandwidth
 void bind_kernels(py::module_& m);  // PackedMatrix and the kernels one by one (tests, benchmarks)
+void bind_rates(py::module_& m);    // dot_peak, gemm_rate: the compute roof (benchmarks)
 void bind_state(py::module_& m);    // State
 void bind_sampler(py::module_& m);  // Sampler
 void bind_model(py::module_& m);    // Model, build_bitmamba2, build_mamba1

@@ -20,6 +20,7 @@ PYBIND11_MODULE(_core, m) {
 
     bind_system(m);
     bind_kernels(m);
+    bind_rates(m);
     bind_state(m);
     bind_sampler(m);
     bind_model(m);
