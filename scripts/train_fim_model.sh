@@ -11,6 +11,7 @@
 #           (6 kB pieces, batch 2: the same tokens a step)
 #   PASS=5  from pass 4 (INIT=runs/fim4-model): 55 min, lr 3e-4, seed 4, 2,048-token windows
 #   PASS=6  from pass 5 (the shipped model; INIT=default): 60 min, lr 2.5e-4, seed 5, 2,048-token windows
+#           (stop 28: trained, not adopted: 3 of the floors on select against pass 5's 4)
 #   every pass: AdamW cosine to a tenth of its rate, 2 threads
 #
 # Without INIT a pass starts from the shipped model (fine-tuning it further).
