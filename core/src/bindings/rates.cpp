@@ -39,10 +39,10 @@ void bind_rates(py::module_& m) {
         [](int threads, int repeats, double ms) -> py::object {
             // Every thread of the pool runs the same burst at once; a repeat's rate is all threads' MACs
             // over its wall time (a thread the OS did not schedule shows as a slower repeat).
+            if (threads < 1 || threads > 256 || repeats < 1 || !(ms > 0) || ms > 10000)
+                throw std::invalid_argument("threads in [1, 256], repeats >= 1, ms in (0, 10000]");
             const KernelSet& k = best_kernels();
             if (!k.dot_burst) return py::none();
-            if (threads < 1 || repeats < 1 || !(ms > 0) || ms > 10000)
-                throw std::invalid_argument("threads and repeats must be >= 1, ms in (0, 10000]");
             std::vector<double> secs;
             int64_t rounds = 0, sink = 0;
             {
@@ -89,8 +89,8 @@ void bind_rates(py::module_& m) {
         [](const PackedMatrix& w, int tokens, int threads, int repeats) {
             // The level's GEMM alone on `tokens` tokens (padded to the tile), split over the pool the
             // way the model splits a batched product; the same activations every repeat.
-            if (tokens < 1 || tokens > 4096 || threads < 1 || repeats < 1)
-                throw std::invalid_argument("tokens in [1, 4096], threads and repeats >= 1");
+            if (tokens < 1 || tokens > 4096 || threads < 1 || threads > 256 || repeats < 1)
+                throw std::invalid_argument("tokens in [1, 4096], threads in [1, 256], repeats >= 1");
             const KernelSet& k = best_kernels();
             const int T = round_up(tokens, kGemmTokens);
             AlignedBuffer<int8_t> X(static_cast<std::size_t>(T) * w.cols_pad);
@@ -125,7 +125,7 @@ void bind_rates(py::module_& m) {
             return d;
         },
         py::arg("w"), py::arg("tokens"), py::arg("threads") = 1, py::arg("repeats") = 7,
-        "Time the build's GEMM on `tokens` tokens of a packed matrix: dict of best/median seconds and "
+        "Time the build's GEMM (the best level, whatever a model was built with) on `tokens` tokens of a packed matrix: dict of best/median seconds and "
         "GMAC/s (rows x cols x tokens multiply-adds; padding not counted).");
 }
 

@@ -183,15 +183,23 @@ inline void micro_2x4(const uint8_t* c0p, const uint8_t* c1p, const int8_t* X, i
 
 inline __m256i dp(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 
-// The compute roof: 8 independent VEX vpdpbusd ymm chains.
+// The compute roof: 8 independent VEX vpdpbusd ymm chains in named registers.
 int64_t dot_burst_avx2_vnni(int64_t rounds) {
-    __m256i a[8];
-    for (int i = 0; i < 8; ++i) a[i] = _mm256_set1_epi32(i);
+    __m256i a0 = _mm256_set1_epi32(0), a1 = _mm256_set1_epi32(1), a2 = _mm256_set1_epi32(2), a3 = _mm256_set1_epi32(3);
+    __m256i a4 = _mm256_set1_epi32(4), a5 = _mm256_set1_epi32(5), a6 = _mm256_set1_epi32(6), a7 = _mm256_set1_epi32(7);
     const __m256i u = _mm256_set1_epi8(1), s = _mm256_set1_epi8(-2);
-    for (int64_t n = 0; n < rounds; ++n)
-        for (int i = 0; i < 8; ++i) a[i] = dp(a[i], u, s);
-    __m256i t = a[0];
-    for (int i = 1; i < 8; ++i) t = _mm256_add_epi32(t, a[i]);
+    for (int64_t n = 0; n < rounds; ++n) {
+        a0 = dp(a0, u, s);
+        a1 = dp(a1, u, s);
+        a2 = dp(a2, u, s);
+        a3 = dp(a3, u, s);
+        a4 = dp(a4, u, s);
+        a5 = dp(a5, u, s);
+        a6 = dp(a6, u, s);
+        a7 = dp(a7, u, s);
+    }
+    const __m256i t = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                                       _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
     return static_cast<int64_t>(_mm256_extract_epi32(t, 0)) + _mm256_extract_epi32(t, 7);
 }
 
