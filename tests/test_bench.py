@@ -50,6 +50,10 @@ def test_ternary_macs_per_token_counts_the_files_ternary_matrices(model_factory)
     expected = sum(t.rows * t.cols for t in tensors.values() if isinstance(t, TernaryTensor))
     assert ternary_macs_per_token(load_bin(path, threads=1).core.info) == expected
     assert ternary_macs_per_token({"arch": "mamba1"}) is None
+    # RYS repetition: layers 0..1 of 2 run twice more, so their projections count three times
+    layer = sum(t.rows * t.cols for k, t in tensors.items() if isinstance(t, TernaryTensor) and k.startswith("layers."))
+    repeated = load_bin(path, threads=1, repeat=(0, 1, 2)).core.info
+    assert ternary_macs_per_token(repeated) == expected + 2 * layer
 
 
 def test_dot_peak_probe():
