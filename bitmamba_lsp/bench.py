@@ -182,9 +182,7 @@ def bench_model(
 
         res = summary(timed(step_b, repeats), b * max(8, decode_tokens // 4))
         result["batch"][str(b)] = res
-        say(
-            f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median"
-        )
+        say(f"batched decode x{b}: {res['best_rate']:.1f} tok/s aggregate best, {res['median_rate']:.1f} median")
     if verify_sizes:
         result["verify"] = bench_verification(model, verify_sizes, max(repeats, 15), say)
         roof = compute_roof(model, result["verify"], say)
@@ -233,14 +231,18 @@ def bench_verification(
     return out
 
 
+def _in_proj_rows(info: dict[str, Any]) -> int:
+    """A BitMamba-2 in_proj's output rows: z and x (d_inner each), then B, C and dt (n_heads each)."""
+    return 2 * info["d_inner"] + 3 * info["n_heads"]
+
+
 def ternary_macs_per_token(info: dict[str, Any]) -> int | None:
     """Multiply-adds of a BitMamba-2 model's ternary products for one token with its logits: every
-    layer pass's in_proj (2 d_inner + 3 n_heads rows) and out_proj, and the lm_head. None for
-    other architectures."""
+    layer pass's in_proj and out_proj, and the lm_head. None for other architectures."""
     if info.get("arch") != "bitmamba2":
         return None
-    d, di, h = info["d_model"], info["d_inner"], info["n_heads"]
-    return info["layer_passes"] * ((2 * di + 3 * h) * d + d * di) + info["vocab_size"] * d
+    d = info["d_model"]
+    return info["layer_passes"] * (_in_proj_rows(info) * d + d * info["d_inner"]) + info["vocab_size"] * d
 
 
 def compute_roof(
@@ -252,14 +254,14 @@ def compute_roof(
     (the median single step of `verify`). The peak is the best of its repeats, so no step of m tokens
     doing its multiply-adds with that instruction costs less than the first bound. Both probes use
     the build's best level. None where the build has no probe."""
-    macs = ternary_macs_per_token(model.core.info)
+    info = model.core.info
+    macs = ternary_macs_per_token(info)
     if macs is None:
         return None
     peak = _core.dot_peak(model.threads)
     if peak is None:
         return None
-    info = model.core.info
-    d, rows = info["d_model"], 2 * info["d_inner"] + 3 * info["n_heads"]
+    d, rows = info["d_model"], _in_proj_rows(info)
     w = _core.PackedMatrix.from_int8(np.random.default_rng(3).integers(-1, 2, (rows, d), dtype=np.int8))
     single = verify["single_step"]["median_s"]
     out: dict[str, Any] = {
