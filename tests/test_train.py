@@ -281,6 +281,76 @@ def test_export_round_trip(tmp_path):
         torch.testing.assert_close(back(ids, exact=True), model(ids, exact=True), rtol=1e-5, atol=1e-5)
 
 
+@needs_torch
+def test_deepened_layers_spread_the_copies():
+    from bitmamba_lsp.train.trainer import deepened_layers
+
+    assert deepened_layers(4, 4) == [0, 1, 2, 3]
+    assert deepened_layers(4, 8) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert deepened_layers(4, 6) == [0, 1, 1, 2, 3, 3]
+    assert deepened_layers(4, 5) == [0, 1, 2, 3, 3]
+    assert deepened_layers(3, 5) == [0, 1, 1, 2, 2]
+    for n in range(1, 7):
+        for m in range(n, 2 * n + 1):
+            out = deepened_layers(n, m)
+            assert len(out) == m and sorted(set(out)) == list(range(n)) and out == sorted(out)
+    for bad in (3, 9):
+        with pytest.raises(ValueError, match="between 4 and 8"):
+            deepened_layers(4, bad)
+
+
+@needs_torch
+def test_grow_depth_keeps_the_function_in_torch_and_in_the_engine(tmp_path):
+    """A deepened model computes what the model it grew from computes: in PyTorch (both forms) and,
+    once exported, in the C++ engine (its logits against the original file's, a different reader
+    of different tensors); one training step wakes the silent copies."""
+    from bitmamba_lsp.engine import load
+    from bitmamba_lsp.train.export import export_model
+    from bitmamba_lsp.train.model import BitMamba2, ModelConfig
+    from bitmamba_lsp.train.trainer import grow_depth, next_token_loss
+
+    tok = _tiny_tokenizer()
+    V = tok.get_vocab_size(with_added_tokens=True)
+    torch.manual_seed(2)
+    model = BitMamba2(ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4))
+    randomize(model, seed=5)
+    grown = grow_depth(model, 3)
+    assert grown.cfg.n_layers == 3 and len(grown.layers) == 3
+    assert torch.equal(grown.layers[2].in_proj.weight, model.layers[1].in_proj.weight)
+    assert not grown.layers[2].out_proj.weight.any() and grown.layers[1].out_proj.weight.any()
+    ids = torch.randint(0, V, (2, 48))
+    with torch.no_grad():
+        for exact in (False, True):
+            torch.testing.assert_close(grown(ids, exact=exact), model(ids, exact=exact), rtol=0, atol=0)
+    export_model(model, tok, tmp_path / "old", {"seed": 1})
+    export_model(grown, tok, tmp_path / "new", {"seed": 1})
+    a, b = load(str(tmp_path / "old"), threads=1), load(str(tmp_path / "new"), threads=1)
+    assert b.core.info["n_layers"] == 3
+    seq = ids[0].numpy().astype(np.int32)
+    la = a.core.prefill(a.new_state(), seq, True, True, [])[0]
+    lb = b.core.prefill(b.new_state(), seq, True, True, [])[0]
+    np.testing.assert_array_equal(la, lb)
+    # training moves the copy's output projection off zero (the straight-through estimator)
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    loss = next_token_loss(grown, False, print)(ids)
+    loss.backward()
+    opt.step()
+    assert grown.layers[2].out_proj.weight.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.equal(grown(ids, exact=True), model(ids, exact=True))
+
+
+@needs_torch
+def test_deepen_is_refused_without_a_model_to_grow():
+    for extra in (["--from-scratch"], ["--lora"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "bitmamba_lsp.train", "train", "--corpus", ".", "--out", "/nonexistent/x",
+             "--deepen", "8", *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and "--deepen grows the --init model" in r.stderr, r.stderr
+
+
 # ---------------------------------------------------------------------------- corpus and data
 
 

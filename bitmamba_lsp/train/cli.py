@@ -106,6 +106,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train a new model (sizes below, a new tokenizer) instead of fine-tuning",
     )
+    io.add_argument(
+        "--deepen",
+        type=int,
+        metavar="N",
+        help="grow the --init model to N layers before training (up to twice its depth): each added layer "
+        "a copy of the one before it with a silent output projection, so training starts from the same "
+        "function",
+    )
     io.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
 
     lo = p.add_argument_group("LoRA adapter (bitmamba.cpp's format)")
@@ -179,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.deepen is not None and (args.from_scratch or args.lora):
+        print("bitmamba train: --deepen grows the --init model; not with --from-scratch or --lora", file=sys.stderr)
+        return 2
     init = None if args.from_scratch else args.init
     if init is not None and init.lower() == "default":
         init = str(default_model_dir())
@@ -195,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         heldout_permille=args.heldout_permille,
         group_cap_mb=args.group_cap_mb or None,
         init=init,
+        deepen=args.deepen,
         packages=(str(registry.DEFAULT_LIST) if args.packages == "default" else args.packages),
         package_cache=args.package_cache,
         heldout_package_permille=args.heldout_package_permille,

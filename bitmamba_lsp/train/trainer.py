@@ -61,6 +61,7 @@ class TrainConfig:
     heldout_permille: int = 30
     group_cap_mb: float | None = 3.0
     init: str | None = None
+    deepen: int | None = None  # grow the --init model to this many layers (grow_depth), then train
     packages: str | None = None  # a pinned registry package list (train/registry.py); None: none
     package_cache: str | None = None
     heldout_package_permille: int = 150
@@ -277,6 +278,43 @@ def grow_vocabulary(model: BitMamba2, vocab_size: int) -> BitMamba2:
     return grown
 
 
+def deepened_layers(n_old: int, n_new: int) -> list[int]:
+    """For each layer of a model grown from ``n_old`` to ``n_new`` layers, the old layer it starts
+    as: every old layer in order, and after ``n_new - n_old`` of them, spread evenly, a copy."""
+    if not n_old <= n_new <= 2 * n_old:
+        raise ValueError(f"deepen: {n_new} layers from {n_old}: give between {n_old} and {2 * n_old}")
+    extra = n_new - n_old
+    copied = {round((i + 1) * n_old / extra) - 1 for i in range(extra)} if extra else set()
+    out: list[int] = []
+    for i in range(n_old):
+        out += [i, i] if i in copied else [i]
+    return out
+
+
+def grow_depth(model: BitMamba2, n_layers: int) -> BitMamba2:
+    """``model`` with ``n_layers`` layers that computes the same function: each added layer is a
+    copy of the one before it whose ``out_proj`` weights are zero, so its ternary product (and its
+    contribution to the residual stream) is exactly zero until training moves those weights (the
+    straight-through estimator passes their gradient). The copy's other weights (in_proj, conv,
+    decay) start trained rather than random, as when a layer is repeated (RYS)."""
+    old = model.cfg
+    sources = deepened_layers(old.n_layers, n_layers)
+    grown = BitMamba2(ModelConfig(old.vocab_size, old.d_model, n_layers, old.n_heads))
+    state = model.state_dict()
+    new_state = {k: v for k, v in state.items() if not k.startswith("layers.")}
+    seen: set[int] = set()
+    for i, src in enumerate(sources):
+        prefix = f"layers.{src}."
+        for k, v in state.items():
+            if k.startswith(prefix):
+                new_state[f"layers.{i}." + k[len(prefix):]] = v.clone()
+        if src in seen:  # the copy: silent until trained
+            new_state[f"layers.{i}.out_proj.weight"].zero_()
+        seen.add(src)
+    grown.load_state_dict(new_state)
+    return grown
+
+
 def next_token_loss(model: torch.nn.Module, compile_: bool, log):
     """The training loss of a batch of windows [B, T+1] (next-token cross-entropy), compiled when asked."""
 
@@ -336,6 +374,10 @@ def train(cfg: TrainConfig) -> dict:
         init_model, init_tok, init_meta = load_exported(cfg.init)
         if init_tok is None:
             raise SystemExit(f"--init {cfg.init}: no tokenizer.json next to the weights")
+        if cfg.deepen is not None and cfg.deepen != init_model.cfg.n_layers:
+            n_old = init_model.cfg.n_layers
+            init_model = grow_depth(init_model, cfg.deepen)
+            log(f"init: deepened from {n_old} to {cfg.deepen} layers (layers {deepened_layers(n_old, cfg.deepen)}; copies silent)")
         mc = init_model.cfg
         cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads = (
             mc.vocab_size,
