@@ -74,6 +74,15 @@ def summary(seconds: list[float], work: float = 1.0) -> dict[str, float]:
     }
 
 
+def per_round(a: list[float], b: list[float]) -> dict[str, float]:
+    """The ratios a_i / b_i of measurements taken in the same round (interleaved, so that each
+    pair saw the same load of a shared host): their median and their range."""
+    if len(a) != len(b) or not a:
+        raise ValueError("per_round: two lists of the same nonzero length")
+    r = [x / max(y, 1e-12) for x, y in zip(a, b, strict=True)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
+
+
 def bench_model(
     model_path: str | os.PathLike[str],
     *,
@@ -135,34 +144,56 @@ def bench_model(
             tok = model.core.step_sample(s, tok, smp)
         return time.perf_counter() - t
 
+    # sampled decode (temperature + top-k/top-p/min-p + penalty) for the sampling overhead
+    sampler2 = _core.Sampler(
+        vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1
+    )
+    prefill_ids = {T: rng.integers(0, vocab, T) for T in prefill_lengths}
+
+    def prefill_time(ids: np.ndarray) -> float:
+        s = model.new_state()
+        t = time.perf_counter()
+        model.core.prefill(s, ids, True, False, [])
+        return time.perf_counter() - t
+
+    # Interleaved rounds (greedy, sampled, each prefill length): on a shared host the load changes
+    # between rounds, so the ratios are taken within a round and their median reported.
     decode_time(sampler, False)  # warm-up
-    dec = [decode_time(sampler, False) for _ in range(repeats)]
+    decode_time(sampler2, True)
+    for ids in prefill_ids.values():
+        prefill_time(ids)
+    dec: list[float] = []
+    dec2: list[float] = []
+    pre: dict[int, list[float]] = {T: [] for T in prefill_lengths}
+    for _ in range(repeats):
+        dec.append(decode_time(sampler, False))
+        dec2.append(decode_time(sampler2, True))
+        for T, ids in prefill_ids.items():
+            pre[T].append(prefill_time(ids))
     result["decode"] = {"tokens": decode_tokens, **summary(dec, decode_tokens)}
     say(
         f"decode: {result['decode']['best_rate']:.1f} tok/s best, {result['decode']['median_rate']:.1f} median "
         f"({decode_tokens} tokens x {repeats})"
     )
-
-    # sampled decode (temperature + top-k/top-p/min-p + penalty) for the sampling overhead
-    sampler2 = _core.Sampler(
-        vocab, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15, seed=1
+    # time of a sampled decode over the greedy one of the same round
+    result["decode_sampled"] = {"tokens": decode_tokens, **summary(dec2, decode_tokens), "vs_greedy": per_round(dec2, dec)}
+    vg = result["decode_sampled"]["vs_greedy"]
+    say(
+        f"decode (sampled): {result['decode_sampled']['median_rate']:.1f} tok/s median; per round "
+        f"{(vg['median'] - 1) * 100:+.1f} % of greedy's time (median; {(vg['min'] - 1) * 100:+.1f} to "
+        f"{(vg['max'] - 1) * 100:+.1f} %)"
     )
-
-    dec2 = [decode_time(sampler2, True) for _ in range(repeats)]
-    result["decode_sampled"] = {"tokens": decode_tokens, **summary(dec2, decode_tokens)}
-    say(f"decode (sampled): {result['decode_sampled']['median_rate']:.1f} tok/s median")
 
     result["prefill"] = {}
     for T in prefill_lengths:
-        ids = rng.integers(0, vocab, T)
-
-        def pf(ids: np.ndarray = ids) -> None:
-            s = model.new_state()
-            model.core.prefill(s, ids, True, False, [])
-
-        res = {"tokens": int(T), **summary(timed(pf, repeats), T)}
+        # prefill tokens/s over the greedy decode tokens/s of the same round
+        vs = per_round([d / decode_tokens for d in dec], [p / T for p in pre[T]])
+        res = {"tokens": int(T), **summary(pre[T], T), "vs_decode": vs}
         result["prefill"][str(T)] = res
-        say(f"prefill T={T}: {res['best_rate']:.1f} tok/s best, {res['median_rate']:.1f} median")
+        say(
+            f"prefill T={T}: {res['best_rate']:.1f} tok/s best, {res['median_rate']:.1f} median; "
+            f"{vs['median']:.2f}x decode per round (median; {vs['min']:.2f}-{vs['max']:.2f}x)"
+        )
     result["profile"] = profile_stages(model, decode_tokens, repeats)
     pr = result["profile"]
     say(
@@ -367,12 +398,20 @@ def profile_markdown(profiles: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _with_ratio(cell: str, res: dict[str, Any], key: str, unit: str) -> str:
+    """A table cell with the per-round ratio of `res[key]` after it (when measured)."""
+    r = res.get(key)
+    if not r:
+        return cell
+    return f"{cell} ({(r['median'] - 1) * 100:+.1f} %)" if unit == "%" else f"{cell} ({r['median']:.2f}x)"
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     first = results[0]
     batches = list(first.get("batch", {}))
     rows = [
-        "| threads | decode tok/s (best / median) | sampled (median) | "
-        + " | ".join(f"prefill T={t} (best / median)" for t in first["prefill"])
+        "| threads | decode tok/s (best / median) | sampled (median; time against greedy per round) | "
+        + " | ".join(f"prefill T={t} (best / median; x decode per round)" for t in first["prefill"])
         + "".join(f" | batch {b} aggregate (median)" for b in batches)
         + " | outside matmul ms/token (min / median) | cold start ms | RSS MB |",
     ]
@@ -382,8 +421,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         cells = [
             str(r["threads"]),
             f"{d['best_rate']:.0f} / {d['median_rate']:.0f}",
-            f"{r['decode_sampled']['median_rate']:.0f}",
-            *(f"{p['best_rate']:.0f} / {p['median_rate']:.0f}" for p in r["prefill"].values()),
+            _with_ratio(f"{r['decode_sampled']['median_rate']:.0f}", r["decode_sampled"], "vs_greedy", "%"),
+            *(_with_ratio(f"{p['best_rate']:.0f} / {p['median_rate']:.0f}", p, "vs_decode", "x") for p in r["prefill"].values()),
             *(f"{r['batch'][b]['median_rate']:.0f}" for b in batches),
             f"{r['profile']['non_matrix_min']:.3f} / {r['profile']['non_matrix_median']:.3f}" if "profile" in r else "-",
             f"{r['cold_start_s'] * 1000:.0f}",

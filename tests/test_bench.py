@@ -42,6 +42,29 @@ def test_markdown_table_rows_have_the_header_cell_count(model_factory):
     assert set(lines[1]) == {"|", "-"}
 
 
+def test_interleaved_rounds_give_per_round_ratios(model_factory):
+    """Sampled decode and each prefill are timed in the same rounds as greedy decode; the ratios
+    reported are those of each round's own measurements (recomputed here from the raw times)."""
+    from bitmamba_lsp.bench import bench_model, per_round
+
+    assert per_round([2.0, 3.0, 12.0], [1.0, 2.0, 4.0]) == {"median": 2.0, "min": 1.5, "max": 3.0}
+    for bad in (([], []), ([1.0], [1.0, 2.0])):
+        with pytest.raises(ValueError):
+            per_round(*bad)
+    path, _, _ = model_factory(300, 64, 2, 4, seed=3)
+    r = bench_model(path, threads=1, repeats=3, decode_tokens=4, prefill_lengths=(8,), batch_sizes=(1,))
+    vg = r["decode_sampled"]["vs_greedy"]
+    assert vg["min"] <= vg["median"] <= vg["max"] and vg["min"] > 0
+    vs = r["prefill"]["8"]["vs_decode"]
+    assert vs["min"] <= vs["median"] <= vs["max"] and vs["min"] > 0
+    # one round: the ratio is the one of the two measurements themselves
+    r1 = bench_model(path, threads=1, repeats=1, decode_tokens=4, prefill_lengths=(8,), batch_sizes=(1,))
+    want = r1["decode_sampled"]["median_s"] / r1["decode"]["median_s"]
+    assert r1["decode_sampled"]["vs_greedy"]["median"] == pytest.approx(want, rel=1e-9)
+    want = (r1["decode"]["median_s"] / 4) / (r1["prefill"]["8"]["median_s"] / 8)
+    assert r1["prefill"]["8"]["vs_decode"]["median"] == pytest.approx(want, rel=1e-9)
+
+
 def test_ternary_macs_per_token_counts_the_files_ternary_matrices(model_factory):
     from bitmamba_lsp.bench import ternary_macs_per_token
     from bitmamba_lsp.engine.formats.bitmamba_bin import TernaryTensor
