@@ -161,3 +161,67 @@ def test_top_k_support_with_nan_inf_and_a_short_last_block(vocab: int) -> None:
         s = _core.Sampler(vocab, temperature=1.0, top_k=k, top_p=1.0, min_p=0.0, seed=trial)
         drawn = {s.sample(logits) for _ in range(300)}
         assert drawn == best
+
+
+def _nucleus(logits: np.ndarray, temp: float, top_p: float, min_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of sampling without top-k: the kept ids (by logit, then index) and their
+    probabilities (float64)."""
+    finite = np.where(np.isnan(logits), -np.inf, logits).astype(np.float64)
+    m = finite.max()
+    keep = finite >= (m + temp * np.log(min_p) if min_p > 0 else -np.inf)
+    keep &= np.isfinite(finite)
+    ids = np.nonzero(keep)[0]
+    ids = ids[np.lexsort((ids, -finite[ids]))]
+    p = np.exp((finite[ids] - m) / temp)
+    if top_p < 1:
+        c = np.cumsum(p)
+        ids, p = ids[: int(np.searchsorted(c, top_p * p.sum())) + 1], p[: int(np.searchsorted(c, top_p * p.sum())) + 1]
+    return ids, p / p.sum()
+
+
+@pytest.mark.parametrize(
+    ("vocab", "scale", "temp", "top_p", "min_p"),
+    [
+        (50257, 3.0, 0.8, 1.0, 0.0),  # temperature alone over a GPT-2-sized vocabulary
+        (50257, 3.0, 1.0, 1.0, 0.02),  # min-p alone
+        (50257, 3.0, 0.7, 0.9, 0.0),  # top-p alone, a peaked distribution
+        (50257, 0.4, 0.8, 0.9, 0.0),  # top-p alone, nearly flat (a random model): tens of thousands kept
+        (3000, 2.0, 1.0, 0.5, 0.05),  # top-p and min-p
+        (77, 1.0, 1.3, 0.99, 0.0),  # a short last block
+    ],
+)
+def test_sampling_without_top_k_follows_the_reference(vocab, scale, temp, top_p, min_p) -> None:
+    """Without top-k the sampler works on the whole vocabulary at once (masses per block, top-p by a
+    search over probability levels): its draws stay inside the reference's kept set (give or take
+    the one token at the top-p boundary, which float32 masses may place either side) and the most
+    likely tokens' frequencies match the reference's probabilities; NaN and -inf are never drawn."""
+    rng = np.random.default_rng(vocab + int(scale * 10))
+    logits = (rng.standard_normal(vocab) * scale).astype(np.float32)
+    logits[rng.integers(0, vocab, 5)] = np.nan
+    logits[rng.integers(0, vocab, 5)] = -np.inf
+    bad = set(np.nonzero(~np.isfinite(logits))[0].tolist())
+    ids, p = _nucleus(logits, temp, top_p, min_p)
+    finite = np.where(np.isnan(logits), -np.inf, logits)
+    order = np.lexsort((np.arange(vocab), -finite))
+    allowed = set(order[: len(ids) + 1].tolist()) - bad
+    s = _core.Sampler(vocab, temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=vocab)
+    n = 20_000
+    draws = np.asarray([s.sample(logits.copy()) for _ in range(n)])
+    assert set(np.unique(draws).tolist()) <= allowed
+    top = ids[:20]
+    counts = np.asarray([(draws == t).sum() for t in top])
+    sigma = np.sqrt(n * p[:20] * (1 - p[:20]))
+    assert np.all(np.abs(counts - n * p[:20]) < 6 * sigma + 2), (counts, n * p[:20])
+    # it samples across the whole kept set: as many distinct tokens as the reference expects
+    expected = float(np.sum(1 - (1 - p) ** n))
+    assert abs(len(np.unique(draws)) - expected) < 0.05 * expected + 10, (len(np.unique(draws)), expected)
+
+
+def test_top_p_keeps_only_the_best_token_when_it_holds_the_mass() -> None:
+    V = 50257
+    logits = np.zeros(V, np.float32)
+    logits[[123, 40_000]] = 20.0  # a tie at the top: by index, 123 comes first
+    s = _core.Sampler(V, temperature=1.0, top_k=0, top_p=0.3, min_p=0.0, seed=2)
+    assert {s.sample(logits.copy()) for _ in range(300)} == {123}
+    s = _core.Sampler(V, temperature=1.0, top_k=0, top_p=0.7, min_p=0.0, seed=2)
+    assert {s.sample(logits.copy()) for _ in range(300)} == {123, 40_000}

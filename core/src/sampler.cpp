@@ -7,10 +7,16 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "bitmamba/kernels.h"
 
 #if defined(__AVX2__)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// GCC 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized on its own _mm256_undefined_pd()
+// operand (GCC bug 105593, fixed in 13), as in kernels_avx512.cpp
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #elif defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -55,12 +61,96 @@ inline float block_max(const float* x, int n) {
     return mb;
 }
 
+// Sum and count of the x[i] >= level among x[0..n), n <= 64, in vector lanes (the compiler left the
+// plain loop's additions scalar); the order of the float additions is fixed for a build.
+inline std::pair<float, int> block_mass(const float* x, int n, float level) {
+    int i = 0, c = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    const __m512 lv = _mm512_set1_ps(level);
+    __m512 a = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        const __mmask16 m = _mm512_cmp_ps_mask(v, lv, _CMP_GE_OQ);
+        a = _mm512_mask_add_ps(a, m, a, v);
+        c += __builtin_popcount(static_cast<unsigned>(m));
+    }
+    if (i < n) {
+        const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(tail, x + i);
+        const __mmask16 m = _mm512_mask_cmp_ps_mask(tail, v, lv, _CMP_GE_OQ);
+        a = _mm512_mask_add_ps(a, m, a, v);
+        c += __builtin_popcount(static_cast<unsigned>(m));
+        i = n;
+    }
+    s = _mm512_reduce_add_ps(a);
+#elif defined(__AVX2__)
+    const __m256 lv = _mm256_set1_ps(level);
+    __m256 a = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 m = _mm256_cmp_ps(v, lv, _CMP_GE_OQ);
+        a = _mm256_add_ps(a, _mm256_and_ps(m, v));
+        c += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(m)));
+    }
+    __m128 h = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    h = _mm_add_ps(_mm_movehl_ps(h, h), h);
+    h = _mm_add_ss(_mm_shuffle_ps(h, h, 1), h);
+    s = _mm_cvtss_f32(h);
+#elif defined(__ARM_NEON)
+    const float32x4_t lv = vdupq_n_f32(level);
+    float32x4_t a = vdupq_n_f32(0.0f);
+    uint32x4_t cn = vdupq_n_u32(0);
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t v = vld1q_f32(x + i);
+        const uint32x4_t m = vcgeq_f32(v, lv);
+        a = vaddq_f32(a, vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(v))));
+        cn = vsubq_u32(cn, m);  // a lane that holds is all ones: -1
+    }
+    float lanes[4];
+    uint32_t counts[4];
+    vst1q_f32(lanes, a);
+    vst1q_u32(counts, cn);
+    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    c = static_cast<int>(counts[0] + counts[1] + counts[2] + counts[3]);
+#endif
+    for (; i < n; ++i)
+        if (x[i] >= level) {
+            s += x[i];
+            ++c;
+        }
+    return {s, c};
+}
+
+// Append to out[n..) the i in [i0, i1) with lo <= x[i] < hi and x[i] > 0 (in index order); the new n.
+inline int collect_band(const float* x, int i0, int i1, float lo, float hi, int32_t* out, int n) {
+    int i = i0;
+#if defined(__AVX512F__)
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi), zero = _mm512_setzero_ps();
+    const __m512i step = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; i + 16 <= i1; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        __mmask16 m = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ);
+        m = _mm512_mask_cmp_ps_mask(m, v, vhi, _CMP_LT_OQ);
+        m = _mm512_mask_cmp_ps_mask(m, v, zero, _CMP_GT_OQ);
+        _mm512_mask_compressstoreu_epi32(out + n, m, _mm512_add_epi32(_mm512_set1_epi32(i), step));
+        n += __builtin_popcount(static_cast<unsigned>(m));
+    }
+#endif
+    for (; i < i1; ++i) {
+        out[n] = i;
+        n += x[i] >= lo && x[i] > 0.0f && x[i] < hi ? 1 : 0;
+    }
+    return n;
+}
+
 }  // namespace
 
 Sampler::Sampler(int vocab_size, const SamplerConfig& cfg)
     : vocab_(vocab_size), cfg_(cfg), rng_(cfg.seed), protected_(vocab_size, 0), stamp_(vocab_size, 0),
       cand_(vocab_size), prob_(vocab_size), logits_(vocab_size), bmax_((vocab_size + kBlock - 1) / kBlock),
-      bsel_((vocab_size + kBlock - 1) / kBlock) {
+      bsel_((vocab_size + kBlock - 1) / kBlock), bsum_((vocab_size + kBlock - 1) / kBlock),
+      bpmax_((vocab_size + kBlock - 1) / kBlock) {
     if (vocab_size <= 0) throw std::invalid_argument("sampler: vocab_size must be positive");
     if (!(cfg.temperature >= 0.0f) || !std::isfinite(cfg.temperature))
         throw std::invalid_argument("sampler: temperature must be a finite number >= 0");
@@ -123,6 +213,7 @@ int32_t Sampler::sample(float* logits) {
     float thr = cfg_.min_p > 0.0f ? m + T * std::log(cfg_.min_p) : kNegInf;
     auto by_logit = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
     const int k_top = cfg_.top_k > 0 && cfg_.top_k < vocab_ ? cfg_.top_k : 0;
+    if (!k_top) return sample_dense(logits, m, thr);
     // 2. top-k: k blocks reach the k-th largest block maximum, so at least k logits do, and the k-th
     // largest logit is at least that: a threshold before looking at a single logit.
     if (k_top && nb > k_top) {
@@ -200,6 +291,125 @@ int32_t Sampler::sample(float* logits) {
         if (u < acc) return cand_[i];
     }
     return cand_[keep - 1];
+}
+
+std::pair<double, int> Sampler::level_stats(float level) const {
+    const int nb = (vocab_ + kBlock - 1) / kBlock;
+    double mass = 0.0;
+    int count = 0;
+    for (int b = 0; b < nb; ++b) {
+        if (bpmax_[b] < level) continue;
+        const int i0 = b * kBlock;
+        const auto [s, c] = block_mass(prob_.data() + i0, std::min(vocab_, i0 + kBlock) - i0, level);
+        mass += s;
+        count += c;
+    }
+    return {mass, count};
+}
+
+int32_t Sampler::sample_dense(const float* logits, float m, float thr) {
+    const KernelSet& k = best_kernels();
+    const int V = vocab_, nb = (V + kBlock - 1) / kBlock;
+    const float inv_t = 1.0f / cfg_.temperature;
+    float* p = prob_.data();
+    // 1. p_i = exp((l_i - m) / T) (the most likely token has 1), 0 below the min-p threshold and for
+    // NaN (a comparison with NaN is false); the masses of the blocks and the total
+    for (int i = 0; i < V; ++i) p[i] = logits[i] >= thr ? (logits[i] - m) * inv_t : kNegInf;
+    k.exp(p, V);
+    double total = 0.0;
+    for (int b = 0; b < nb; ++b) {
+        const int i0 = b * kBlock;
+        bsum_[b] = block_mass(p + i0, std::min(V, i0 + kBlock) - i0, 0.0f).first;
+        total += bsum_[b];
+    }
+    // 2. top-p: the kept tokens are those with p >= `upper` (mass `upper_mass` < the target) and the
+    // best of the `band` [lower, upper) in logit order (then index) until the mass reaches the target.
+    // Levels are p = exp(-c), c in nats below the best token: doubling c brackets the target, then
+    // bisection narrows the band until it holds few tokens.
+    float upper = std::numeric_limits<float>::infinity();  // kept level set: p >= upper (none yet)
+    double kept = total;
+    int band = 0;
+    if (cfg_.top_p < 1.0f) {
+        for (int b = 0; b < nb; ++b) bpmax_[b] = (bmax_[b] - m) * inv_t;
+        k.exp(bpmax_.data(), nb);
+        const double target = static_cast<double>(cfg_.top_p) * total;
+        constexpr float kTiny = std::numeric_limits<float>::denorm_min();  // p > 0: every candidate
+        double c_up = -1.0, c_lo = 1.0;  // nats: exp(1) > 1 holds no token
+        double up_mass = 0.0, lo_mass = 0.0;
+        int up_count = 0, lo_count = 0;
+        for (;;) {  // bracket: the mass of p >= exp(-c_lo) reaches the target
+            const float level = c_lo > 80.0 ? kTiny : static_cast<float>(std::exp(-c_lo));
+            std::tie(lo_mass, lo_count) = level_stats(level);
+            if (lo_mass >= target || level == kTiny) break;
+            c_up = c_lo;
+            up_mass = lo_mass;
+            up_count = lo_count;
+            c_lo *= 2.0;
+        }
+        for (int it = 0; it < 40 && lo_count - up_count > 256 && c_lo <= 80.0; ++it) {  // bisect
+            const double c = 0.5 * (c_up + c_lo);
+            const auto [ms, cn] = level_stats(static_cast<float>(std::exp(-c)));
+            if (ms >= target) {
+                c_lo = c;
+                lo_count = cn;
+            } else {
+                c_up = c;
+                up_mass = ms;
+                up_count = cn;
+            }
+        }
+        const float lo = c_lo > 80.0 ? kTiny : static_cast<float>(std::exp(-c_lo));
+        upper = c_up < 0.0 ? std::numeric_limits<float>::infinity() : static_cast<float>(std::exp(-c_up));
+        int n = 0;
+        for (int b = 0; b < nb; ++b) {
+            if (bpmax_[b] < lo) continue;
+            const int i0 = b * kBlock, i1 = std::min(V, i0 + kBlock);
+            n = collect_band(p, i0, i1, lo, upper, cand_.data(), n);
+        }
+        auto by_logit = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+        std::sort(cand_.begin(), cand_.begin() + n, by_logit);
+        kept = up_mass;
+        while (band < n) {
+            kept += p[cand_[band++]];
+            if (kept >= target) break;
+        }
+    } else {
+        upper = 0.0f;  // every candidate (p = 0 adds nothing)
+    }
+    // 3. draw: the level set block by block (skipping whole blocks by their mass), then the band
+    const double u = std::generate_canonical<double, 53>(rng_) * kept;
+    double acc = 0.0;
+    int32_t last = -1;
+    if (upper <= 1.0f) {
+        for (int b = 0; b < nb; ++b) {
+            if (upper > 0.0f && bpmax_[b] < upper) continue;
+            const int i0 = b * kBlock, i1 = std::min(V, i0 + kBlock);
+            const double s = upper > 0.0f ? block_mass(p + i0, i1 - i0, upper).first : bsum_[b];
+            if (s <= 0.0) continue;
+            if (u >= acc + s) {
+                acc += s;
+                for (int i = i1 - 1; i >= i0; --i)
+                    if (p[i] > 0.0f && p[i] >= upper) {
+                        last = i;
+                        break;
+                    }
+                continue;
+            }
+            for (int i = i0; i < i1; ++i) {
+                if (!(p[i] > 0.0f && p[i] >= upper)) continue;
+                acc += p[i];
+                last = i;
+                if (u < acc) return i;
+            }
+        }
+    }
+    for (int j = 0; j < band; ++j) {
+        acc += p[cand_[j]];
+        last = cand_[j];
+        if (u < acc) return last;
+    }
+    // rounding left u at the very end of the mass: the last kept token
+    return last >= 0 ? last : k.argmax(logits, V);
 }
 
 }  // namespace bm

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace bm {
@@ -38,6 +39,12 @@ public:
 
 private:
     void apply_penalty(float* logits);
+    // Without top-k: every logit at or above the min-p threshold `thr` is a candidate, sampled from
+    // dense probabilities over the whole vocabulary (vector passes, masses per block; top-p by a
+    // search over probability levels that orders only the tokens at its boundary).
+    int32_t sample_dense(const float* logits, float m, float thr);
+    // (mass, count) of the probabilities p >= level, over the blocks whose largest p reaches it
+    std::pair<double, int> level_stats(float level) const;
 
     int vocab_;
     SamplerConfig cfg_;
@@ -52,6 +59,7 @@ private:
     std::vector<float> logits_;
     static constexpr int kBlock = 64;  // logits per block of the block-maxima pass
     std::vector<float> bmax_, bsel_;
+    std::vector<float> bsum_, bpmax_;  // per block: its probability mass and its largest probability
 };
 
 }  // namespace bm
