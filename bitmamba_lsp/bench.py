@@ -83,6 +83,80 @@ def per_round(a: list[float], b: list[float]) -> dict[str, float]:
     return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
+# Sampler settings bench_sampling compares with greedy decode: the reference CLI's (bench_model's
+# "sampled"), each filter alone, and what the HTTP API does by default (temperature 1, nothing else).
+SAMPLING_CONFIGS: dict[str, dict[str, float]] = {
+    "reference (T 0.8, top-k 40, top-p 0.9, min-p 0.05, penalty 1.15)": dict(
+        temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.15
+    ),
+    "temperature 1 alone (the HTTP API's default)": dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
+    "top-k 40 alone": dict(temperature=0.8, top_k=40, top_p=1.0, min_p=0.0),
+    "top-p 0.9 alone": dict(temperature=0.8, top_k=0, top_p=0.9, min_p=0.0),
+    "top-p 0.95 alone, T 1": dict(temperature=1.0, top_k=0, top_p=0.95, min_p=0.0),
+    "min-p 0.05 alone": dict(temperature=0.8, top_k=0, top_p=1.0, min_p=0.05),
+    "penalty 1.15, greedy": dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.15),
+}
+
+
+def bench_sampling(
+    model: Any, *, tokens: int = 64, rounds: int = 12, configs: dict[str, dict[str, float]] | None = None
+) -> dict[str, Any]:
+    """Decode of `tokens` tokens with each sampler setting against greedy decode, in interleaved
+    rounds (every setting once per round, the order reversed every other round, so that a drift of
+    the host's load falls on all of them): per setting the median rate and the per-round ratio of
+    its time to greedy's (median and range)."""
+    configs = configs if configs is not None else SAMPLING_CONFIGS
+    vocab = model.vocab_size
+    prompt = (np.arange(16) * 7919) % vocab
+    samplers = {"greedy": (_core.Sampler(vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0), False)}
+    for name, kw in configs.items():
+        samplers[name] = (_core.Sampler(vocab, seed=1, **kw), kw.get("repetition_penalty", 1.0) != 1.0)
+
+    def decode_time(smp: Any, penalize: bool) -> float:
+        s = model.new_state()
+        model.core.prefill(s, prompt, False, False, [])
+        tok = int(prompt[-1])
+        t = time.perf_counter()
+        for _ in range(tokens):
+            if penalize:
+                smp.accept(tok)
+            tok = model.core.step_sample(s, tok, smp)
+        return time.perf_counter() - t
+
+    names = list(samplers)
+    for n in names:  # warm-up
+        decode_time(*samplers[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            times[n].append(decode_time(*samplers[n]))
+    out: dict[str, Any] = {"tokens": tokens, "rounds": rounds, "threads": model.threads, "settings": {}}
+    for n in names:
+        res = {**summary(times[n], tokens), "vs_greedy": per_round(times[n], times["greedy"])}
+        if n != "greedy":
+            res["config"] = configs[n]
+        out["settings"][n] = res
+    return out
+
+
+def sampling_markdown(results: list[dict[str, Any]]) -> str:
+    """One row per sampler setting, a column per thread count: median tok/s and the per-round time
+    against greedy."""
+    names = list(results[0]["settings"])
+    rows = ["| setting | " + " | ".join(f"{r['threads']} thread(s): tok/s (median), time against greedy per round (median; range)" for r in results) + " |"]
+    rows.append("|---|" + "---|" * len(results))
+    for n in names:
+        cells = []
+        for r in results:
+            s = r["settings"][n]
+            v = s["vs_greedy"]
+            cells.append(
+                f"{s['median_rate']:.0f}, {(v['median'] - 1) * 100:+.1f} % ({(v['min'] - 1) * 100:+.1f} to {(v['max'] - 1) * 100:+.1f} %)"
+            )
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def bench_model(
     model_path: str | os.PathLike[str],
     *,

@@ -127,3 +127,21 @@ def test_compute_roof_scales_with_the_step_and_fills_the_table(model_factory):
     lines = verify_markdown([{"threads": 1, "verify": verify}]).splitlines()
     table = [line for line in lines[lines.index("") + 1 :] if line.startswith("|")]
     assert len(table) == 3 and len({line.count("|") for line in table}) == 1, lines
+
+
+def test_bench_sampling_compares_every_setting_with_greedy_in_the_same_rounds(model_factory):
+    from bitmamba_lsp.bench import SAMPLING_CONFIGS, bench_sampling, sampling_markdown
+
+    path, _, _ = model_factory(300, 64, 2, 4, seed=3)
+    model = load_bin(path, threads=1)
+    r = bench_sampling(model, tokens=4, rounds=3)
+    assert list(r["settings"]) == ["greedy", *SAMPLING_CONFIGS]
+    g = r["settings"]["greedy"]["vs_greedy"]
+    assert g == {"median": 1.0, "min": 1.0, "max": 1.0}  # greedy against itself, round by round
+    for name, s in r["settings"].items():
+        assert s["runs"] == 3 and s["median_rate"] > 0
+        assert s["vs_greedy"]["min"] <= s["vs_greedy"]["median"] <= s["vs_greedy"]["max"]
+        if name != "greedy":
+            assert s["config"] == SAMPLING_CONFIGS[name]
+    lines = sampling_markdown([r, r]).splitlines()
+    assert len(lines) == 2 + len(r["settings"]) and len({line.count("|") for line in lines}) == 1
