@@ -294,10 +294,36 @@ int32_t Sampler::sample(float* logits) {
 }
 
 std::pair<double, int> Sampler::level_stats(float level) const {
+    // One pass over the blocks whose largest probability reaches `level`. With AVX-512 the whole
+    // blocks add into vector lanes kept across blocks (a horizontal sum per block cost more than the
+    // block's own four compares and adds); the order of the float additions is fixed for a build.
     const int nb = (vocab_ + kBlock - 1) / kBlock;
     double mass = 0.0;
     int count = 0;
-    for (int b = 0; b < nb; ++b) {
+    int b = 0;
+#if defined(__AVX512F__)
+    static_assert(kBlock == 64, "four zmm loads a block");
+    const int full = vocab_ / kBlock;  // blocks of exactly kBlock values
+    const __m512 lv = _mm512_set1_ps(level);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; b < full; ++b) {
+        if (bpmax_[b] < level) continue;
+        const float* x = prob_.data() + b * kBlock;
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const __m512 v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
+        const __mmask16 m0 = _mm512_cmp_ps_mask(v0, lv, _CMP_GE_OQ), m1 = _mm512_cmp_ps_mask(v1, lv, _CMP_GE_OQ);
+        const __mmask16 m2 = _mm512_cmp_ps_mask(v2, lv, _CMP_GE_OQ), m3 = _mm512_cmp_ps_mask(v3, lv, _CMP_GE_OQ);
+        a0 = _mm512_mask_add_ps(a0, m0, a0, v0);
+        a1 = _mm512_mask_add_ps(a1, m1, a1, v1);
+        a2 = _mm512_mask_add_ps(a2, m2, a2, v2);
+        a3 = _mm512_mask_add_ps(a3, m3, a3, v3);
+        const uint64_t bits = static_cast<uint64_t>(m0) | static_cast<uint64_t>(m1) << 16 |
+                              static_cast<uint64_t>(m2) << 32 | static_cast<uint64_t>(m3) << 48;
+        count += __builtin_popcountll(bits);
+    }
+    mass = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#endif
+    for (; b < nb; ++b) {
         if (bpmax_[b] < level) continue;
         const int i0 = b * kBlock;
         const auto [s, c] = block_mass(prob_.data() + i0, std::min(vocab_, i0 + kBlock) - i0, level);
