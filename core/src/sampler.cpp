@@ -297,6 +297,8 @@ std::pair<double, int> Sampler::level_stats(float level) const {
     // One pass over the blocks whose largest probability reaches `level`. With AVX-512 the whole
     // blocks add into vector lanes kept across blocks (a horizontal sum per block cost more than the
     // block's own four compares and adds); the order of the float additions is fixed for a build.
+    // The draw sums the same set block by block, so its mass may differ from this one by float
+    // rounding (~1e-6 relative): a u past the draw's mass falls to the band, then the last kept token.
     const int nb = (vocab_ + kBlock - 1) / kBlock;
     double mass = 0.0;
     int count = 0;
