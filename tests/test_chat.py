@@ -63,7 +63,10 @@ def test_state_files_of_other_models_or_damaged_ones_are_refused(tmp_path: Path,
     data = path.read_bytes()
     assert data.startswith(MAGIC)
     wrong = tmp_path / "wrong.state"
-    wrong.write_bytes(data.replace(b'"n_layers": 4', b'"n_layers": 5'))
+    n_layers = re.search(rb'"n_layers": (\d+)', data)
+    assert n_layers, "the state header names the model's shape"
+    other = str(int(n_layers.group(1)) + 1).encode()
+    wrong.write_bytes(data.replace(n_layers.group(0), b'"n_layers": ' + other))
     r = chat("hi\n", "--state", str(wrong))
     assert r.returncode == 1 and "saved by another model" in r.stderr
 

@@ -118,7 +118,9 @@ async def test_the_daemon_setting(model_factory, tmp_path) -> None:
     try:
         st = await status(lc)
         plain = bitmamba_lsp.load(folder, threads=1)
-        assert st["state_bytes"] == plain.state_bytes * 8 // 4  # 4 layers -> 8 passes
+        n = plain.config.n_layers
+        passes = len(schedule(n, 1, 2, 2))  # the slice 1..2 twice more: n + 4 passes
+        assert st["state_bytes"] == plain.state_bytes * passes // n
         lc.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"repeatStart": -1}))
         st = await wait_for_model(lc)
         for _ in range(100):
