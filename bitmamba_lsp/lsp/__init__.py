@@ -1,6 +1,8 @@
 """The completion daemon (the product): an LSP server over the engine.
 
-    server.py       pygls handlers, a few lines each (protocol.py: the overrides of pygls' protocol)
+    server.py       the lifecycle and one handler per LSP method, a few lines each
+    jsonrpc.py      JSON-RPC 2.0: dispatch, responses and errors, cancellation, requests to the client
+    messages.py     the LSP structures read and written, as plain JSON;  framing.py: reading the stream
     session.py      documents, the model's lifecycle (model_slot.py), request ordering, pending
                     suggestions (pending.py) and speculation, stats (stats.py): no LSP types
     documents.py    text, line index, tokens; apply_changes -> what changed

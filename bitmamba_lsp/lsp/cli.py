@@ -49,16 +49,12 @@ def run(args: argparse.Namespace) -> int:
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
-    logging.getLogger("pygls").setLevel(logging.WARNING if args.log_level != "DEBUG" else logging.DEBUG)
 
-    if args.model is not None:  # overrides the settings: load it while pygls is imported
+    if args.model is not None:  # overrides the settings: load it while the daemon's modules are imported
         from bitmamba_lsp.lsp import preload
 
         preload.start(args.model, args.threads)
 
-    from bitmamba_lsp.lsp import codecache
-
-    codecache.install()  # lsprotocol's attrs classes: their generated methods from the user's cache
     from bitmamba_lsp.lsp.server import create_server
 
     # Threads that hold the GIL for long (tokenizing a large document) must not starve the event
@@ -66,13 +62,12 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
 
     server = create_server(model=args.model, threads=args.threads)
-    codecache.save(background=True)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
         return 0
     server.start_io()
-    code = server.exit_code
+    code = server.stopped
     # Stop the model thread between two model calls (bounded: calls are short slices), then leave
     # without interpreter finalisation: a thread inside the C++ engine must never meet a finalising
     # interpreter (that ends in std::terminate, SIGABRT).

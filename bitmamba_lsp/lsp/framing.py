@@ -1,7 +1,8 @@
 """Reading LSP messages from a byte stream, robustly.
 
 A message is headers (``Name: value`` lines), an empty line, then exactly ``Content-Length`` bytes
-of JSON. pygls' own loop takes only ``Content-Length: <digits>\\r\\n`` exactly; anything else
+of JSON. A strict reader (pygls' loop, which the daemon once used) takes only
+``Content-Length: <digits>\\r\\n`` exactly; anything else
 (``abc``, ``-5``, ``2.0``, a missing length, LF-only line ends) leaves it waiting for a header that
 never comes: alive and deaf. This loop:
 
@@ -11,8 +12,8 @@ never comes: alive and deaf. This loop:
   message's body may precede it on the same line);
 - never reads more than `MAX_MESSAGE_BYTES` for one message.
 
-A message whose JSON does not parse is reported to the error handler (as pygls does), and the loop
-goes on. End of input ends the loop.
+A message whose JSON does not parse is logged, and the loop goes on. End of
+input ends the loop.
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ def parse_length(line: bytes) -> tuple[int | None, bool]:
 async def run_framed(
     stop_event: threading.Event,
     reader: AsyncReader,
-    protocol: Any,
+    dispatch: Callable[[Any], Any],
     logger: logging.Logger,
-    error_handler: Callable[[Exception, type], Any] | None = None,
-    error_type: type = Exception,
 ) -> None:
+    """Read messages until the end of input (or `stop_event`); each one parsed is given to
+    `dispatch`; one that does not parse is logged and skipped."""
     length: int | None = None
     bad = False  # a bad header was seen since the last message: wait for the next valid one
     saw_header = False
@@ -105,15 +106,13 @@ async def run_framed(
         if len(body) < want:
             return  # end of input inside a message
         try:
-            message = json.loads(body, object_hook=protocol.structure_message)
+            message = json.loads(body)
         except Exception as exc:
             logger.error("a message that is not valid JSON (%d bytes): %s", len(body), exc)
-            if error_handler is not None:
-                error_handler(exc, error_type)
             continue
         try:
-            protocol.handle_message(message)
-        except Exception as exc:
-            logger.exception("Unable to handle message")
-            if error_handler is not None:
-                error_handler(exc, error_type)
+            dispatch(message)
+        except (BrokenPipeError, ConnectionError):
+            raise
+        except Exception:
+            logger.exception("unable to handle a message")

@@ -1,5 +1,5 @@
 """The model the command line names (`bitmamba-lsp --model M`), loaded from the daemon's first
-instant, while the main thread still imports pygls and lsprotocol (most of the daemon's start).
+instant, while the main thread still imports the daemon's modules and reads the first messages.
 
 The settings cannot change a model given on the command line (it overrides them), so it can be
 loaded before `initialize` arrives. The C++ parts (building the weights, the prefill-rate

@@ -1,7 +1,7 @@
 """Warm start: a process that has already imported the daemon, forked for each editor that starts one.
 
-Most of a cold daemon's first half second is Python importing pygls, lsprotocol (~570 attrs
-classes), NumPy and our own modules: the same work on every start of every editor. With
+Much of a cold daemon's start is Python importing NumPy, the engine and our own modules and building
+the tokenizer: the same work on every start of every editor. With
 ``bitmamba-lsp --warm`` (what the Neovim and VS Code integrations run) the command the editor
 spawns is only a launcher:
 
@@ -273,7 +273,7 @@ def spawn(*serve_args: str) -> None:
 
 
 # What a daemon's start imports: the command line (argparse tree, engine formats), the engine, the
-# daemon's modules (pygls, lsprotocol) and what its first request needs.
+# daemon's modules and what its first request needs.
 _PRELOADED = (
     "bitmamba_lsp.cli",
     "bitmamba_lsp.engine",
@@ -285,20 +285,13 @@ _PRELOADED = (
 
 
 def _prepare() -> None:
-    """Import what a daemon's start imports (and what the first request needs), then store the attrs
-    code cache, so that a forked child starts where a cold daemon is after its imports."""
-    from bitmamba_lsp.lsp import codecache
-
-    codecache.install()
+    """Import what a daemon's start imports (and what the first request needs), so that a forked
+    child starts where a cold daemon is after its imports."""
     import importlib
 
     for name in _PRELOADED:
         importlib.import_module(name)
-    from pygls.protocol import default_converter
-
     from bitmamba_lsp.engine.tokenizer import GPT2_VOCAB, bundled_text_tokenizer
-
-    default_converter()  # resolves lsprotocol's forward references: once per process, in place
 
     # The bundled GPT-2 tokenizer (what a bare `.bin` uses), built once per process, and what the
     # daemon derives from a model's tokenizer: every child starts with them built. Encoding one
@@ -306,7 +299,6 @@ def _prepare() -> None:
     tok = bundled_text_tokenizer()
     tok.prepare()
     _derive(tok, GPT2_VOCAB - 1)
-    codecache.save(background=False)
 
 
 def _model_arg(argv: list[str]) -> tuple[str | None, int | None]:
