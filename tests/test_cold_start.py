@@ -14,9 +14,11 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from raw_client import Raw
 
 from bitmamba_lsp.engine import tokenizer as T
 
@@ -282,3 +284,57 @@ def test_daemon_first_completion_with_a_bare_bin(model_factory, cache_home: Path
     t_init, t_first, text = time_daemon(path, 1, env)
     assert 0 < t_init <= t_first and isinstance(text, str)
     assert cache_file().is_file()
+
+
+def test_the_daemon_imports_no_lsp_library(model_factory, cache_home: Path) -> None:
+    """The daemon speaks JSON-RPC itself (lsp/jsonrpc.py): from its start to its exit, through a
+    whole session with a completion, neither pygls nor lsprotocol (0.35-0.47 s to import) is
+    imported, nor any other heavy package."""
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=2)
+    code = (
+        "import json, os, sys\n"
+        "real = os._exit\n"
+        "def leave(code):\n"
+        "    print(json.dumps(sorted(sys.modules)), file=sys.stderr, flush=True)\n"
+        "    real(code)\n"
+        "os._exit = leave\n"
+        "from bitmamba_lsp.cli import main\n"
+        f"main(['lsp', '--model', {str(path)!r}, '--threads', '1'])\n"
+    )
+
+    d = Raw(None, {"maxTokens": 2, "minConfidence": 0}, command=[sys.executable, "-c", code],
+            env={**os.environ, "XDG_CACHE_HOME": str(cache_home)})  # fmt: skip
+    try:
+        d.initialize()
+        uri = "file:///tmp/imports.py"
+        text = "def f(x):\n    return"
+        d.send({"jsonrpc": "2.0", "method": "textDocument/didOpen",
+                "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}}})  # fmt: skip
+        d.request(2, "textDocument/inlineCompletion",
+                  {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 10}, "context": {"triggerKind": 2}})  # fmt: skip
+        assert "result" in d.reply(2)
+        assert d.shutdown_and_exit() == 0
+        time.sleep(0.1)  # the stderr reader thread
+    finally:
+        d.close()
+    err = b"".join(d.stderr).decode()
+    modules = json.loads(err.strip().splitlines()[-1])
+    assert [m for m in modules if m.split(".")[0] in HEAVY] == []
+
+
+def test_the_preload_derives_what_the_first_request_needs(model_factory, cache_home: Path, monkeypatch) -> None:
+    """`bitmamba-lsp --model X` loads X from the start with the BPE, the healer and the clean-start
+    table derived during the load (preload.py): the first request builds none of them."""
+    from bitmamba_lsp.engine import healing
+    from bitmamba_lsp.lsp import documents, preload
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    T.bundled_text_tokenizer.cache_clear()  # a tokenizer object of this test's own
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=4)
+    preload.start(str(path), 1)
+    model = preload.take(str(path), None)
+    tok = model.tokenizer
+    assert tok._tok is not None  # the BPE is built
+    assert tok in healing._HEALERS and (model.eos_id,) in healing._HEALERS[tok]
+    assert tok in documents._CLEAN
+    assert preload.take(str(path), None) is None  # taken once

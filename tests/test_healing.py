@@ -149,3 +149,14 @@ def test_a_healer_is_built_once_per_tokenizer_and_special_ids(tok):
     assert clean_start_table(tok) is table and not table.flags.writeable
     expected = [not b or (b[0] & 0xC0) != 0x80 for b in map(tok.token_bytes, range(tok.vocab_size))]
     assert table.tolist() == expected
+
+
+def test_unique_ids_is_numpy_unique() -> None:
+    from bitmamba_lsp.engine.healing import unique_ids
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 3, 17, 1000):
+        for hi in (1, 3, 50_000):
+            a = rng.integers(0, hi, n).astype(np.int64)
+            got, want = unique_ids(a), np.unique(a)
+            assert got.dtype == want.dtype and got.tolist() == want.tolist(), (n, hi)

@@ -50,6 +50,18 @@ class Healed:
 _HEALERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def unique_ids(ids: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D integer array, sorted: what ``np.unique`` gives, without its
+    first call importing ``numpy.ma`` (15 ms of a daemon's first completion)."""
+    s = np.sort(ids)
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def healer_for(tokenizer, special_ids: Sequence[int] = ()) -> TokenHealer:  # type: ignore[no-untyped-def]
     """The TokenHealer of `tokenizer` (built once per tokenizer object and set of special ids: a
     sort of the whole vocabulary, ~50 ms for GPT-2's, which a daemon would otherwise pay at every
@@ -100,7 +112,7 @@ class TokenHealer:
             keep = [i for b, i in zip(self._bytes[lo:hi], longer.tolist(), strict=True) if len(b) > n and b[n] not in b" \t"]
             if keep or prefixes:
                 longer = np.asarray(keep, dtype=np.int64)
-        return np.unique(np.concatenate([longer, np.asarray(prefixes, dtype=np.int64)]))
+        return unique_ids(np.concatenate([longer, np.asarray(prefixes, dtype=np.int64)]))
 
     def token_bytes(self, token: int) -> bytes:
         return self._tok.token_bytes(token)

@@ -11,7 +11,9 @@ import fnmatch
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bitmamba_lsp.engine import hub
 from bitmamba_lsp.engine.errors import HubError, ModelFormatError, ModelNotFoundError
@@ -56,6 +58,7 @@ def load(
     lm_head: str = "int8",
     repeat: tuple[int, int, int] | None = None,
     lora: str | os.PathLike[str] | None = None,
+    prepare_tokenizer: Callable[[Any], None] | None = None,
 ) -> Model:
     """Load a model.
 
@@ -73,10 +76,14 @@ def load(
     each pass with its own state and no extra weight memory (bitmamba.cpp's --repeat-start/-end/
     -count; BitMamba-2 models only). lora: a LoRA adapter file in bitmamba.cpp's format
     (``--lora FILE``; engine/lora.py), applied to every block's in_proj and out_proj (BitMamba-2
-    models only; with a repetition, on every pass of a layer).
+    models only; with a repetition, on every pass of a layer). prepare_tokenizer: called with the
+    model's tokenizer as soon as it is found (for a ``.bin``, on a thread while the weights are
+    repacked): what the caller derives from it is then ready when the load returns.
     """
     t0 = time.perf_counter()
-    opts = LoadOptions(threads=threads, kernels=kernels, lm_head=lm_head, repeat=check_repeat(repeat))
+    opts = LoadOptions(
+        threads=threads, kernels=kernels, lm_head=lm_head, repeat=check_repeat(repeat), prepare_tokenizer=prepare_tokenizer
+    )
     if is_default(source):
         if not (DEFAULT_MODEL_DIR / "model.bin").is_file():
             raise ModelNotFoundError(

@@ -502,9 +502,19 @@ def bundled_text_tokenizer() -> TextTokenizer:
 GPT2_VOCAB = 50257
 
 
-def find_tokenizer(folders: list[Path], vocab_size: int) -> TextTokenizer | None:
+def find_tokenizer(
+    folders: list[Path], vocab_size: int, prepare: Callable[[TextTokenizer], None] | None = None
+) -> TextTokenizer | None:
     """tokenizer.json or tokenizer.bin beside the model, else the bundled GPT-2 vocabulary when the
-    model has GPT-2's vocabulary size, else None (the model then takes token ids only)."""
+    model has GPT-2's vocabulary size, else None (the model then takes token ids only). prepare:
+    called with the tokenizer found (a load's `LoadOptions.prepare_tokenizer`)."""
+    tok = _find_tokenizer(folders, vocab_size)
+    if tok is not None and prepare is not None:
+        prepare(tok)
+    return tok
+
+
+def _find_tokenizer(folders: list[Path], vocab_size: int) -> TextTokenizer | None:
     for folder in folders:
         for name in ("tokenizer.json", "tokenizer.bin"):
             if (folder / name).is_file():

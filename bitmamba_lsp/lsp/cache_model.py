@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitmamba_lsp import _core
+from bitmamba_lsp.engine.healing import unique_ids
 
 NGramIndex = _core.NGramIndex  # the counts live in C++ (core/src/ngram.cpp): compact, and fast to update
 
@@ -159,7 +160,7 @@ class CacheMixture:
         self.rest_scale = 1.0
         if not dists:
             return logits
-        toks = np.unique(np.concatenate([d[1] for d in dists]))
+        toks = unique_ids(np.concatenate([d[1] for d in dists]))
         probs = np.exp(logits[toks].astype(np.float64) - self._logz)
         scale = 1.0  # the model's share after each mixing step
         for lam, t, q in dists:  # outermost first: the innermost level has the final say

@@ -112,8 +112,12 @@ class Endpoint:
     def respond(self, msg_id: Any, result: Any = None, error: RpcError | None = None) -> None:
         if error is not None:
             self.send({"id": msg_id, "error": error.to_json()})
-        else:
+            return
+        try:
             self.send({"id": msg_id, "result": result})
+        except (TypeError, ValueError) as exc:  # a result that is not JSON: still one answer
+            log.error("the result for %r is not JSON: %s", msg_id, exc)
+            self.send({"id": msg_id, "error": RpcError(f"the result is not JSON: {exc}").to_json()})
 
     def notify(self, method: str, params: Any = None) -> None:
         msg: dict[str, Any] = {"method": method}

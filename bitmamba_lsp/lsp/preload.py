@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _pending: dict[str, cf.Future[Any]] = {}
@@ -23,7 +24,10 @@ def start(name: str, threads: int | None) -> None:
     # imported here, on the caller's thread: two threads importing the same modules at once could
     # meet in the import locks
     from bitmamba_lsp.engine import load
-    from bitmamba_lsp.lsp.worker import PREFILL_RATE, measure_prefill_rate
+    from bitmamba_lsp.lsp.rate_cache import prefill_rate
+    from bitmamba_lsp.lsp.worker import PREFILL_RATE
+
+    derive = derived_from()
 
     with _lock:
         if name in _pending:  # offered by the warm server (warm.py): already loaded
@@ -32,10 +36,8 @@ def start(name: str, threads: int | None) -> None:
 
     def run() -> None:
         try:
-            model = load(name, threads=threads)
-            if model.tokenizer is not None:
-                model.tokenizer.prepare()  # the BPE, built on first use otherwise: the first request
-            model.extra[PREFILL_RATE] = (model.threads, measure_prefill_rate(model))
+            model = load(name, threads=threads, prepare_tokenizer=derive)
+            model.extra[PREFILL_RATE] = (model.threads, prefill_rate(model))
             fut.set_result(model)
         except BaseException as exc:  # given to whoever takes the model, as loading there would
             fut.set_exception(exc)
@@ -43,6 +45,21 @@ def start(name: str, threads: int | None) -> None:
     with _lock:
         _pending[name] = fut
     threading.Thread(target=run, name="bitmamba-preload", daemon=True).start()
+
+
+def derived_from() -> Callable[[Any], None]:
+    """What a daemon derives from a model's tokenizer before its first request can be served: the
+    BPE (built on first use otherwise), the token healer and the clean-start table (each cached
+    per tokenizer object). A load does it while the core repacks the weights (`prepare_tokenizer`)."""
+    from bitmamba_lsp.engine.healing import healer_for
+    from bitmamba_lsp.lsp.documents import clean_start_table
+
+    def derive(tok: Any) -> None:
+        tok.prepare()
+        healer_for(tok, [tok.eos_id] if tok.eos_id is not None else [])
+        clean_start_table(tok)
+
+    return derive
 
 
 def offer(name: str, model: Any) -> None:

@@ -291,14 +291,13 @@ def _prepare() -> None:
 
     for name in _PRELOADED:
         importlib.import_module(name)
-    from bitmamba_lsp.engine.tokenizer import GPT2_VOCAB, bundled_text_tokenizer
+    from bitmamba_lsp.engine.tokenizer import bundled_text_tokenizer
+    from bitmamba_lsp.lsp.preload import derived_from
 
     # The bundled GPT-2 tokenizer (what a bare `.bin` uses), built once per process, and what the
     # daemon derives from a model's tokenizer: every child starts with them built. Encoding one
     # string uses none of the tokenizer library's threads.
-    tok = bundled_text_tokenizer()
-    tok.prepare()
-    _derive(tok, GPT2_VOCAB - 1)
+    derived_from()(bundled_text_tokenizer())
 
 
 def _model_arg(argv: list[str]) -> tuple[str | None, int | None]:
@@ -358,15 +357,15 @@ class KeptModel:
         self.name = self.ident = self.model = None
         try:
             from bitmamba_lsp.engine import load
-            from bitmamba_lsp.lsp.worker import PREFILL_RATE, measure_prefill_rate
+            from bitmamba_lsp.lsp.preload import derived_from
+            from bitmamba_lsp.lsp.rate_cache import prefill_rate
+            from bitmamba_lsp.lsp.worker import PREFILL_RATE
 
             t0 = time.perf_counter()
-            model = load(name, threads=threads)
+            model = load(name, threads=threads, prepare_tokenizer=derived_from())
             if getattr(model, "tokenizer", None) is None:
                 return  # the daemon refuses it anyway
-            model.tokenizer.prepare()
-            _derive(model.tokenizer, model.eos_id)
-            model.extra[PREFILL_RATE] = (model.threads, measure_prefill_rate(model))
+            model.extra[PREFILL_RATE] = (model.threads, prefill_rate(model))
             model.threads = 1  # joins the pool's worker threads: none may exist at a fork
             self.name, self.ident, self.model = name, ident, model
             log(f"kept {name} ({time.perf_counter() - t0:.3f} s)")
@@ -387,15 +386,6 @@ class KeptModel:
         model.threads = threads if threads else 0  # type: ignore[attr-defined]  # 0: one per core
         preload.offer(arg, model)
         log(f"daemon {os.getpid()} has the kept model ({model.threads} threads)")  # type: ignore[attr-defined]
-
-
-def _derive(tok: object, eos_id: int | None) -> None:
-    """What a daemon's model load derives from a tokenizer (cached per tokenizer object)."""
-    from bitmamba_lsp.engine.healing import healer_for
-    from bitmamba_lsp.lsp.documents import clean_start_table
-
-    healer_for(tok, [eos_id] if eos_id is not None else [])
-    clean_start_table(tok)  # type: ignore[arg-type]
 
 
 class _Log:

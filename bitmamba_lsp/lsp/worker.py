@@ -29,6 +29,7 @@ from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
 from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
+from bitmamba_lsp.lsp.rate_cache import prefill_rate
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import DocStates, StateStore
 from bitmamba_lsp.lsp.suggest import suggest
@@ -146,7 +147,7 @@ class ModelWorker:
         )
         self.model = model
         rate = model.extra.pop(PREFILL_RATE, None)  # measured by the preload (preload.py)
-        self.feed_rate = rate[1] if rate is not None and rate[0] == model.threads else measure_prefill_rate(model)
+        self.feed_rate = rate[1] if rate is not None and rate[0] == model.threads else prefill_rate(model)
         self._bg_rate = self.feed_rate
         self.fim = self.fim_layout_for(model, self.settings)
         s = self.settings

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bitmamba_lsp.engine.model import Model
@@ -21,6 +21,9 @@ class LoadOptions:
     kernels: str = "simd"  # "simd" (the level built for this CPU) or "scalar" (the reference)
     lm_head: str = "int8"  # float output layers: "int8" (per-row quantized at load) or "f32"
     repeat: tuple[int, int, int] | None = None  # (start, end, count): layer repetition (RYS), BitMamba-2 only
+    # called with the model's tokenizer once it is found (a .bin: on a thread, while the core
+    # repacks the weights): what a caller derives from it (a daemon: the BPE, the healing table)
+    prepare_tokenizer: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -503,9 +503,9 @@ def hub_files(files: list[str]) -> list[str]:
 
 def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
     binmodel = read_bin(file)
-    # The tokenizer (tens of ms of Python) is read while the core repacks the weights (C++, without
-    # the GIL): part of a cold start.
-    tokenizer = _in_background(find_tokenizer, [file.parent, folder], binmodel.config.vocab_size)
+    # The tokenizer (tens of ms of Python, more with what `prepare_tokenizer` derives) is read while
+    # the core repacks the weights (C++, without the GIL): part of a cold start.
+    tokenizer = _in_background(find_tokenizer, [file.parent, folder], binmodel.config.vocab_size, opts.prepare_tokenizer)
     model = build_from_bin(binmodel, threads=opts.threads, kernels=opts.kernels, name=name, repeat=opts.repeat)
     model.tokenizer = tokenizer()
     model.fim = read_fim(file.parent, model.tokenizer)

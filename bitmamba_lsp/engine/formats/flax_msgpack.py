@@ -582,7 +582,7 @@ def load(file: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
     repeat = getattr(opts, "repeat", None)  # layer repetition (RYS), as the .bin format applies it
     build = {"repeat": repeat} if repeat else {}
     model = load_msgpack(file, threads=opts.threads, kernels=opts.kernels, name=name, **build)
-    model.tokenizer = find_tokenizer([file.parent, folder], model.vocab_size)
+    model.tokenizer = find_tokenizer([file.parent, folder], model.vocab_size, opts.prepare_tokenizer)
     model.fim = read_fim(file.parent, model.tokenizer)
     return model
 

@@ -352,7 +352,7 @@ def load(found: Path, folder: Path, opts: LoadOptions, name: str) -> Model:
     if opts.repeat is not None:
         raise ModelFormatError(f"{found}: layer repetition (repeat) is for BitMamba-2 models, not bitmamba-student")
     model = load_student(found, threads=opts.threads, kernels=opts.kernels, lm_head=opts.lm_head, name=name)
-    model.tokenizer = find_tokenizer([found], model.vocab_size)
+    model.tokenizer = find_tokenizer([found], model.vocab_size, opts.prepare_tokenizer)
     return model
 
 
