@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 
+from bitmamba_lsp.lsp.prefill_rate import measure_prefill_rate
 from bitmamba_lsp.lsp.session import Session
-from bitmamba_lsp.lsp.worker import MIN_FEED, measure_prefill_rate
+from bitmamba_lsp.lsp.worker import MIN_FEED
 
 
 class SlowThenFast:

@@ -52,7 +52,10 @@ class ModelSlot:
             # loaded from the process's start (--model); not with a layer repetition or an adapter
             model = preload.take(name, revision) if repeat is None and lora is None else None
             if model is None:
-                model = load(name, threads=threads, revision=revision, repeat=repeat, lora=lora)
+                model = load(
+                    name, threads=threads, revision=revision, repeat=repeat, lora=lora,
+                    prepare_tokenizer=preload.derived_from(),
+                )  # fmt: skip
             elif threads and model.threads != threads:
                 model.threads = threads
             if model.tokenizer is None:  # refused before the worker installs it

@@ -24,7 +24,7 @@ def start(name: str, threads: int | None) -> None:
     # imported here, on the caller's thread: two threads importing the same modules at once could
     # meet in the import locks
     from bitmamba_lsp.engine import load
-    from bitmamba_lsp.lsp.rate_cache import prefill_rate
+    from bitmamba_lsp.lsp.prefill_rate import prefill_rate
     from bitmamba_lsp.lsp.worker import PREFILL_RATE
 
     derive = derived_from()

@@ -357,8 +357,8 @@ class KeptModel:
         self.name = self.ident = self.model = None
         try:
             from bitmamba_lsp.engine import load
+            from bitmamba_lsp.lsp.prefill_rate import prefill_rate
             from bitmamba_lsp.lsp.preload import derived_from
-            from bitmamba_lsp.lsp.rate_cache import prefill_rate
             from bitmamba_lsp.lsp.worker import PREFILL_RATE
 
             t0 = time.perf_counter()

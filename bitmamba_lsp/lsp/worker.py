@@ -28,8 +28,8 @@ from bitmamba_lsp.engine.healing import TokenHealer, healer_for
 from bitmamba_lsp.engine.model import Model, State
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
+from bitmamba_lsp.lsp.prefill_rate import prefill_rate
 from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
-from bitmamba_lsp.lsp.rate_cache import prefill_rate
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import DocStates, StateStore
 from bitmamba_lsp.lsp.suggest import suggest
@@ -45,27 +45,6 @@ IDLE_SECONDS = 0.05
 # checkpoint it answers from a window of the last tokens while background prefill catches up.
 FOREGROUND_FEED_SECONDS = 0.08
 MIN_FEED = 64
-
-
-def measure_prefill_rate(model: Model, tokens: int = 64, budget_s: float = 0.02) -> float:
-    """Prompt tokens per second of a batched prefill on this machine (a warm-up run, then the best
-    of up to three timed ones while they fit in `budget_s`: one at the 255M shape; 64 tokens, one
-    full chunk: the rate of longer prefills within a few per cent, and half the time of 128 at the
-    daemon's start, where it shares the cores with the imports). The best, not the last: a run
-    that waited for the GIL or a busy core would make every later request answer from a window
-    (statecache.py) for the daemon's whole life; background prefill raises it further when it sees
-    a faster rate (ModelWorker)."""
-    ids = np.arange(tokens) % max(1, model.vocab_size)
-    model.prefill(model.new_state(), ids[:8])
-    best = float("inf")
-    start = time.perf_counter()
-    for _ in range(3):
-        t0 = time.perf_counter()
-        model.prefill(model.new_state(), ids)
-        best = min(best, time.perf_counter() - t0)
-        if time.perf_counter() - start + best > budget_s:
-            break
-    return tokens / max(best, 1e-6)
 
 
 _NO_LEAD = np.zeros(0, dtype=np.int32)

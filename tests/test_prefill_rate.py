@@ -1,4 +1,4 @@
-"""The prefill rate kept in the user's cache (lsp/rate_cache.py): measured once per model file,
+"""The prefill rate kept in the user's cache (lsp/prefill_rate.py): measured once per model file,
 thread count and machine, read back at the next start; a changed file, other threads or a damaged
 cache file measure again, and a cache that cannot be written never fails a load."""
 
@@ -10,7 +10,7 @@ import os
 import pytest
 
 from bitmamba_lsp.engine import load
-from bitmamba_lsp.lsp import rate_cache, worker
+from bitmamba_lsp.lsp import prefill_rate as rate_cache
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def measured(monkeypatch, tmp_path) -> list[float]:
         calls.append(1000.0 + len(calls))
         return calls[-1]
 
-    monkeypatch.setattr(worker, "measure_prefill_rate", fake)
+    monkeypatch.setattr(rate_cache, "measure_prefill_rate", fake)
     return calls
 
 

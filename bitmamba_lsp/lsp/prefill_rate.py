@@ -1,12 +1,12 @@
-"""The prefill rate measured for a model on this machine, kept in the user's cache.
+"""The prefill rate of a model on this machine: measured, and kept in the user's cache.
 
 The daemon sizes a request's foreground feed (and a FIM model's suffix window) from the prompt
-tokens per second the model prefills here (worker.measure_prefill_rate: 25-40 ms at the 255M
-shape). That is the same number at every start of the same model file with the same threads on
-the same CPU, so it is measured once and read back afterwards (``<user cache>/prefill-rates.json``):
-a cold start's first completion does not wait for it. Background prefill still raises the rate
-when it sees a faster one (worker.py). A damaged or unwritable file is never an error: the rate
-is then measured, as without a cache.
+tokens per second the model prefills here (`measure_prefill_rate`: 25-40 ms at the 255M shape).
+That is the same number at every start of the same model file with the same threads on the same
+CPU, so it is measured once and read back afterwards (``<user cache>/prefill-rates.json``): a cold
+start's first completion does not wait for it. Background prefill still raises the rate when it
+sees a faster one (worker.py). A damaged or unwritable file is never an error: the rate is then
+measured, as without a cache.
 """
 
 from __future__ import annotations
@@ -17,14 +17,39 @@ import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bitmamba_lsp import __version__, _core
+from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.engine.tokenizer import user_cache_dir
 
 FILE = "prefill-rates.json"
 MAX_ENTRIES = 64  # models x thread counts kept; the oldest go first
+
+
+def measure_prefill_rate(model: Model, tokens: int = 64, budget_s: float = 0.02) -> float:
+    """Prompt tokens per second of a batched prefill on this machine (a warm-up run, then the best
+    of up to three timed ones while they fit in `budget_s`: one at the 255M shape; 64 tokens, one
+    full chunk: the rate of longer prefills within a few per cent, and half the time of 128 at the
+    daemon's start, where it shares the cores with the imports). The best, not the last: a run
+    that waited for the GIL or a busy core would make every later request answer from a window
+    (statecache.py) for the daemon's whole life; background prefill raises it further when it sees
+    a faster rate (ModelWorker)."""
+    ids = np.arange(tokens) % max(1, model.vocab_size)
+    model.prefill(model.new_state(), ids[:8])
+    best = float("inf")
+    start = time.perf_counter()
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.prefill(model.new_state(), ids)
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() - start + best > budget_s:
+            break
+    return tokens / max(best, 1e-6)
 
 
 def _cpu() -> str:
@@ -92,8 +117,6 @@ def store(model: Any, rate: float) -> None:
 
 def prefill_rate(model: Any) -> float:
     """The model's prefill rate on this machine: from the cache, else measured (and stored)."""
-    from bitmamba_lsp.lsp.worker import measure_prefill_rate
-
     rate = cached(model)
     if rate is None:
         rate = measure_prefill_rate(model)
