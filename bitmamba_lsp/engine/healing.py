@@ -84,12 +84,14 @@ class TokenHealer:
         # the tokenizer's special tokens (end of text, FIM sentinels) are never text to heal or to
         # generate as a healing piece
         special = set(special_ids) | set(getattr(tokenizer, "special_ids", ()))
-        table = list(map(tokenizer.token_bytes, range(n)))
-        ids = [i for i in range(n) if table[i] and i not in special]
-        ids.sort(key=table.__getitem__)  # by bytes, then id (the sort is stable)
+        table = getattr(tokenizer, "byte_table", None) or list(map(tokenizer.token_bytes, range(n)))
+        if hasattr(tokenizer, "ids_by_bytes"):  # kept in the tokenizer cache (tokenizer.py)
+            ids = [i for i in tokenizer.ids_by_bytes().tolist() if i not in special]
+        else:
+            ids = [i for i in range(n) if table[i] and i not in special]
+            ids.sort(key=table.__getitem__)  # by bytes, then id (the sort is stable)
         self._bytes = [table[i] for i in ids]
         self._ids = np.asarray(ids, dtype=np.int64)
-        self._by_bytes = dict(zip(self._bytes, ids, strict=True))  # equal bytes: the last id
         self._tok = tokenizer
         self._special = special
         self._blank: np.ndarray | None = None  # ids of tokens starting with a space or a tab (lazily)
@@ -102,7 +104,7 @@ class TokenHealer:
         hi = lo
         while hi < len(self._bytes) and self._bytes[hi].startswith(rest):
             hi += 1
-        prefixes = [self._by_bytes[rest[:k]] for k in range(1, len(rest)) if rest[:k] in self._by_bytes]
+        prefixes = [i for i in map(self._exact, (rest[:k] for k in range(1, len(rest)))) if i is not None]
         longer = self._ids[lo:hi]
         if rest[-1:] in (b" ", b"\t"):
             # Whitespace the editor put there (indentation after a line break, a space after a
@@ -113,6 +115,11 @@ class TokenHealer:
             if keep or prefixes:
                 longer = np.asarray(keep, dtype=np.int64)
         return unique_ids(np.concatenate([longer, np.asarray(prefixes, dtype=np.int64)]))
+
+    def _exact(self, piece: bytes) -> int | None:
+        """The id whose bytes are `piece` (of equal ones, the last: the highest id), or None."""
+        k = bisect.bisect_right(self._bytes, piece) - 1
+        return int(self._ids[k]) if k >= 0 and self._bytes[k] == piece else None
 
     def token_bytes(self, token: int) -> bytes:
         return self._tok.token_bytes(token)

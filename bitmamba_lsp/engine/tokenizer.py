@@ -269,10 +269,11 @@ def gpt2_tokenizer_from_tokens(tokens: Sequence[bytes], source: object = "<token
 # --------------------------------------------------------------------------- the merges cache
 
 # A cache file: this magic line, the SHA-256 of the body, then the body: the length (uint64 LE) of a
-# marshal'd (byte table, encodings) head, then a marshal'd (vocab, merges) tail. The head is all a
-# tokenizer needs to start (decoding, its ids, the encodings the engine asks for at every load);
-# the tail, the BPE, is parsed when something is first encoded.
-_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 2\n"
+# marshal'd (byte table, encodings, byte order) head, then a marshal'd (vocab, merges) tail. The
+# head is all a tokenizer needs to start (decoding, its ids, the encodings the engine asks for at
+# every load, the ids in the order of their bytes that token healing searches); the tail, the BPE,
+# is parsed when something is first encoded.
+_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 3\n"
 # Encoded at every load (Model.default_protected_ids): kept in the cache's head, so that a command
 # that never encodes text (`bitmamba generate --ids`) never builds the BPE.
 _PRECOMPUTED = ("\n", "\n\n", ".")
@@ -300,16 +301,23 @@ def gpt2_cache_path(data: bytes) -> Path:
     return user_cache_dir() / "tokenizers" / f"gpt2-{h.hexdigest()[:20]}.cache"
 
 
-def _pack_cache(parts: _Parts, encoded: dict[str, list[int]]) -> bytes:
+def bytes_order(table: Sequence[bytes]) -> np.ndarray:
+    """The ids whose bytes are not empty, sorted by their bytes (equal bytes: by id), as int32."""
+    ids = [i for i in range(len(table)) if table[i]]
+    ids.sort(key=table.__getitem__)  # the sort is stable: equal bytes stay in id order
+    return np.asarray(ids, dtype=np.int32)
+
+
+def _pack_cache(parts: _Parts, encoded: dict[str, list[int]], order: np.ndarray) -> bytes:
     vocab, merges, table = parts
-    head = marshal.dumps((table, encoded))
+    head = marshal.dumps((table, encoded, order.astype("<i4").tobytes()))
     body = struct.pack("<Q", len(head)) + head + marshal.dumps((vocab, merges))
     return _CACHE_MAGIC + hashlib.sha256(body).digest() + body
 
 
-def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], memoryview]:
-    """(byte table, encodings, the unparsed tail) of a cache file's bytes; ValueError saying what
-    is wrong with them."""
+def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, memoryview]:
+    """(byte table, encodings, byte order, the unparsed tail) of a cache file's bytes; ValueError
+    saying what is wrong with them."""
     n = len(_CACHE_MAGIC)
     if not blob.startswith(_CACHE_MAGIC):
         raise ValueError("not a bitmamba-lsp merges cache")
@@ -320,9 +328,12 @@ def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], memor
         raise ValueError("bad head length")
     end = 8 + struct.unpack_from("<Q", body)[0]
     try:
-        table, encoded = marshal.loads(body[8:end])
+        table, encoded, order_bytes = marshal.loads(body[8:end])
     except Exception as exc:
         raise ValueError(f"unreadable head: {exc}") from None
+    if type(order_bytes) is not bytes or len(order_bytes) % 4:
+        raise ValueError("unexpected contents")
+    order = np.frombuffer(order_bytes, dtype="<i4").astype(np.int32)
     if not (
         isinstance(table, list)
         and len(table) >= 257
@@ -330,9 +341,11 @@ def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], memor
         and table[-1] == GPT2_EOT.encode()
         and isinstance(encoded, dict)
         and all(isinstance(v, list) and all(type(i) is int and 0 <= i < len(table) for i in v) for v in encoded.values())
+        and len(order) <= len(table)
+        and (len(order) == 0 or (int(order.min()) >= 0 and int(order.max()) < len(table)))
     ):
         raise ValueError("unexpected contents")
-    return table, encoded, body[end:]
+    return table, encoded, order, body[end:]
 
 
 def _unpack_tail(tail: memoryview, n: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -345,7 +358,7 @@ def _unpack_tail(tail: memoryview, n: int) -> tuple[dict[str, int], list[tuple[s
     return vocab, merges
 
 
-def _read_cache(path: Path) -> tuple[list[bytes], dict[str, list[int]], memoryview] | None:
+def _read_cache(path: Path) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, memoryview] | None:
     """The cache's contents; None when there is none or when the file is damaged (one warning line:
     the caller rebuilds it, the user never gets an error for a bad cache)."""
     try:
@@ -379,7 +392,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-_Gpt2 = tuple[list[bytes], dict[str, list[int]], Callable[[], Tokenizer]]
+_Gpt2 = tuple[list[bytes], dict[str, list[int]], np.ndarray, Callable[[], Tokenizer]]
 
 
 def _derive_and_cache(data: bytes, path: Path, cache: Path) -> _Gpt2:
@@ -387,36 +400,37 @@ def _derive_and_cache(data: bytes, path: Path, cache: Path) -> _Gpt2:
     parts = _parts_from_tokens(_parse_bin_vocab(data, path), path)
     probe = TextTokenizer._adopt(_tokenizer_from_parts(parts, path), parts[2])
     encoded = {s: probe.encode(s) for s in _PRECOMPUTED}
+    order = bytes_order(parts[2])
     try:
-        _write_atomically(cache, _pack_cache(parts, encoded))
+        _write_atomically(cache, _pack_cache(parts, encoded, order))
     except OSError as exc:
         log.warning(
             "bitmamba-lsp: cannot write the tokenizer cache %s (%s); the merges are derived again next time",
             cache,
             exc,
         )
-    return parts[2], encoded, lambda: _tokenizer_from_parts(parts, path)
+    return parts[2], encoded, order, lambda: _tokenizer_from_parts(parts, path)
 
 
 def _gpt2(path: Path) -> _Gpt2:
-    """A tokenizer.bin's (byte table, precomputed encodings, a function building the BPE
-    ``Tokenizer``): from the user cache, else derived (about a second) and cached."""
+    """A tokenizer.bin's (byte table, precomputed encodings, byte order, a function building the
+    BPE ``Tokenizer``): from the user cache, else derived (about a second) and cached."""
     data = path.read_bytes()
     cache = gpt2_cache_path(data)
     got = _read_cache(cache)
     if got is None:
         return _derive_and_cache(data, path, cache)
-    table, encoded, tail = got
+    table, encoded, order, tail = got
 
     def build() -> Tokenizer:
         try:
             vocab, merges = _unpack_tail(tail, len(table))
         except ValueError as exc:  # the checksum held, yet: never an error for a cache
             log.warning("bitmamba-lsp: the tokenizer cache %s is damaged (%s); rebuilding it", cache, exc)
-            return _derive_and_cache(data, path, cache)[2]()
+            return _derive_and_cache(data, path, cache)[3]()
         return _tokenizer_from_parts((vocab, merges, table), path)
 
-    return table, encoded, build
+    return table, encoded, order, build
 
 
 def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None = None) -> Tokenizer:
@@ -434,7 +448,7 @@ def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None =
                 return Tokenizer.from_file(str(cache))
         except Exception:  # missing or unreadable cache: rebuild it
             pass
-    tok = _gpt2(path)[2]()
+    tok = _gpt2(path)[3]()
     if cache_path is not None:
         _write_atomically(Path(cache_path), tok.to_str().encode("utf-8"))
     return tok
@@ -594,7 +608,9 @@ class TextTokenizer:
         return self
 
     @classmethod
-    def _gpt2(cls, table: list[bytes], encoded: dict[str, list[int]], build: Callable[[], Tokenizer]) -> TextTokenizer:
+    def _gpt2(
+        cls, table: list[bytes], encoded: dict[str, list[int]], order: np.ndarray, build: Callable[[], Tokenizer]
+    ) -> TextTokenizer:
         """A tokenizer.bin's tokenizer whose BPE ``build()`` makes on first use. Everything else is
         what :meth:`_setup` finds in such a tokenizer: byte-level, ``<|endoftext|>`` (the last id)
         its only special token and its end of sequence."""
@@ -607,6 +623,7 @@ class TextTokenizer:
         self.special_ids = frozenset({len(table) - 1})
         self._byte_level = True
         self._set_table(table)
+        self._order: np.ndarray | None = order
         self._exact_offsets = True
         self.eos_id = len(table) - 1
         return self
@@ -636,6 +653,7 @@ class TextTokenizer:
 
     def _set_table(self, table: list[bytes]) -> None:
         self._table = table
+        self._order = None
         self._lens = np.fromiter((len(b) for b in table), dtype=np.int64, count=len(table))
 
     def _setup(self, tok: Tokenizer, table: list[bytes] | None) -> None:
@@ -740,6 +758,18 @@ class TextTokenizer:
         if ids and (min(ids) < 0 or max(ids) >= self._vocab_size):
             bad = next(i for i in ids if i < 0 or i >= self._vocab_size)
             raise ValueError(f"token id {bad} out of range [0, {self._vocab_size})")
+
+    def ids_by_bytes(self) -> np.ndarray:
+        """The ids whose bytes are not empty, sorted by their bytes (equal bytes: by id): what
+        token healing searches. From the tokenizer cache for a tokenizer.bin, else sorted once."""
+        if self._order is None:
+            self._order = bytes_order(self._table)
+        return self._order
+
+    @property
+    def byte_table(self) -> list[bytes]:
+        """Every id's bytes (``token_bytes`` of each), the tokenizer's own list: read, never change."""
+        return self._table
 
     def token_bytes(self, token_id: int) -> bytes:
         """Raw bytes of one token (may be part of a UTF-8 character)."""

@@ -61,10 +61,8 @@ def clean_start_table(tok: Tokenizer) -> np.ndarray:
         return _CLEAN[tok]
     except (KeyError, TypeError):
         pass
-    out = np.ones(tok.vocab_size, dtype=bool)
-    for i in range(tok.vocab_size):
-        b = tok.token_bytes(i)
-        out[i] = not b or (b[0] & 0xC0) != 0x80
+    table = getattr(tok, "byte_table", None) or [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    out = np.fromiter((not b or (b[0] & 0xC0) != 0x80 for b in table), dtype=bool, count=tok.vocab_size)
     out.flags.writeable = False
     with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
         _CLEAN[tok] = out
