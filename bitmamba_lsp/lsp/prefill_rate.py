@@ -15,8 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,8 @@ def _cpu() -> str:
         for line in f:
             if line.startswith(("model name", "Hardware", "cpu model")):
                 return line.split(":", 1)[1].strip()
+    import platform  # not at the top: a daemon's start imports only what it needs
+
     return platform.processor() or platform.machine()
 
 
@@ -102,6 +102,8 @@ def store(model: Any, rate: float) -> None:
     rates[k] = round(float(rate), 1)
     while len(rates) > MAX_ENTRIES:
         rates.pop(next(iter(rates)))
+    import tempfile  # not at the top: a daemon's start imports only what it needs
+
     path = _path()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
