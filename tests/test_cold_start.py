@@ -156,8 +156,8 @@ def test_a_bad_bpe_part_behind_a_good_checksum_is_rebuilt_on_first_use(
 ) -> None:
     T.TextTokenizer.from_path(BUNDLED)
     path = cache_file()
-    table, encoded, order, _ = T._unpack_cache(path.read_bytes())
-    head = marshal.dumps((table, encoded, order.tobytes()))
+    table, encoded, order, pairs, _ = T._unpack_cache(path.read_bytes())
+    head = marshal.dumps((table, encoded, order.tobytes(), pairs.tobytes()))
     body = struct.pack("<Q", len(head)) + head + marshal.dumps(({"a": 0}, []))
     path.write_bytes(T._CACHE_MAGIC + hashlib.sha256(body).digest() + body)
     tok = T.TextTokenizer.from_path(BUNDLED)  # the head is fine: nothing is noticed yet
@@ -166,7 +166,7 @@ def test_a_bad_bpe_part_behind_a_good_checksum_is_rebuilt_on_first_use(
         same_tokens(tok, reference)  # the first encode builds the BPE: the tail is bad, rebuilt
     assert len(derivations) == 2
     assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.WARNING]
-    _, _, _, tail = T._unpack_cache(path.read_bytes())
+    *_, tail = T._unpack_cache(path.read_bytes())
     T._unpack_tail(tail, len(table))  # rewritten whole
 
 
@@ -325,8 +325,9 @@ def test_the_daemon_imports_no_lsp_library(model_factory, cache_home: Path) -> N
 
 
 def test_the_preload_derives_what_the_first_request_needs(model_factory, cache_home: Path, monkeypatch) -> None:
-    """`bitmamba-lsp --model X` loads X from the start with the BPE, the healer and the clean-start
-    table derived during the load (preload.py): the first request builds none of them."""
+    """`bitmamba-lsp --model X` loads X from the start with the core's ASCII BPE, the healer and the
+    clean-start table derived during the load (preload.py): the first request builds none of them.
+    The library's BPE is left for later (ModelSlot builds it on a thread once the model is ready)."""
     from bitmamba_lsp.engine import healing
     from bitmamba_lsp.lsp import documents, preload
 
@@ -336,7 +337,41 @@ def test_the_preload_derives_what_the_first_request_needs(model_factory, cache_h
     preload.start(str(path), 1)
     model = preload.take(str(path), None)
     tok = model.tokenizer
-    assert tok._tok is not None  # the BPE is built
+    assert tok._ascii_bpe is not None and not tok.library_ready
     assert tok in healing._HEALERS and (model.eos_id,) in healing._HEALERS[tok]
     assert tok in documents._CLEAN
     assert preload.take(str(path), None) is None  # taken once
+
+
+def test_the_library_bpe_is_built_in_the_background_after_the_model_is_ready(model_factory, cache_home, monkeypatch) -> None:
+    """A daemon's load leaves the `tokenizers` library's BPE unbuilt (the core's ASCII BPE serves
+    ASCII text); ModelSlot builds it on a thread once the model is ready, so that the first text
+    outside ASCII does not wait for it, and the daemon keeps answering meanwhile."""
+    import asyncio
+
+    from bitmamba_lsp.lsp import model_slot
+    from bitmamba_lsp.lsp.session import Session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.setattr(model_slot, "LIBRARY_BPE_DELAY_S", 0.05)
+    T.bundled_text_tokenizer.cache_clear()
+    path, _, _ = model_factory(50257, 64, 2, 4, seed=5)
+
+    async def go() -> None:
+        s = Session(lambda *a: None)
+        s.configure({"model": str(path), "threads": 1, "debounceMs": 0, "minConfidence": 0})
+        model = await s.start_model_load()
+        tok = model.tokenizer
+        assert not tok.library_ready  # loaded with the ASCII BPE only
+        s.open("file:///a.py", "def f(x):\n    return", 1)
+        await s.complete("file:///a.py", (1, 10), "utf-16")  # answered before the library BPE exists
+        for _ in range(200):
+            if tok.library_ready:
+                break
+            await asyncio.sleep(0.02)
+        assert tok.library_ready
+        s.open("file:///b.py", "s = 'naïve café'\n", 1)  # not ASCII: the library's BPE, already built
+        assert s.docs["file:///b.py"].ids.tolist() == tok.tokenizer.encode("s = 'naïve café'\n").ids
+        s.shutdown(wait=True)
+
+    asyncio.run(go())

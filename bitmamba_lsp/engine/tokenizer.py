@@ -40,6 +40,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -269,15 +270,15 @@ def gpt2_tokenizer_from_tokens(tokens: Sequence[bytes], source: object = "<token
 # --------------------------------------------------------------------------- the merges cache
 
 # A cache file: this magic line, the SHA-256 of the body, then the body: the length (uint64 LE) of a
-# marshal'd (byte table, encodings, byte order) head, then a marshal'd (vocab, merges) tail. The
-# head is all a tokenizer needs to start (decoding, its ids, the encodings the engine asks for at
-# every load, the ids in the order of their bytes that token healing searches); the tail, the BPE,
-# is parsed when something is first encoded.
-_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 3\n"
+# marshal'd (byte table, encodings, byte order, merge pairs) head, then a marshal'd (vocab, merges)
+# tail. The head is all a tokenizer needs to start (decoding, its ids, the encodings the engine asks
+# for at every load, the ids in the order of their bytes that token healing searches, the merges as
+# id pairs for the core's ASCII BPE); the tail, the `tokenizers` library's BPE, is parsed when text
+# the ASCII BPE does not cover is first encoded.
+_CACHE_MAGIC = b"bitmamba-lsp gpt2 merges cache 4\n"
 # Encoded at every load (Model.default_protected_ids): kept in the cache's head, so that a command
 # that never encodes text (`bitmamba generate --ids`) never builds the BPE.
 _PRECOMPUTED = ("\n", "\n\n", ".")
-_Head = tuple[list[bytes], dict[str, list[int]]]
 
 
 def user_cache_dir() -> Path:
@@ -308,16 +309,22 @@ def bytes_order(table: Sequence[bytes]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int32)
 
 
-def _pack_cache(parts: _Parts, encoded: dict[str, list[int]], order: np.ndarray) -> bytes:
+def merge_pairs(parts: _Parts) -> np.ndarray:
+    """The merges as [n, 2] int32 id pairs, in merge order (merge r makes id 256 + r)."""
+    vocab, merges, _ = parts
+    return np.asarray([(vocab[a], vocab[b]) for a, b in merges], dtype=np.int32).reshape(-1, 2)
+
+
+def _pack_cache(parts: _Parts, encoded: dict[str, list[int]], order: np.ndarray, pairs: np.ndarray) -> bytes:
     vocab, merges, table = parts
-    head = marshal.dumps((table, encoded, order.astype("<i4").tobytes()))
+    head = marshal.dumps((table, encoded, order.astype("<i4").tobytes(), pairs.astype("<i4").tobytes()))
     body = struct.pack("<Q", len(head)) + head + marshal.dumps((vocab, merges))
     return _CACHE_MAGIC + hashlib.sha256(body).digest() + body
 
 
-def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, memoryview]:
-    """(byte table, encodings, byte order, the unparsed tail) of a cache file's bytes; ValueError
-    saying what is wrong with them."""
+def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, np.ndarray, memoryview]:
+    """(byte table, encodings, byte order, merge pairs, the unparsed tail) of a cache file's bytes;
+    ValueError saying what is wrong with them."""
     n = len(_CACHE_MAGIC)
     if not blob.startswith(_CACHE_MAGIC):
         raise ValueError("not a bitmamba-lsp merges cache")
@@ -328,12 +335,13 @@ def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], np.nd
         raise ValueError("bad head length")
     end = 8 + struct.unpack_from("<Q", body)[0]
     try:
-        table, encoded, order_bytes = marshal.loads(body[8:end])
+        table, encoded, order_bytes, pair_bytes = marshal.loads(body[8:end])
     except Exception as exc:
         raise ValueError(f"unreadable head: {exc}") from None
-    if type(order_bytes) is not bytes or len(order_bytes) % 4:
+    if type(order_bytes) is not bytes or len(order_bytes) % 4 or type(pair_bytes) is not bytes or len(pair_bytes) % 8:
         raise ValueError("unexpected contents")
     order = np.frombuffer(order_bytes, dtype="<i4").astype(np.int32)
+    pairs = np.frombuffer(pair_bytes, dtype="<i4").astype(np.int32).reshape(-1, 2)
     if not (
         isinstance(table, list)
         and len(table) >= 257
@@ -343,9 +351,11 @@ def _unpack_cache(blob: bytes) -> tuple[list[bytes], dict[str, list[int]], np.nd
         and all(isinstance(v, list) and all(type(i) is int and 0 <= i < len(table) for i in v) for v in encoded.values())
         and len(order) <= len(table)
         and (len(order) == 0 or (int(order.min()) >= 0 and int(order.max()) < len(table)))
+        and len(pairs) == len(table) - 257
+        and (len(pairs) == 0 or (int(pairs.min()) >= 0 and int(pairs.max()) < len(table) - 1))
     ):
         raise ValueError("unexpected contents")
-    return table, encoded, order, body[end:]
+    return table, encoded, order, pairs, body[end:]
 
 
 def _unpack_tail(tail: memoryview, n: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -358,7 +368,7 @@ def _unpack_tail(tail: memoryview, n: int) -> tuple[dict[str, int], list[tuple[s
     return vocab, merges
 
 
-def _read_cache(path: Path) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, memoryview] | None:
+def _read_cache(path: Path) -> tuple[list[bytes], dict[str, list[int]], np.ndarray, np.ndarray, memoryview] | None:
     """The cache's contents; None when there is none or when the file is damaged (one warning line:
     the caller rebuilds it, the user never gets an error for a bad cache)."""
     try:
@@ -392,7 +402,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-_Gpt2 = tuple[list[bytes], dict[str, list[int]], np.ndarray, Callable[[], Tokenizer]]
+_Gpt2 = tuple[list[bytes], dict[str, list[int]], np.ndarray, np.ndarray, Callable[[], Tokenizer]]
 
 
 def _derive_and_cache(data: bytes, path: Path, cache: Path) -> _Gpt2:
@@ -400,37 +410,37 @@ def _derive_and_cache(data: bytes, path: Path, cache: Path) -> _Gpt2:
     parts = _parts_from_tokens(_parse_bin_vocab(data, path), path)
     probe = TextTokenizer._adopt(_tokenizer_from_parts(parts, path), parts[2])
     encoded = {s: probe.encode(s) for s in _PRECOMPUTED}
-    order = bytes_order(parts[2])
+    order, pairs = bytes_order(parts[2]), merge_pairs(parts)
     try:
-        _write_atomically(cache, _pack_cache(parts, encoded, order))
+        _write_atomically(cache, _pack_cache(parts, encoded, order, pairs))
     except OSError as exc:
         log.warning(
             "bitmamba-lsp: cannot write the tokenizer cache %s (%s); the merges are derived again next time",
             cache,
             exc,
         )
-    return parts[2], encoded, order, lambda: _tokenizer_from_parts(parts, path)
+    return parts[2], encoded, order, pairs, lambda: _tokenizer_from_parts(parts, path)
 
 
 def _gpt2(path: Path) -> _Gpt2:
-    """A tokenizer.bin's (byte table, precomputed encodings, byte order, a function building the
-    BPE ``Tokenizer``): from the user cache, else derived (about a second) and cached."""
+    """A tokenizer.bin's (byte table, precomputed encodings, byte order, merge pairs, a function
+    building the BPE ``Tokenizer``): from the user cache, else derived (about a second) and cached."""
     data = path.read_bytes()
     cache = gpt2_cache_path(data)
     got = _read_cache(cache)
     if got is None:
         return _derive_and_cache(data, path, cache)
-    table, encoded, order, tail = got
+    table, encoded, order, pairs, tail = got
 
     def build() -> Tokenizer:
         try:
             vocab, merges = _unpack_tail(tail, len(table))
         except ValueError as exc:  # the checksum held, yet: never an error for a cache
             log.warning("bitmamba-lsp: the tokenizer cache %s is damaged (%s); rebuilding it", cache, exc)
-            return _derive_and_cache(data, path, cache)[3]()
+            return _derive_and_cache(data, path, cache)[4]()
         return _tokenizer_from_parts((vocab, merges, table), path)
 
-    return table, encoded, order, build
+    return table, encoded, order, pairs, build
 
 
 def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None = None) -> Tokenizer:
@@ -448,7 +458,7 @@ def gpt2_tokenizer_from_bin(path: str | Path, *, cache_path: str | Path | None =
                 return Tokenizer.from_file(str(cache))
         except Exception:  # missing or unreadable cache: rebuild it
             pass
-    tok = _gpt2(path)[3]()
+    tok = _gpt2(path)[4]()
     if cache_path is not None:
         _write_atomically(Path(cache_path), tok.to_str().encode("utf-8"))
     return tok
@@ -609,7 +619,12 @@ class TextTokenizer:
 
     @classmethod
     def _gpt2(
-        cls, table: list[bytes], encoded: dict[str, list[int]], order: np.ndarray, build: Callable[[], Tokenizer]
+        cls,
+        table: list[bytes],
+        encoded: dict[str, list[int]],
+        order: np.ndarray,
+        pairs: np.ndarray,
+        build: Callable[[], Tokenizer],
     ) -> TextTokenizer:
         """A tokenizer.bin's tokenizer whose BPE ``build()`` makes on first use. Everything else is
         what :meth:`_setup` finds in such a tokenizer: byte-level, ``<|endoftext|>`` (the last id)
@@ -624,6 +639,7 @@ class TextTokenizer:
         self._byte_level = True
         self._set_table(table)
         self._order: np.ndarray | None = order
+        self._pairs = pairs  # the core's ASCII BPE is built from them on first use
         self._exact_offsets = True
         self.eos_id = len(table) - 1
         return self
@@ -647,13 +663,46 @@ class TextTokenizer:
                 tok = self._tok
         return tok
 
-    def prepare(self) -> None:
-        """Build the BPE now if it is built on first use (a daemon does it before the first request)."""
-        self._hf  # noqa: B018
+    def prepare(self, library: bool = True) -> None:
+        """Build now what encoding builds on first use: the core's ASCII BPE (a tokenizer.bin's)
+        and, with `library`, the `tokenizers` library's BPE (40-60 ms of Python-held time: a daemon
+        defers it past its first request, which the ASCII BPE serves for ASCII text)."""
+        self._ascii()
+        if library:
+            self._hf  # noqa: B018
+
+    @property
+    def library_ready(self) -> bool:
+        """The `tokenizers` library's BPE is built (always, but for a tokenizer.bin's before its
+        first use or `prepare()`)."""
+        return self._tok is not None
+
+    def _ascii(self) -> Any:
+        """The core's ASCII BPE of a tokenizer.bin's merges (bitmamba/bpe.h), or None."""
+        if self._ascii_bpe is None and self._pairs is not None:
+            from bitmamba_lsp import _core
+
+            with self._build_lock:
+                if self._ascii_bpe is None:
+                    table = self._table
+                    byte_ids = np.zeros(256, dtype=np.int32)
+                    for i in range(256):
+                        byte_ids[table[i][0]] = i
+                    self._ascii_bpe = _core.AsciiBpe(self._pairs, byte_ids, 256)
+        return self._ascii_bpe
+
+    def _fast_ids(self, text: str) -> list[int] | None:
+        """The ids of ASCII `text` from the core's BPE, or None (not ASCII, or none here)."""
+        if self._pairs is None or not text.isascii():
+            return None
+        got = self._ascii().encode(text)
+        return None if got is None else got.tolist()
 
     def _set_table(self, table: list[bytes]) -> None:
         self._table = table
         self._order = None
+        self._pairs: np.ndarray | None = None
+        self._ascii_bpe: Any = None
         self._lens = np.fromiter((len(b) for b in table), dtype=np.int64, count=len(table))
 
     def _setup(self, tok: Tokenizer, table: list[bytes] | None) -> None:
@@ -725,6 +774,9 @@ class TextTokenizer:
         known = self._encoded.get(text)
         if known is not None:
             return list(known)
+        fast = self._fast_ids(text)
+        if fast is not None:
+            return fast
         return self._hf.encode(self._clean(text), add_special_tokens=False).ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
@@ -738,6 +790,10 @@ class TextTokenizer:
         """
         if not text:
             return [], []
+        fast = self._fast_ids(text)
+        if fast is not None:  # ASCII: a token's offset is where its bytes start
+            starts = np.cumsum(self._lens[np.asarray(fast, dtype=np.int64)]) - self._lens[np.asarray(fast, dtype=np.int64)]
+            return fast, starts.tolist()
         text = self._clean(text)
         enc = self._hf.encode(text, add_special_tokens=False)
         ids = enc.ids

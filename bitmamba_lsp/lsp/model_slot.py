@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.worker import ModelWorker
 
 log = logging.getLogger("bitmamba_lsp")
+LIBRARY_BPE_DELAY_S = 2.0  # after the model is ready: the library's BPE is built on a thread then
 
 
 class ModelSlot:
@@ -54,7 +56,7 @@ class ModelSlot:
             if model is None:
                 model = load(
                     name, threads=threads, revision=revision, repeat=repeat, lora=lora,
-                    prepare_tokenizer=preload.derived_from(),
+                    prepare_tokenizer=preload.derived_from(library=False),
                 )  # fmt: skip
             elif threads and model.threads != threads:
                 model.threads = threads
@@ -87,11 +89,28 @@ class ModelSlot:
         self.state = "ready"
         self.clean = clean_start_table(model.tokenizer)
         on_ready()
+        self._build_library_bpe_later(model)
         self.notify(
             "info",
             f"bitmamba: model {model.name} ready ({model.arch}, {model.vocab_size} tokens, SIMD {_core.simd_level()}, "
             f"{model.threads} threads, loaded in {model.load_seconds * 1000:.0f} ms)",
             False,
+        )
+
+    def _build_library_bpe_later(self, model: Model) -> None:
+        """The `tokenizers` library's BPE (what text the core's ASCII BPE does not cover needs:
+        40-60 ms holding the GIL), built on a thread a moment after the model is ready, when the
+        first requests have been answered, instead of at the first such text."""
+        tok = model.tokenizer
+        if tok is None or getattr(tok, "library_ready", True):
+            return  # built already (or not a tokenizer that defers it)
+
+        def build() -> None:
+            with contextlib.suppress(Exception):  # an error shows again where the BPE is needed
+                tok.prepare()
+
+        asyncio.get_running_loop().call_later(
+            LIBRARY_BPE_DELAY_S, lambda: threading.Thread(target=build, name="bitmamba-bpe", daemon=True).start()
         )
 
     async def wait(self, wait_s: float) -> Model | None:

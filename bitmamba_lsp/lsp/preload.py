@@ -27,7 +27,7 @@ def start(name: str, threads: int | None) -> None:
     from bitmamba_lsp.lsp.prefill_rate import prefill_rate
     from bitmamba_lsp.lsp.worker import PREFILL_RATE
 
-    derive = derived_from()
+    derive = derived_from(library=False)
 
     with _lock:
         if name in _pending:  # offered by the warm server (warm.py): already loaded
@@ -47,15 +47,17 @@ def start(name: str, threads: int | None) -> None:
     threading.Thread(target=run, name="bitmamba-preload", daemon=True).start()
 
 
-def derived_from() -> Callable[[Any], None]:
+def derived_from(library: bool = True) -> Callable[[Any], None]:
     """What a daemon derives from a model's tokenizer before its first request can be served: the
     BPE (built on first use otherwise), the token healer and the clean-start table (each cached
-    per tokenizer object). A load does it while the core repacks the weights (`prepare_tokenizer`)."""
+    per tokenizer object). A load does it while the core repacks the weights (`prepare_tokenizer`).
+    library=False: a tokenizer.bin's ASCII BPE only, not the `tokenizers` library's (ModelSlot
+    builds that one in the background once the model is ready: LIBRARY_BPE_DELAY_S)."""
     from bitmamba_lsp.engine.healing import healer_for
     from bitmamba_lsp.lsp.documents import clean_start_table
 
     def derive(tok: Any) -> None:
-        tok.prepare()
+        tok.prepare(library=library)
         healer_for(tok, [tok.eos_id] if tok.eos_id is not None else [])
         clean_start_table(tok)
 

@@ -19,8 +19,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bitmamba/layers.h"
 #include "bitmamba/model.h"
@@ -52,6 +54,7 @@ private:
     // The conv + selective-scan part for channels [c0, c1) of one token.
     void mix(const Layer& ly, float* st, const float* p, float* y, float* zt, int c0, int c1) const;
     void layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) override;
+    void load_layer(const TensorMap& t, int l);  // layer l's tensors (the constructor, on the pool)
 
     int d_, di_, H_, hd_, dproj_, V_;
     std::vector<Layer> layers_;
@@ -101,32 +104,32 @@ BitMamba2::BitMamba2(const TensorMap& t, int vocab, int d_model, int n_layers, i
 
     embed_ = f32_tensor(t, "embed", static_cast<int64_t>(vocab) * d_model);  // stays mapped
     layers_.resize(n_layers);
+    // The layers and the LM head are read on the model's threads (their ternary repacks are most
+    // of a load: a daemon's cold start waits for them); the first error in the serial order of the
+    // tensors (the layers, norm_f, lm_head_norm, lm_head) is the one reported, as it always was.
+    std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n_layers) + 1);
+    pool_->parallel_for(n_layers + 1, 1, [&](int b, int e, int) {
+        for (int i = b; i < e; ++i) {
+            try {
+                if (i == 0)
+                    load_ternary(t, "lm_head", V_, d_, lm_head_);  // the largest item first
+                else
+                    load_layer(t, i - 1);
+            } catch (...) {
+                failed[static_cast<std::size_t>(i)] = std::current_exception();
+            }
+        }
+    });
     for (int l = 0; l < n_layers; ++l) {
-        const std::string p = "layers." + std::to_string(l) + ".";
-        Layer& ly = layers_[l];
-        copy_f32(t, p + "in_proj_norm", d_, ly.in_proj.norm);
-        ly.in_proj.norm_eps = kNormEps;
-        load_ternary(t, p + "in_proj", dproj_, d_, ly.in_proj);
-        AlignedBuffer<float> cw;
-        copy_f32(t, p + "conv1d_w", static_cast<int64_t>(di_) * 4, cw);
-        ly.conv_w.reset(static_cast<std::size_t>(di_) * 4);
-        for (int c = 0; c < di_; ++c)
-            for (int k = 0; k < 4; ++k) ly.conv_w[static_cast<std::size_t>(k) * di_ + c] = cw[c * 4 + k];
-        copy_f32(t, p + "conv1d_b", di_, ly.conv_b);
-        copy_f32(t, p + "dt_bias", H_, ly.dt_bias);
-        copy_f32(t, p + "A_log", H_, ly.A);
-        for (int h = 0; h < H_; ++h) ly.A[h] = -std::exp(ly.A[h]);
-        copy_f32(t, p + "D", di_, ly.D);
-        copy_f32(t, p + "out_proj_norm", di_, ly.out_proj.norm);
-        ly.out_proj.norm_eps = kNormEps;
-        load_ternary(t, p + "out_proj", d_, di_, ly.out_proj);
+        if (failed[static_cast<std::size_t>(l) + 1]) std::rethrow_exception(failed[static_cast<std::size_t>(l) + 1]);
+        const Layer& ly = layers_[l];
         weight_bytes_ += ly.in_proj.bytes() + ly.out_proj.bytes() + sizeof(float) * (6 * di_ + 2 * H_);
     }
     copy_f32(t, "norm_f", d_, norm_f_);
     norm_f_eps_ = kNormEps;
     copy_f32(t, "lm_head_norm", d_, lm_head_.norm);
     lm_head_.norm_eps = kNormEps;
-    load_ternary(t, "lm_head", V_, d_, lm_head_);
+    if (failed[0]) std::rethrow_exception(failed[0]);
     weight_bytes_ += lm_head_.bytes() + sizeof(float) * d_;
 
     info_.arch = "bitmamba2";
@@ -363,6 +366,27 @@ void BitMamba2::set_lora(const std::vector<LoraLayerViews>& views, float scale) 
 }
 
 }  // namespace
+
+void BitMamba2::load_layer(const TensorMap& t, int l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    Layer& ly = layers_[l];
+    copy_f32(t, p + "in_proj_norm", d_, ly.in_proj.norm);
+    ly.in_proj.norm_eps = kNormEps;
+    load_ternary(t, p + "in_proj", dproj_, d_, ly.in_proj);
+    AlignedBuffer<float> cw;
+    copy_f32(t, p + "conv1d_w", static_cast<int64_t>(di_) * 4, cw);
+    ly.conv_w.reset(static_cast<std::size_t>(di_) * 4);
+    for (int c = 0; c < di_; ++c)
+        for (int k = 0; k < 4; ++k) ly.conv_w[static_cast<std::size_t>(k) * di_ + c] = cw[c * 4 + k];
+    copy_f32(t, p + "conv1d_b", di_, ly.conv_b);
+    copy_f32(t, p + "dt_bias", H_, ly.dt_bias);
+    copy_f32(t, p + "A_log", H_, ly.A);
+    for (int h = 0; h < H_; ++h) ly.A[h] = -std::exp(ly.A[h]);
+    copy_f32(t, p + "D", di_, ly.D);
+    copy_f32(t, p + "out_proj_norm", di_, ly.out_proj.norm);
+    ly.out_proj.norm_eps = kNormEps;
+    load_ternary(t, p + "out_proj", d_, di_, ly.out_proj);
+}
 
 std::unique_ptr<Model> make_bitmamba2(const TensorMap& tensors, int vocab, int d_model, int n_layers, int n_heads,
                                       int n_threads, const KernelSet* kernels, const LayerRepeat& repeat) {

@@ -34,5 +34,6 @@ void bind_state(py::module_& m);    // State
 void bind_sampler(py::module_& m);  // Sampler
 void bind_model(py::module_& m);    // Model, build_bitmamba2, build_mamba1
 void bind_ngram(py::module_& m);    // NGramIndex (the daemon's cache language model)
+void bind_bpe(py::module_& m);      // AsciiBpe (GPT-2's BPE for ASCII text: a daemon's first request)
 
 }  // namespace bm::bindings

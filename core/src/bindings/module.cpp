@@ -25,4 +25,5 @@ PYBIND11_MODULE(_core, m) {
     bind_sampler(m);
     bind_model(m);
     bind_ngram(m);
+    bind_bpe(m);
 }
