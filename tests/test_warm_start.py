@@ -360,3 +360,21 @@ def test_a_warm_server_ends_when_the_installed_code_changes() -> None:
     finally:
         s.close()
 
+
+
+def test_a_cold_daemon_spawns_the_missing_warm_server_after_its_start_once(monkeypatch) -> None:
+    """Not at the start (the new process would compete with it): SPAWN_DELAY_S later, or at exit
+    if that comes first; once."""
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(warm, "spawn", lambda *a: calls.append(a))
+    monkeypatch.setattr(warm, "_spawn_wanted", True)
+    warm.spawn_later(0.05)
+    assert calls == []  # not yet
+    time.sleep(0.3)
+    assert calls == [("--delay", "0")]
+    warm.spawn_pending()  # the exit after it: nothing more
+    assert len(calls) == 1
+    monkeypatch.setattr(warm, "_spawn_wanted", True)
+    warm.spawn_later(30)
+    warm.spawn_pending()  # an exit before the timer: spawned now, the timer finds nothing to do
+    assert len(calls) == 2

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
 
     server = create_server(model=args.model, threads=args.threads)
+    warm.spawn_later()  # the warm server a --warm start found missing, for the next start
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     # without interpreter finalisation: a thread inside the C++ engine must never meet a finalising
     # interpreter (that ends in std::terminate, SIGABRT).
     server.session.shutdown(wait=True)
+    warm.spawn_pending()  # a short session: the warm server it owes the next start, now
     logging.shutdown()
     with contextlib.suppress(Exception):
         sys.stdout.flush()

@@ -16,8 +16,10 @@ spawns is only a launcher:
    warm server sees its connection close and ends the child.
 
 When no warm server answers, the launcher runs the daemon itself (a cold start) and starts a warm
-server in the background for the next time (``spawn``: a new session, importing only after a short
-delay so that it does not compete with this start; not niced: the daemons it forks inherit that). A warm server ends after ``IDLE_S`` seconds without a
+server in the background for the next time (``spawn``: a new session, not niced: the daemons it
+forks inherit that). The daemon spawns it ``SPAWN_DELAY_S`` after its own start, or when it exits
+if that comes first (``spawn_later``, ``spawn_pending``), so that not even the new process's start
+competes with this one. A warm server ends after ``IDLE_S`` seconds without a
 daemon running, or on ``bitmamba warm stop``.
 
 It starts none of our threads before it forks (a thread does not survive a fork: the engine's thread
@@ -45,12 +47,13 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 
 ENV = "BITMAMBA_LSP_WARM"  # "0": never warm; "1": warm even without --warm
 RUNTIME_ENV = "BITMAMBA_LSP_RUNTIME_DIR"  # where the sockets live (tests; else XDG_RUNTIME_DIR)
 IDLE_S = 1800.0  # a warm server with no daemon running ends after this long
-SPAWN_DELAY_S = 3.0  # a freshly spawned warm server waits this long before importing
+SPAWN_DELAY_S = 3.0  # a cold daemon spawns the warm server for the next start this long after its own
 CODE_CHECK_S = 10.0  # how often a warm server checks that the installed code is still its own
 MAX_HEADER = 1 << 20
 GO = b"g"  # launcher -> daemon: it has the daemon's pid and hands over its stdio (see attach)
@@ -677,8 +680,31 @@ def try_warm(argv: list[str]) -> int | None:
     _attempted = True
     code = attach(argv)
     if code is None:
-        spawn()
+        global _spawn_wanted
+        _spawn_wanted = True  # by the cold daemon this process runs: spawn_later
     return code
+
+
+_spawn_wanted = False  # a warm start was wanted and none answered: spawn one for the next start
+_spawn_lock = threading.Lock()
+
+
+def spawn_later(delay_s: float = SPAWN_DELAY_S) -> None:
+    """In a cold daemon whose start wanted a warm one: spawn it `delay_s` from now (on a timer
+    thread), once this start is over; `spawn_pending` does it at once (at exit)."""
+    if _spawn_wanted:
+        t = threading.Timer(delay_s, spawn_pending)
+        t.daemon = True
+        t.start()
+
+
+def spawn_pending() -> None:
+    """Spawn the warm server `try_warm` found missing, if not done yet (once per process)."""
+    global _spawn_wanted
+    with _spawn_lock:
+        wanted_now, _spawn_wanted = _spawn_wanted, False
+    if wanted_now:
+        spawn("--delay", "0")
 
 
 def launch(argv: list[str] | None = None) -> int:
