@@ -81,3 +81,17 @@ def test_bad_tables_are_refused() -> None:
         _core.AsciiBpe(np.zeros(6, dtype=np.int32), np.arange(256, dtype=np.int32), 256)
     with pytest.raises(ValueError, match="256"):
         _core.AsciiBpe(pairs, np.arange(255, dtype=np.int32), 256)
+
+
+@pytest.mark.parametrize("text", ["A" * 200, "x = '" + "-" * 300 + "'\n", " " * 500 + "x", "1" * 129, "data:" + "QUFB" * 64])
+def test_a_piece_longer_than_the_core_takes_goes_to_the_library(fast, reference, text: str) -> None:
+    """A base64 run or a line of dashes is one piece whose merges here would cost the square of
+    its length: the library encodes such a text."""
+    assert fast._ascii().encode(text) is None
+    assert fast.encode(text) == reference.encode(text)
+
+
+def test_a_piece_of_the_longest_length_taken_is_merged_here(fast, reference) -> None:
+    for text in ("a" * 128, "=" * 128 + "\n", " " * 129 + "x"):  # the last: 128 spaces, then " x"
+        assert fast._ascii().encode(text) is not None, text
+        assert fast.encode(text) == reference.encode(text)

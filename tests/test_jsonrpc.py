@@ -333,3 +333,15 @@ async def test_a_result_that_is_not_json_is_still_answered() -> None:
     sent = await w.until(2)
     assert [(m["id"], m["error"]["code"]) for m in sent] == [(1, -32603), (2, -32603)]
     assert all("not JSON" in m["error"]["message"] for m in sent)
+
+
+@ASYNC
+async def test_a_lone_surrogate_is_still_valid_json_and_a_timed_out_request_is_forgotten() -> None:
+    w = Wire()
+    w.endpoint.notify("window/logMessage", {"type": 3, "message": "file \udcff.py"})  # surrogateescape'd name
+    (msg,) = w.sent()
+    assert msg["params"]["message"] == "file \udcff.py"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(w.endpoint.request("window/workDoneProgress/create", {"token": "t"}), 0.01)
+    await asyncio.sleep(0)
+    assert w.endpoint._waiting == {}

@@ -70,3 +70,31 @@ def test_the_cache_keeps_a_bounded_number_of_entries(model_factory, measured, mo
     assert rate_cache.cached(model) == measured[-1]  # the newest kept
     monkeypatch.setattr(rate_cache, "_cpu", lambda: "a")
     assert rate_cache.cached(model) is None  # the oldest gone
+
+
+def test_a_layer_repetition_or_an_adapter_is_another_rate(model_factory, measured) -> None:
+    path, _, _ = model_factory(256, 32, 2, 2, seed=24)
+    plain = load(str(path), threads=1)
+    repeated = load(str(path), threads=1, repeat=(0, 1, 2))
+    assert rate_cache.key(plain) != rate_cache.key(repeated)
+    rate_cache.prefill_rate(plain)
+    rate_cache.prefill_rate(repeated)  # not the plain model's rate read back
+    assert len(measured) == 2
+    plain.extra["lora"] = {"path": "/x/adapter.bin", "rank": 4, "alpha": 8.0}  # as lora.attach records it
+    assert rate_cache.key(plain) != rate_cache.key(load(str(path), threads=1))
+
+
+def test_absurd_stored_rates_are_damage_and_a_higher_rate_seen_later_is_kept(model_factory, measured, tmp_path) -> None:
+    path, _, _ = model_factory(256, 32, 2, 2, seed=25)
+    model = load(str(path), threads=1)
+    cache = tmp_path / "cache" / rate_cache.FILE
+    cache.parent.mkdir(parents=True)
+    k = rate_cache.key(model)
+    for junk in ('{"%s": Infinity}', '{"%s": 1e400}', '{"%s": true}', '{"%s": 0.5}', '{"%s": NaN}'):
+        cache.write_text(junk % k)
+        assert rate_cache.cached(model) is None, junk
+    rate_cache.store(model, 1000.0)
+    rate_cache.raised(model, 1100.0)  # within 25 %: a measure's noise, not kept
+    assert rate_cache.cached(model) == 1000.0
+    rate_cache.raised(model, 3000.0)  # background prefill saw a much faster rate: kept
+    assert rate_cache.cached(model) == 3000.0

@@ -602,8 +602,10 @@ class TextTokenizer:
     tokens ``<0xNN>``; for other models it is a best effort (``▁`` is read as a space).
     ``decode`` joins token bytes, so it is byte-exact and consistent with :class:`StreamDecoder`.
 
-    From a ``tokenizer.bin`` whose merges are cached, the BPE is built when text is first encoded
-    (decoding and the ids need only the byte table): see :meth:`prepare`.
+    From a ``tokenizer.bin`` whose merges are cached, ASCII text is encoded by the core's GPT-2
+    BPE (``_core.AsciiBpe``, built in a few ms from the cached merge pairs; the library's ids) and
+    the library's BPE is built when other text is first encoded, or by :meth:`prepare` (a daemon
+    builds it on a thread once its model is ready); decoding and the ids need only the byte table.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:

@@ -13,7 +13,8 @@ small, and it is here:
   task, so that `$/cancelRequest` can cancel it (answered with RequestCancelled).
 - `Endpoint.request(method, params)`: a request to the client, whose response resolves the
   returned future; `Endpoint.notify(method, params)`: a notification.
-- Writing is framed (``Content-Length``) and serialised by a lock: any thread may send.
+- Writing is framed (``Content-Length``) and serialised by a lock: any thread may `notify` or
+  `respond`; `request` (whose future belongs to the event loop) runs on the loop's thread.
 
 Params are plain JSON values (dicts, lists, str, int...): the handlers read what they need through
 messages.py, which raises `InvalidParams` for what they cannot use. Reading the stream robustly is
@@ -80,8 +81,16 @@ class Writer:
         self.stream = stream
         self._lock = threading.Lock()
 
+    @staticmethod
+    def encode(message: dict[str, Any]) -> bytes:
+        """The JSON body (ASCII, non-ASCII characters escaped: a lone surrogate in a log message
+        is then still valid JSON); TypeError/ValueError for what is not JSON."""
+        return json.dumps(message, separators=(",", ":")).encode("ascii")
+
     def write(self, message: dict[str, Any]) -> None:
-        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self.write_body(self.encode(message))
+
+    def write_body(self, body: bytes) -> None:
         with self._lock:
             self.stream.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
             self.stream.flush()
@@ -113,11 +122,16 @@ class Endpoint:
         if error is not None:
             self.send({"id": msg_id, "error": error.to_json()})
             return
+        message = {"id": msg_id, "result": result, "jsonrpc": "2.0"}
         try:
-            self.send({"id": msg_id, "result": result})
+            body = Writer.encode(message)
         except (TypeError, ValueError) as exc:  # a result that is not JSON: still one answer
             log.error("the result for %r is not JSON: %s", msg_id, exc)
             self.send({"id": msg_id, "error": RpcError(f"the result is not JSON: {exc}").to_json()})
+            return
+        if self.writer is None:
+            raise BrokenPipeError("no connection yet")
+        self.writer.write_body(body)
 
     def notify(self, method: str, params: Any = None) -> None:
         msg: dict[str, Any] = {"method": method}
@@ -132,6 +146,7 @@ class Endpoint:
         msg_id = f"bitmamba-{self._next_id}"
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiting[msg_id] = fut
+        fut.add_done_callback(lambda _: self._waiting.pop(msg_id, None))  # answered, timed out, cancelled
         msg: dict[str, Any] = {"id": msg_id, "method": method}
         if params is not None:
             msg["params"] = params

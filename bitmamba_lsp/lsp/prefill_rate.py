@@ -5,7 +5,7 @@ tokens per second the model prefills here (`measure_prefill_rate`: 25-40 ms at t
 That is the same number at every start of the same model file with the same threads on the same
 CPU, so it is measured once and read back afterwards (``<user cache>/prefill-rates.json``): a cold
 start's first completion does not wait for it. Background prefill still raises the rate when it
-sees a faster one (worker.py). A damaged or unwritable file is never an error: the rate is then
+sees a faster one (worker.py), and stores it when it is well above the stored one (`raised`). A damaged or unwritable file is never an error: the rate is then
 measured, as without a cache.
 """
 
@@ -26,6 +26,8 @@ from bitmamba_lsp.engine.model import Model
 from bitmamba_lsp.engine.tokenizer import user_cache_dir
 
 FILE = "prefill-rates.json"
+MIN_RATE, MAX_RATE = 1.0, 1e7  # tokens/s a stored rate may hold (anything else is damage)
+RAISE_BY = 1.25  # background prefill stores a rate this much above the stored one (worker.py)
 MAX_ENTRIES = 64  # models x thread counts kept; the oldest go first
 
 
@@ -61,8 +63,9 @@ def _cpu() -> str:
 
 
 def key(model: Any) -> str | None:
-    """What the rate depends on: the model file (path, size, time), its threads, the SIMD level
-    built, this package's version and the CPU; None for a model without a file."""
+    """What the rate depends on: the model file (path, size, time), what runs of it (the layer
+    passes of a repetition, a LoRA adapter), its threads, the SIMD level built, this package's
+    version and the CPU; None for a model without a file."""
     path = getattr(model, "path", None)
     if path is None:
         return None
@@ -70,7 +73,11 @@ def key(model: Any) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    parts = (os.path.realpath(path), st.st_size, st.st_mtime_ns, model.threads, _core.simd_level(), __version__, _cpu(), os.cpu_count())
+    core = getattr(model, "core", None)
+    shape = sorted(dict(core.info).items()) if core is not None else None
+    lora = getattr(model, "extra", {}).get("lora")
+    parts = (os.path.realpath(path), st.st_size, st.st_mtime_ns, shape, lora, model.threads, _core.simd_level(),
+             __version__, _cpu(), os.cpu_count())  # fmt: skip
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
 
@@ -85,7 +92,12 @@ def _read() -> dict[str, float]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: float(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, int | float) and v > 0}
+    return {k: float(v) for k, v in data.items() if isinstance(k, str) and _sane(v)}
+
+
+def _sane(rate: Any) -> bool:
+    """A rate read back can be used: a finite number of tokens per second, not absurd."""
+    return isinstance(rate, int | float) and not isinstance(rate, bool) and MIN_RATE <= rate <= MAX_RATE
 
 
 def cached(model: Any) -> float | None:
@@ -95,7 +107,7 @@ def cached(model: Any) -> float | None:
 
 def store(model: Any, rate: float) -> None:
     k = key(model)
-    if k is None or not rate > 0:
+    if k is None or not _sane(rate):
         return
     rates = _read()
     rates.pop(k, None)
@@ -115,6 +127,14 @@ def store(model: Any, rate: float) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def raised(model: Any, rate: float) -> None:
+    """Background prefill saw `rate`: kept when it is well above the stored one (a measure at load
+    that shared the cores with a start heals for the next starts too)."""
+    old = cached(model)
+    if old is not None and rate > RAISE_BY * old:
+        store(model, rate)
 
 
 def prefill_rate(model: Any) -> float:

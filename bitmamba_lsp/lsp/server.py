@@ -6,7 +6,7 @@ library, so that it starts in the time Python, NumPy and the model take (issue 1
 
 The lifecycle the specification asks for: a request before `initialize` gets ServerNotInitialized
 (-32002) and a notification then is dropped; after `shutdown` a request gets InvalidRequest; `exit`
-ends the process with 0 after a `shutdown` and 1 without one (`exit_code`, read by lsp/cli.py), as
+ends the process with 0 after a `shutdown` and 1 without one (`stopped`, read by lsp/cli.py), as
 does the end of input.
 """
 
@@ -32,7 +32,6 @@ from bitmamba_lsp.lsp.jsonrpc import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
-    RpcError,
     ServerNotInitialized,
     Writer,
 )
@@ -146,6 +145,7 @@ class Server:
 
     async def report_loading(self) -> None:
         """Load the model, with $/progress while it loads when the client supports it."""
+        loading = self.session.start_model_load()  # first: a slow client must not delay it
         token = str(uuid.uuid4())
         window = self.capabilities.get("window")
         progress = isinstance(window, dict) and bool(window.get("workDoneProgress"))
@@ -154,10 +154,10 @@ class Server:
                 await asyncio.wait_for(self.rpc.request("window/workDoneProgress/create", {"token": token}), PROGRESS_WAIT_S)
                 begin = {"kind": "begin", "title": "bitmamba", "message": "loading model", "cancellable": False}
                 self.rpc.notify("$/progress", {"token": token, "value": begin})
-            except (TimeoutError, RpcError):
+            except Exception:  # no answer, an error answer, a closing connection: no progress shown
                 progress = False
         with contextlib.suppress(Exception):
-            await self.session.start_model_load()
+            await loading
         if progress:
             ready = self.session.slot.model is not None
             end = {"kind": "end", "message": "model ready" if ready else "model failed to load"}

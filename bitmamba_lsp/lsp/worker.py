@@ -26,9 +26,9 @@ import numpy as np
 
 from bitmamba_lsp.engine.healing import TokenHealer, healer_for
 from bitmamba_lsp.engine.model import Model, State
+from bitmamba_lsp.lsp import prefill_rate as rates
 from bitmamba_lsp.lsp.jobs import CompletionJob, CompletionResult, cancelled_result
 from bitmamba_lsp.lsp.memory import Memory, release_memory
-from bitmamba_lsp.lsp.prefill_rate import prefill_rate
 from bitmamba_lsp.lsp.prompt import FimLayout, Prompt, fim_layout
 from bitmamba_lsp.lsp.settings import Settings
 from bitmamba_lsp.lsp.statecache import DocStates, StateStore
@@ -126,7 +126,7 @@ class ModelWorker:
         )
         self.model = model
         rate = model.extra.pop(PREFILL_RATE, None)  # measured by the preload (preload.py)
-        self.feed_rate = rate[1] if rate is not None and rate[0] == model.threads else prefill_rate(model)
+        self.feed_rate = rate[1] if rate is not None and rate[0] == model.threads else rates.prefill_rate(model)
         self._bg_rate = self.feed_rate
         self.fim = self.fim_layout_for(model, self.settings)
         s = self.settings
@@ -347,7 +347,8 @@ class ModelWorker:
             fed = store.prefill_slice(model, d, size, self._busy_uri)
             rate = fed / max(time.perf_counter() - t0, 1e-6)
             self._bg_rate = 0.5 * self._bg_rate + 0.5 * rate
-            if fed >= MIN_FEED:  # a foreground feed is at least as fast (a low measure at load heals)
-                self.feed_rate = max(self.feed_rate, rate)
+            if fed >= MIN_FEED and rate > self.feed_rate:  # a foreground feed is at least as fast
+                self.feed_rate = rate  # a low measure at load heals, here and in the stored rate
+                rates.raised(model, rate)
             self.background_tokens += fed
             return

@@ -47,7 +47,6 @@ size_t contraction(const char* t, size_t i, size_t n) {
 // The length of the piece the pattern matches at t[i] (i < n; every byte covered).
 size_t piece_at(const char* t, size_t i, size_t n) {
     if (size_t c = contraction(t, i, n)) return c;
-    const uint8_t k0 = cls(t, i);
     // ' ?X+' for X a letter, a digit or another character: an optional space, then a run
     size_t j = i;
     if (t[i] == ' ' && i + 1 < n && cls(t, i + 1) != kSpace) j = i + 1;
@@ -57,7 +56,6 @@ size_t piece_at(const char* t, size_t i, size_t n) {
         while (e < n && cls(t, e) == k) ++e;
         return e - i;
     }
-    (void)k0;
     // whitespace: \s+(?!\S) leaves the last space of a run for the word after it, else \s+
     size_t e = i + 1;
     while (e < n && cls(t, e) == kSpace) ++e;
@@ -75,14 +73,9 @@ AsciiBpe::AsciiBpe(const int32_t* merges, size_t n_merges, const int32_t* byte_i
 }
 
 void AsciiBpe::merge_piece(const char* p, size_t n, std::vector<int32_t>& out) const {
-    // pieces are short (a word, a run of spaces): repeated scans for the lowest-ranked pair
-    int32_t buf[64];
-    std::vector<int32_t> big;
-    int32_t* ids = buf;
-    if (n > 64) {
-        big.resize(n);
-        ids = big.data();
-    }
+    // pieces are short (a word, a run of spaces; at most kMaxPiece): repeated scans for the
+    // lowest-ranked pair, n^2 / 2 lookups at worst
+    int32_t ids[kMaxPiece];
     for (size_t i = 0; i < n; ++i) ids[i] = byte_id_[static_cast<uint8_t>(p[i])];
     size_t m = n;
     while (m > 1) {
@@ -106,9 +99,18 @@ void AsciiBpe::merge_piece(const char* p, size_t n, std::vector<int32_t>& out) c
 bool AsciiBpe::encode(const char* text, size_t n, std::vector<int32_t>& out) const {
     for (size_t i = 0; i < n; ++i)
         if (cls(text, i) == kOut) return false;
-    size_t i = 0;
-    while (i < n) {
+    // the pieces first: one longer than kMaxPiece (a base64 run, a line of dashes) is the
+    // library's, whose merge heap does not slow down with the square of a piece's length
+    std::vector<uint32_t> lens;
+    lens.reserve(n / 4 + 1);
+    for (size_t i = 0; i < n;) {
         const size_t len = piece_at(text, i, n);
+        if (len > kMaxPiece) return false;
+        lens.push_back(static_cast<uint32_t>(len));
+        i += len;
+    }
+    size_t i = 0;
+    for (uint32_t len : lens) {
         merge_piece(text + i, len, out);
         i += len;
     }

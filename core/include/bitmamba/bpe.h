@@ -6,7 +6,8 @@
 // GIL. It covers text whose bytes are printable ASCII, tab, line feed and carriage return, where
 // GPT-2's pre-tokenization pattern
 //     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// needs no Unicode tables; `encode` says when a text is outside that (the caller then uses the
+// needs no Unicode tables; `encode` says when a text is outside that, or has a piece longer than
+// kMaxPiece bytes, whose merges here would cost the square of its length (the caller then uses the
 // library). Each piece is merged lowest rank first, leftmost first among equal pairs, as the
 // library does. The tests compare the two on generated and real text.
 #pragma once
@@ -25,8 +26,10 @@ public:
     AsciiBpe(const int32_t* merges, size_t n_merges, const int32_t* byte_ids, int32_t first_merged);
 
     // Append the ids of text[0..n) to out; false (out unchanged) when a byte is outside the
-    // covered set.
+    // covered set or a piece is longer than kMaxPiece bytes.
     bool encode(const char* text, size_t n, std::vector<int32_t>& out) const;
+
+    static constexpr size_t kMaxPiece = 128;
 
     size_t merges() const { return rank_.size(); }
 
