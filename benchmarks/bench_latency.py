@@ -14,8 +14,8 @@ the checkpoints are there to beat. A third scenario, "jump", asks for a
 completion at a random place not visited before (how far the nearest document checkpoint is).
 
 The path measured is the daemon's own: documents.py (incremental tokens) -> worker.py
-(checkpoints, prefill, generation, stop rules). `--lsp` also times the same through a real LSP
-client over stdio (adds JSON-RPC transport and the event loop).
+(checkpoints, prefill, generation, stop rules); bench_large_document.py times keystrokes through
+the daemon over stdio (JSON-RPC transport and the event loop included).
 
     python benchmarks/bench_latency.py                         # 255M-shaped random model
     python benchmarks/bench_latency.py --shape tiny --sizes 1000 10000

@@ -129,12 +129,13 @@ def store(model: Any, rate: float) -> None:
                 os.unlink(tmp)
 
 
-def raised(model: Any, rate: float) -> None:
-    """Background prefill saw `rate`: kept when it is well above the stored one (a measure at load
-    that shared the cores with a start heals for the next starts too)."""
+def raised(model: Any, rate: float) -> float:
+    """Background prefill saw `rate` (returned): stored when it is well above the stored one (a
+    measure at load that shared the cores with a start heals for the next starts too)."""
     old = cached(model)
     if old is not None and rate > RAISE_BY * old:
         store(model, rate)
+    return rate
 
 
 def prefill_rate(model: Any) -> float:

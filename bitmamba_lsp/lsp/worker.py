@@ -348,7 +348,6 @@ class ModelWorker:
             rate = fed / max(time.perf_counter() - t0, 1e-6)
             self._bg_rate = 0.5 * self._bg_rate + 0.5 * rate
             if fed >= MIN_FEED and rate > self.feed_rate:  # a foreground feed is at least as fast
-                self.feed_rate = rate  # a low measure at load heals, here and in the stored rate
-                rates.raised(model, rate)
+                self.feed_rate = rates.raised(model, rate)  # a low measure at load heals (stored too)
             self.background_tokens += fed
             return
