@@ -14,8 +14,9 @@
    runtime folder) that has kept the model, interleaved with the cold runs; and a first start with
    no warm server yet (cold, and it spawns one) followed by the start after it (a warm server that
    has not kept the model yet).
-3. For reference, what Python alone takes to start and import numpy, lsprotocol.types and the
-   daemon's modules: the part of each figure that is not ours to cut by lazier imports.
+3. For reference, what Python alone takes to start and import numpy and the daemon's modules (the
+   part of each figure that lazier imports cannot cut), and lsprotocol.types, which the daemon no
+   longer imports (it speaks JSON-RPC itself).
 
     python benchmarks/bench_cold_start.py                     # the random 255M model, 10 repeats
     python benchmarks/bench_cold_start.py --model m.bin --repeats 20 --threads 2
