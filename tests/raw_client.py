@@ -76,6 +76,18 @@ class Raw:
                 return r
         raise TimeoutError(f"no reply to {msg_id}; stderr: {b''.join(self.stderr)[-2000:]!r}")
 
+    def reply_matching(self, want: Any, timeout: float = 30) -> dict[str, Any]:
+        """The next message from the daemon for which want(message) is true (others are dropped)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                r = self.replies.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if want(r):
+                return r
+        raise TimeoutError(f"no such message; stderr: {b''.join(self.stderr)[-2000:]!r}")
+
     def initialize(self, msg_id: int = 1) -> dict[str, Any]:
         opts = {"debounceMs": 0, "speculative": False, **self.options}
         self.request(msg_id, "initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": opts})

@@ -119,6 +119,29 @@ def test_a_cancel_for_an_answered_request_is_not_a_warning(raw) -> None:
     assert "unknown message id" not in err and "cancelRequest" not in err, err
 
 
+def test_a_client_slow_to_answer_the_progress_request_does_not_hold_the_model_back(raw) -> None:
+    """With workDoneProgress, the daemon asks the client for a progress token after `initialized`;
+    the model loads whether or not (and however late) the client answers, and $/progress follows
+    the answer."""
+    d = raw()
+    d.request(1, "initialize", {"processId": None, "capabilities": {"window": {"workDoneProgress": True}},
+                                "initializationOptions": {"debounceMs": 0}})  # fmt: skip
+    d.reply(1)
+    d.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+    create = d.reply_matching(lambda m: m.get("method") == "window/workDoneProgress/create")
+    for i in range(100):  # the client has not answered (it may take 5 s): the model loads all the same
+        d.request(10 + i, "bitmamba/status", {})
+        state = d.reply(10 + i)["result"]["model_state"]
+        if state == "ready":
+            break
+        time.sleep(0.02)
+    assert state == "ready"
+    d.send({"jsonrpc": "2.0", "id": create["id"], "result": None})  # late: a progress begin and end
+    kinds = [d.reply_matching(lambda m: m.get("method") == "$/progress")["params"]["value"]["kind"] for _ in range(2)]
+    assert kinds == ["begin", "end"]
+    assert d.shutdown_and_exit() == 0
+
+
 def test_exit_while_busy_is_never_a_signal(raw) -> None:
     """shutdown + exit during background prefill of a large file, exit during a generation, end
     of input during a generation: exit codes 0 / 1 / 1, never a signal."""
