@@ -224,3 +224,53 @@ def test_a_large_document_never_freezes_the_daemon_and_its_memory_comes_back() -
         assert after < with_doc and after < base + 150, (base, with_doc, after)
     finally:
         d.close()
+
+
+@pytest.mark.parametrize(("orderly", "want"), [(True, 0), (False, 1)])
+def test_the_tcp_mode_serves_one_client_with_the_same_lifecycle(model, orderly: bool, want: int) -> None:
+    """`bitmamba lsp --tcp HOST:PORT` (for debugging): one client over a socket, answered as over
+    stdio; the exit code follows the lifecycle (0 after shutdown + exit, 1 for exit alone)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port (released just before the daemon binds it)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "bitmamba_lsp.cli", "lsp", "--tcp", f"127.0.0.1:{port}", "--threads", "1", "--model", str(model)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                conn = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                time.sleep(0.05)
+        f = conn.makefile("rwb")
+
+        def send(msg: dict[str, Any]) -> None:
+            body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
+            f.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            f.flush()
+
+        def receive(msg_id: int) -> dict[str, Any]:
+            while True:
+                n = 0
+                while (line := f.readline()).strip():
+                    n = int(line.split(b":")[1]) if line.lower().startswith(b"content-length") else n
+                msg = json.loads(f.read(n))
+                if msg.get("id") == msg_id:
+                    return msg
+
+        send({"id": 1, "method": "initialize", "params": {"capabilities": {}}})
+        assert "inlineCompletionProvider" in receive(1)["result"]["capabilities"]
+        if orderly:
+            send({"id": 2, "method": "shutdown"})
+            assert receive(2)["result"] is None
+        send({"method": "exit"})
+        assert proc.wait(30) == want
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
-        return 0
-    server.start_io()
+    else:
+        server.start_io()
     code = server.stopped
     # Stop the model thread between two model calls (bounded: calls are short slices), then leave
     # without interpreter finalisation: a thread inside the C++ engine must never meet a finalising

@@ -98,8 +98,14 @@ class Server:
         with socket.create_server((host, port)) as listener:
             log.info("listening on %s:%d", host, port)
             conn, _ = listener.accept()
-        with conn, conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
-            self.start_io(rfile, wfile)
+        try:
+            self.start_io(conn.makefile("rb"), conn.makefile("wb"))
+        finally:
+            # the reading thread may sit in a read: shutting the socket down wakes it (closing its
+            # buffered file first would wait for that read to end)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
     async def _serve(self, stdin: BinaryIO) -> None:
         self._done = asyncio.Event()
