@@ -66,17 +66,9 @@ class Raw:
         self.send(msg)
 
     def reply(self, msg_id: int, timeout: float = 30) -> dict[str, Any]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                r = self.replies.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if r.get("id") == msg_id:
-                return r
-        raise TimeoutError(f"no reply to {msg_id}; stderr: {b''.join(self.stderr)[-2000:]!r}")
+        return self.reply_matching(lambda r: r.get("id") == msg_id, timeout, f"no reply to {msg_id}")
 
-    def reply_matching(self, want: Any, timeout: float = 30) -> dict[str, Any]:
+    def reply_matching(self, want: Any, timeout: float = 30, missing: str = "no such message") -> dict[str, Any]:
         """The next message from the daemon for which want(message) is true (others are dropped)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -86,7 +78,7 @@ class Raw:
                 continue
             if want(r):
                 return r
-        raise TimeoutError(f"no such message; stderr: {b''.join(self.stderr)[-2000:]!r}")
+        raise TimeoutError(f"{missing}; stderr: {b''.join(self.stderr)[-2000:]!r}")
 
     def initialize(self, msg_id: int = 1) -> dict[str, Any]:
         opts = {"debounceMs": 0, "speculative": False, **self.options}

@@ -794,8 +794,8 @@ class TextTokenizer:
             return [], []
         fast = self._fast_ids(text)
         if fast is not None:  # ASCII: a token's offset is where its bytes start
-            starts = np.cumsum(self._lens[np.asarray(fast, dtype=np.int64)]) - self._lens[np.asarray(fast, dtype=np.int64)]
-            return fast, starts.tolist()
+            lens = self._lens[np.asarray(fast, dtype=np.int64)]
+            return fast, (np.cumsum(lens) - lens).tolist()
         text = self._clean(text)
         enc = self._hf.encode(text, add_special_tokens=False)
         ids = enc.ids

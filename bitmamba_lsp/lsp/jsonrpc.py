@@ -112,11 +112,14 @@ class Endpoint:
         self.gate: Callable[[str, Any, Any, bool], bool] | None = None
 
     # ------------------------------------------------------------------ sending
-    def send(self, message: dict[str, Any]) -> None:
-        message["jsonrpc"] = "2.0"
+    def _connection(self) -> Writer:
         if self.writer is None:
             raise BrokenPipeError("no connection yet")
-        self.writer.write(message)
+        return self.writer
+
+    def send(self, message: dict[str, Any]) -> None:
+        message["jsonrpc"] = "2.0"
+        self._connection().write(message)
 
     def respond(self, msg_id: Any, result: Any = None, error: RpcError | None = None) -> None:
         if error is not None:
@@ -129,9 +132,7 @@ class Endpoint:
             log.error("the result for %r is not JSON: %s", msg_id, exc)
             self.send({"id": msg_id, "error": RpcError(f"the result is not JSON: {exc}").to_json()})
             return
-        if self.writer is None:
-            raise BrokenPipeError("no connection yet")
-        self.writer.write_body(body)
+        self._connection().write_body(body)
 
     def notify(self, method: str, params: Any = None) -> None:
         msg: dict[str, Any] = {"method": method}

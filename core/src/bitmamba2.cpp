@@ -373,11 +373,7 @@ void BitMamba2::load_layer(const TensorMap& t, int l) {
     copy_f32(t, p + "in_proj_norm", d_, ly.in_proj.norm);
     ly.in_proj.norm_eps = kNormEps;
     load_ternary(t, p + "in_proj", dproj_, d_, ly.in_proj);
-    AlignedBuffer<float> cw;
-    copy_f32(t, p + "conv1d_w", static_cast<int64_t>(di_) * 4, cw);
-    ly.conv_w.reset(static_cast<std::size_t>(di_) * 4);
-    for (int c = 0; c < di_; ++c)
-        for (int k = 0; k < 4; ++k) ly.conv_w[static_cast<std::size_t>(k) * di_ + c] = cw[c * 4 + k];
+    copy_conv_taps(t, p + "conv1d_w", di_, ly.conv_w);
     copy_f32(t, p + "conv1d_b", di_, ly.conv_b);
     copy_f32(t, p + "dt_bias", H_, ly.dt_bias);
     copy_f32(t, p + "A_log", H_, ly.A);

@@ -89,11 +89,7 @@ Mamba1::Mamba1(const TensorMap& t, const Mamba1Config& cfg, int n_threads, const
         ly.dt_proj.set_float(f32_tensor(t, p + "dt_proj", static_cast<int64_t>(di_) * R_), di_, R_,
                              (p + "dt_proj").c_str());
         copy_f32(t, p + "dt_proj_b", di_, ly.dt_b);
-        AlignedBuffer<float> cw;
-        copy_f32(t, p + "conv1d_w", static_cast<int64_t>(di_) * 4, cw);
-        ly.conv_w.reset(static_cast<std::size_t>(di_) * 4);
-        for (int c = 0; c < di_; ++c)
-            for (int k = 0; k < 4; ++k) ly.conv_w[static_cast<std::size_t>(k) * di_ + c] = cw[c * 4 + k];
+        copy_conv_taps(t, p + "conv1d_w", di_, ly.conv_w);
         copy_f32(t, p + "conv1d_b", di_, ly.conv_b);
         copy_f32(t, p + "A_log", static_cast<int64_t>(di_) * S_, ly.A);
         for (std::size_t i = 0; i < ly.A.size(); ++i) ly.A[i] = -std::exp(ly.A[i]);

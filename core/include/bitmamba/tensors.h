@@ -41,6 +41,16 @@ inline void copy_f32(const TensorMap& t, const std::string& name, int64_t n, Ali
         if (!std::isfinite(out[i])) throw FormatError("tensor '" + name + "': contains NaN or Inf");
 }
 
+// A depthwise conv's weights, [channels][4] in the file, stored tap-major ([4][channels]: tap k of
+// every channel contiguous, as the forward passes read them).
+inline void copy_conv_taps(const TensorMap& t, const std::string& name, int channels, AlignedBuffer<float>& out) {
+    AlignedBuffer<float> cw;
+    copy_f32(t, name, static_cast<int64_t>(channels) * 4, cw);
+    out.reset(static_cast<std::size_t>(channels) * 4);
+    for (int c = 0; c < channels; ++c)
+        for (int k = 0; k < 4; ++k) out[static_cast<std::size_t>(k) * channels + c] = cw[c * 4 + k];
+}
+
 // A ternary matrix as the .bin loader hands it over: packed file codes ("u8") or int8 values ("i8").
 inline void load_ternary(const TensorMap& t, const std::string& name, int rows, int cols, Linear& out) {
     const TensorView& v = get_tensor(t, name);
