@@ -435,6 +435,72 @@ def profile_stages(model, tokens: int = 128, repeats: int = 1) -> dict[str, floa
     return out
 
 
+def profile_verification(model, tokens: int = 8, repeats: int = 30) -> dict[str, Any]:
+    """Milliseconds of each stage of one verification step of `tokens` tokens (a batched pass with
+    every position's logits and a snapshot after each but the last, as `decoding.verify` runs it),
+    interleaved with single steps profiled the same way (no sampling), medians over `repeats`
+    passes; ``vs_step`` holds each stage in single steps (the whole single step's median)."""
+    s = model.new_state()
+    model.core.prefill(s, np.arange(64, dtype=np.int32) % model.vocab_size, False)
+    work = model.new_state()
+    pool = [model.new_state() for _ in range(tokens - 1)]
+    ids = (np.arange(tokens, dtype=np.int32) * 7 + 100) % model.vocab_size
+
+    def one(batched: bool) -> dict[str, float]:
+        work.copy_from(s)
+        model.core.set_profiling(True)
+        try:
+            if batched:
+                model.core.prefill(work, ids, True, True, list(range(1, tokens)), pool)
+            else:
+                model.core.step(work, int(ids[0]))
+            return dict(model.core.profile())
+        finally:
+            model.core.set_profiling(False)
+
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for r in range(max(1, repeats) + 3):
+        for batched in (False, True):
+            p = one(batched)
+            if r >= 3:  # three warm-up rounds
+                runs[batched].append(p)
+    keys = [k for k in runs[True][0] if k not in ("steps", "sampling")]
+    single = {k: statistics.median(p[k] for p in runs[False]) for k in keys}
+    batch = {k: statistics.median(p[k] for p in runs[True]) for k in keys}
+    unit = single["step"]
+    return {
+        "tokens": tokens,
+        "runs": len(runs[True]),
+        "single_step_ms": single,
+        "verification_ms": batch,
+        "verification_min_ms": min(p["step"] for p in runs[True]),
+        "vs_step": {k: v / unit for k, v in batch.items()},
+    }
+
+
+def verification_markdown(profiles: list[dict[str, Any]]) -> str:
+    """Per-stage ms of `profile_verification` results: a single step, the batched step, and the
+    batched step's stages in single steps."""
+    labels = {
+        "matmul": "matrix products (layers)",
+        "lm_head": "lm_head (every position)",
+        "norm_quantize": "norms + activation quantization",
+        "conv_scan": "conv + scan (with the snapshots)",
+        "step": "whole step",
+    }
+    head = " | ".join(f"{p['threads']} threads: single / {p['tokens']} tokens / in single steps" for p in profiles)
+    rows = [f"| stage (ms per step) | {head} |", "|---|" + "---|" * len(profiles)]
+    for key, label in labels.items():
+        rows.append(
+            f"| {label} | "
+            + " | ".join(
+                f"{p['single_step_ms'][key]:.3f} / {p['verification_ms'][key]:.3f} / {p['vs_step'][key]:.2f}" for p in profiles
+            )
+            + " |"
+        )
+    return "\n".join(rows)
+
+
 _DERIVED = ("other", "non_matrix")
 
 

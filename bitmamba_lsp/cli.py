@@ -196,7 +196,15 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bitmamba_lsp.bench import bench_model, machine_info, markdown_table, profile_markdown, profile_stages
+    from bitmamba_lsp.bench import (
+        bench_model,
+        machine_info,
+        markdown_table,
+        profile_markdown,
+        profile_stages,
+        profile_verification,
+        verification_markdown,
+    )
 
     path = args.model
     if path is None:
@@ -208,13 +216,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.profile:
         from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
-        profiles = []
+        profiles, verify = [], []
         for threads in args.threads or [None]:
             model = load_bin(path, threads=threads)
             profiles.append({"threads": model.threads, **profile_stages(model, args.decode_tokens, args.repeats)})
+            verify.append({"threads": model.threads, **profile_verification(model, args.verify_tokens, 3 * args.repeats)})
         print(profile_markdown(profiles))
+        print()
+        print(f"A verification step of {args.verify_tokens} tokens (every position's logits, snapshots), median:")
+        print(verification_markdown(verify))
         if args.json:
-            Path(args.json).write_text(json.dumps(profiles, indent=2))
+            Path(args.json).write_text(json.dumps({"decode": profiles, "verification": verify}, indent=2))
             print(f"wrote {args.json}", file=sys.stderr)
         return 0
     results = []
@@ -338,8 +350,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--profile",
         action="store_true",
         help="only the per-stage cost of a sampled decode step (ms/token: matrix products, lm_head, "
-        "norms + quantization, conv + scan, sampling, other), median of --repeats runs",
+        "norms + quantization, conv + scan, sampling, other), median of --repeats runs, and of a "
+        "verification step of --verify-tokens tokens against a single step",
     )
+    s.add_argument("--verify-tokens", type=int, default=8, help="--profile: tokens of the verification step profiled")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("make-random", help="write a random-weight model of any shape (for benchmarks)")

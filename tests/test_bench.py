@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bitmamba_lsp import _core
-from bitmamba_lsp.bench import profile_stages
+from bitmamba_lsp.bench import profile_stages, profile_verification
 from bitmamba_lsp.engine.formats.bitmamba_bin import load_bin
 
 
@@ -24,6 +24,24 @@ def test_stage_profile_adds_up(model_factory):
     # profiling is off again and changed nothing
     np.testing.assert_array_equal(model.step(model.new_state(), 5), before)
     assert model.core.profile()["steps"] == 0  # switching it off reset the totals
+
+
+def test_batched_pass_profile_adds_up(model_factory):
+    """The stage clock also times prefill: a verification step's stages are within its whole time,
+    its lm_head covers every position (more than one single step's), and profiling changes no result."""
+    path, _, _ = model_factory(1000, 128, 3, 4, seed=2)
+    model = load_bin(path, threads=2)
+    ids = np.arange(8, dtype=np.int32) * 7 + 100
+    before = model.core.prefill(model.new_state(), ids, True, True)[0]
+    prof = profile_verification(model, tokens=8, repeats=5)
+    for part in (prof["single_step_ms"], prof["verification_ms"]):
+        inner = part["matmul"] + part["lm_head"] + part["norm_quantize"] + part["conv_scan"]
+        assert all(v >= 0 for v in part.values()) and 0 < inner <= part["step"] * 1.0001
+    assert prof["verification_ms"]["lm_head"] > prof["single_step_ms"]["lm_head"]
+    assert prof["vs_step"]["step"] == prof["verification_ms"]["step"] / prof["single_step_ms"]["step"]
+    assert prof["runs"] == 5 and 0 < prof["verification_min_ms"] <= prof["verification_ms"]["step"]
+    np.testing.assert_array_equal(model.core.prefill(model.new_state(), ids, True, True)[0], before)
+    assert model.core.profile()["steps"] == 0
 
 
 def test_read_bandwidth_probe():

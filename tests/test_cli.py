@@ -106,13 +106,16 @@ def test_bench_profile(tmp_path: Path) -> None:
     proc = run("bench", "-m", str(path), "-t", "1", "2", "--repeats", "3", "--decode-tokens", "8", "--profile",
                "--json", str(out))
     data = json.loads(out.read_text())
-    assert [p["threads"] for p in data] == [1, 2]
-    for p in data:
+    assert [p["threads"] for p in data["decode"]] == [1, 2]
+    for p in data["decode"]:
         assert p["runs"] == 3 and p["conv_scan"] > 0 and p["matmul"] > 0
         assert p["non_matrix"] == pytest.approx(p["norm_quantize"] + p["conv_scan"] + p["other"] + p["sampling"])
+    assert [(p["threads"], p["tokens"], p["runs"]) for p in data["verification"]] == [(1, 8, 9), (2, 8, 9)]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("| stage (ms/token) | 1 thread | 2 threads |")
     assert any(line.startswith("| conv + scan |") for line in lines) and "| threads |" not in proc.stdout
+    assert "A verification step of 8 tokens" in proc.stdout
+    assert any(line.startswith("| lm_head (every position) |") for line in lines)
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

@@ -278,6 +278,8 @@ void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& 
         run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
         if (lo) run_.apply_lora(ly.in_proj, lo->in_proj, lora_scale_, Hb_.data(), d_, n, Pb_.data(), dproj_);
         const int li = static_cast<int>(l);
+        StageClock* ck = profiling_ ? &clock_ : nullptr;
+        const int64_t tm = ck ? StageClock::now() : 0;
         for_channels(*pool_, di_, [&](int c0, int c1, int) {
             std::size_t si = 0;
             for (int t = 0; t < n; ++t) {
@@ -290,6 +292,7 @@ void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& 
                     snapshot_layer(*states[t], li, *snaps[si].second, c0, c1);
             }
         });
+        if (ck) ck->add(kStageMix, tm, StageClock::now());  // with the snapshots
         run_.apply_rows(ly.out_proj, Yb_.data(), di_, n, Hb_.data(), d_, true);
         if (lo) run_.apply_lora(ly.out_proj, lo->out_proj, lora_scale_, Yb_.data(), di_, n, Hb_.data(), d_);
     }

@@ -179,12 +179,13 @@ void LinearRunner::apply(const Linear& L, const float* x, float* out, bool accum
 }
 
 void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out,
-                              bool accumulate) {
+                              bool accumulate, Stage stage) {
     if (L.kind != Linear::Kind::Ternary || n < kernels_->gemm_min_tokens) {
         // per token, through exactly the single-token path (AVX2: below one GEMM tile the padded
         // tile costs more than reading the weights once per token, measured 738 vs 921 tok/s at T=2)
         for (int t = 0; t < n; ++t)
-            apply(L, in + static_cast<std::size_t>(t) * ld_in, out + static_cast<std::size_t>(t) * ld_out, accumulate);
+            apply(L, in + static_cast<std::size_t>(t) * ld_in, out + static_cast<std::size_t>(t) * ld_out, accumulate,
+                  stage);
         return;
     }
     ensure_threads();
@@ -192,6 +193,7 @@ void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n
     ThreadPool& pool = *pool_;
     const int npad = round_up(n, kGemmTokens);
     const int stride = L.in_stride();
+    const int64_t t0 = clock_ ? StageClock::now() : 0;
     // A few tokens (batched decode) are quantized on the calling thread: a dispatch costs more.
     const int qgrain = npad <= 2 * kGemmTokens ? npad : 1;
     pool.parallel_for(npad, qgrain, [&](int t0, int t1, int slot) {
@@ -207,6 +209,7 @@ void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n
             sx_[t] = quantize_one(L, in + static_cast<std::size_t>(t) * ld_in, xn, xq, &sum_[t]);
         }
     });
+    const int64_t t1 = clock_ ? StageClock::now() : 0;
     const int rows = L.rows;
     const int ldy = L.out_stride();
     const float* mult = L.row_mult.size() ? L.row_mult.data() : nullptr;
@@ -228,6 +231,10 @@ void LinearRunner::apply_rows(const Linear& L, const float* in, int ld_in, int n
             }
         }
     });
+    if (clock_) {
+        clock_->add(kStageQuant, t0, t1);
+        clock_->add(stage, t1, StageClock::now());
+    }
 }
 
 // ------------------------------------------------------------------ LoRA (bitmamba.cpp's adapters)

@@ -73,7 +73,9 @@ public:
     // out = L(x) for one token (accumulate: out += L(x)); with a clock, the product is timed as `stage`.
     void apply(const Linear& L, const float* x, float* out, bool accumulate = false, Stage stage = kStageMatmul);
     // out[t*ld_out + r] = L(in[t*ld_in + .]) for t < n <= chunk.
-    void apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out, bool accumulate = false);
+    // With a clock, the quantization and the product are timed (the product as `stage`).
+    void apply_rows(const Linear& L, const float* in, int ld_in, int n, float* out, int ld_out, bool accumulate = false,
+                    Stage stage = kStageMatmul);
     // Scratch for apply_lora: inputs up to max_in columns, ranks up to max_rank, up to `chunk` tokens.
     void reserve_lora(int max_in, int max_rank, int chunk);
     // out[t*ld_out + o] += scale * sum_r B[o][r] * a_t[r], a_t[r] = sum_i A[r][i] * xn_t[i], for t < n,
@@ -86,7 +88,7 @@ public:
 
     ThreadPool& pool() { return *pool_; }
     const KernelSet& kernels() const { return *kernels_; }
-    // Stage timing of apply() (null: off).
+    // Stage timing of apply() and apply_rows() (null: off).
     void set_clock(StageClock* c) { clock_ = c; }
 
 private:

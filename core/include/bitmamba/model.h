@@ -125,7 +125,8 @@ public:
     std::size_t weight_bytes() const { return weight_bytes_; }
     // Held for the duration of every forward call: one pass at a time per model.
     std::mutex& lock() { return mutex_; }
-    // Per-stage timing of step() (see profile.h).
+    // Per-stage timing of step(), prefill() and step_batch() (see profile.h): a batched pass adds
+    // its whole time to kStageStep and counts as one step.
     void set_profiling(bool on) { profiling_ = on; }
     bool profiling() const { return profiling_; }
     StageClock& clock() { return clock_; }
@@ -151,6 +152,8 @@ protected:
     void check_state(const State& st) const;
     void check_tokens(const int32_t* tokens, int n) const;
     void snapshot_layer(const State& st, int layer, State& dst, int c0, int c1) const;
+    // A batched pass that started at t0 ends: its time and count go to the clock (null: none).
+    void end_batch_clock(StageClock* ck, int64_t t0);
 
     ModelInfo info_;
     StateLayout layout_;

@@ -1,4 +1,4 @@
-// Opt-in per-stage timing of single-token steps (`bitmamba bench --profile`). Off by default:
+// Opt-in per-stage timing of single-token steps and batched passes (`bitmamba bench --profile`). Off by default:
 // then each probe is one predictable branch on a null pointer.
 #pragma once
 
