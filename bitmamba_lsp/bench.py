@@ -488,7 +488,10 @@ def verification_markdown(profiles: list[dict[str, Any]]) -> str:
         "conv_scan": "conv + scan (with the snapshots)",
         "step": "whole step",
     }
-    head = " | ".join(f"{p['threads']} threads: single / {p['tokens']} tokens / in single steps" for p in profiles)
+    head = " | ".join(
+        f"{p['threads']} thread{'' if p['threads'] == 1 else 's'}: single / {p['tokens']} tokens / in single steps"
+        for p in profiles
+    )
     rows = [f"| stage (ms per step) | {head} |", "|---|" + "---|" * len(profiles)]
     for key, label in labels.items():
         rows.append(
