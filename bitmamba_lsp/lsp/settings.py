@@ -52,10 +52,10 @@ class Settings:
     lead_candidates: bool = True  # at an empty line, also lines that start like the model's own lines
     # show a suggestion only when its calibrated probability of being right reaches this (choice.py;
     # chosen on the tune split by benchmarks/fit_choice.py); 0: show everything
-    min_confidence: float = 0.2
+    min_confidence: float = 0.1
     # the same at an empty line (the cursor at the line's indentation), where suggestions are less
     # often right and calibration carries over less well (chosen the same way); -1: minConfidence
-    min_confidence_line_start: float = 0.1
+    min_confidence_line_start: float = 0.65
     min_line_confidence: float = 0.001  # stop generating once the line's probability falls below this
     # fill-in-the-middle (lsp/prompt.py), for models that declare it in model.json: the model reads
     # the text after the cursor too; the suffix window is N lines, at most T tokens (0: chosen from
