@@ -58,6 +58,12 @@ class TimedCore:
         self._core = core
         self._clock = clock
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._core, name, value)  # e.g. Model.threads = n
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._core, name)
         if name not in TIMED:

@@ -468,6 +468,9 @@ def profile_verification(model, tokens: int = 8, repeats: int = 30) -> dict[str,
     single = {k: statistics.median(p[k] for p in runs[False]) for k in keys}
     batch = {k: statistics.median(p[k] for p in runs[True]) for k in keys}
     unit = single["step"]
+    if unit <= 0:
+        raise ValueError(f"{model.arch}: the stage clock does not time this architecture's single step")
+    parts = ("matmul", "lm_head", "norm_quantize", "conv_scan")
     return {
         "tokens": tokens,
         "runs": len(runs[True]),
@@ -475,6 +478,11 @@ def profile_verification(model, tokens: int = 8, repeats: int = 30) -> dict[str,
         "verification_ms": batch,
         "verification_min_ms": min(p["step"] for p in runs[True]),
         "vs_step": {k: v / unit for k, v in batch.items()},
+        # per run, the timed stages over the whole pass (<= 1: the rest is untimed)
+        "parts_of_step_max": {
+            kind: max(sum(p[k] for k in parts) / p["step"] for p in runs[batched])
+            for kind, batched in (("single", False), ("verification", True))
+        },
     }
 
 

@@ -305,6 +305,13 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ parser
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `bitmamba` parser. With ``command`` (the subcommand about to run), only that command's
     plugin module is imported (a built-in command imports none): a command's start pays for what
@@ -353,7 +360,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "norms + quantization, conv + scan, sampling, other), median of --repeats runs, and of a "
         "verification step of --verify-tokens tokens against a single step",
     )
-    s.add_argument("--verify-tokens", type=int, default=8, help="--profile: tokens of the verification step profiled")
+    s.add_argument(
+        "--verify-tokens",
+        type=positive_int,
+        default=8,
+        help="--profile: tokens of the verification step profiled (3x --repeats passes, interleaved with single steps)",
+    )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("make-random", help="write a random-weight model of any shape (for benchmarks)")

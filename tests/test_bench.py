@@ -35,8 +35,10 @@ def test_batched_pass_profile_adds_up(model_factory):
     before = model.core.prefill(model.new_state(), ids, True, True)[0]
     prof = profile_verification(model, tokens=8, repeats=5)
     for part in (prof["single_step_ms"], prof["verification_ms"]):
-        inner = part["matmul"] + part["lm_head"] + part["norm_quantize"] + part["conv_scan"]
-        assert all(v >= 0 for v in part.values()) and 0 < inner <= part["step"] * 1.0001
+        assert all(v >= 0 for v in part.values()) and part["matmul"] > 0 and part["conv_scan"] > 0
+    # in every run the stages lie within the whole pass (a sum of medians need not)
+    assert 0 < prof["parts_of_step_max"]["single"] <= 1.0001
+    assert 0 < prof["parts_of_step_max"]["verification"] <= 1.0001
     assert prof["verification_ms"]["lm_head"] > prof["single_step_ms"]["lm_head"]
     assert prof["vs_step"]["step"] == prof["verification_ms"]["step"] / prof["single_step_ms"]["step"]
     assert prof["runs"] == 5 and 0 < prof["verification_min_ms"] <= prof["verification_ms"]["step"]

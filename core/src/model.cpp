@@ -97,9 +97,7 @@ void Model::prefill(State& st, const int32_t* tokens, int T, float* logits, bool
         check_state(*sp.second);
         prev = sp.first;
     }
-    StageClock* ck = profiling_ ? &clock_ : nullptr;  // a batched pass counts as one "step" of the profile
-    const int64_t ts = ck ? StageClock::now() : 0;
-    run_.set_clock(ck);
+    BatchClock clock(*this);
     const int64_t base_tokens = st.n_tokens;
     const std::size_t V = static_cast<std::size_t>(info_.vocab_size);
     std::fill(same_state_.begin(), same_state_.end(), &st);
@@ -116,14 +114,20 @@ void Model::prefill(State& st, const int32_t* tokens, int T, float* logits, bool
             head_rows(all_logits ? 0 : n - 1, n, all_logits ? logits + static_cast<std::size_t>(t0) * V : logits);
     }
     st.n_tokens = base_tokens + T;
-    end_batch_clock(ck, ts);
+    clock.done();
 }
 
-void Model::end_batch_clock(StageClock* ck, int64_t t0) {
-    if (!ck) return;
-    ck->add(kStageStep, t0, StageClock::now());
-    ck->steps += 1;
-    run_.set_clock(nullptr);
+Model::BatchClock::BatchClock(Model& m)
+    : m_(m), ck_(m.profiling_ ? &m.clock_ : nullptr), t0_(ck_ ? StageClock::now() : 0) {
+    m_.run_.set_clock(ck_);
+}
+
+Model::BatchClock::~BatchClock() { m_.run_.set_clock(nullptr); }
+
+void Model::BatchClock::done() {
+    if (!ck_) return;
+    ck_->add(kStageStep, t0_, StageClock::now());
+    ck_->steps += 1;
 }
 
 void Model::step_batch(State* const* states, const int32_t* tokens, int n, float* logits) {
@@ -137,15 +141,13 @@ void Model::step_batch(State* const* states, const int32_t* tokens, int n, float
             if (states[j] == states[i]) throw std::invalid_argument("step_batch: the same state appears twice");
     }
     check_tokens(tokens, n);
-    StageClock* ck = profiling_ ? &clock_ : nullptr;
-    const int64_t ts = ck ? StageClock::now() : 0;
-    run_.set_clock(ck);
+    BatchClock clock(*this);
     embed(tokens, n, Hb_.data());
     chunk_snaps_.clear();
     layers_batch(states, n, chunk_snaps_);
     if (logits) head_rows(0, n, logits);
     for (int t = 0; t < n; ++t) states[t]->n_tokens += 1;
-    end_batch_clock(ck, ts);
+    clock.done();
 }
 
 }  // namespace bm

@@ -125,8 +125,9 @@ public:
     std::size_t weight_bytes() const { return weight_bytes_; }
     // Held for the duration of every forward call: one pass at a time per model.
     std::mutex& lock() { return mutex_; }
-    // Per-stage timing of step(), prefill() and step_batch() (see profile.h): a batched pass adds
-    // its whole time to kStageStep and counts as one step.
+    // Per-stage timing (see profile.h) of BitMamba-2's step(), and of prefill() and step_batch():
+    // a batched pass adds its whole time to kStageStep and counts as one step (Mamba-1 times only
+    // the products and lm_head of its batched passes).
     void set_profiling(bool on) { profiling_ = on; }
     bool profiling() const { return profiling_; }
     StageClock& clock() { return clock_; }
@@ -152,8 +153,20 @@ protected:
     void check_state(const State& st) const;
     void check_tokens(const int32_t* tokens, int n) const;
     void snapshot_layer(const State& st, int layer, State& dst, int c0, int c1) const;
-    // A batched pass that started at t0 ends: its time and count go to the clock (null: none).
-    void end_batch_clock(StageClock* ck, int64_t t0);
+    // While profiling, times one batched pass (prefill, step_batch) into clock_ with its stages;
+    // the runner's clock is cleared on every way out, a pass that throws included.
+    class BatchClock {
+    public:
+        explicit BatchClock(Model& m);
+        ~BatchClock();
+        BatchClock(const BatchClock&) = delete;
+        BatchClock& operator=(const BatchClock&) = delete;
+        void done();  // the pass completed: its whole time (kStageStep) and one step
+    private:
+        Model& m_;
+        StageClock* ck_;
+        int64_t t0_;
+    };
 
     ModelInfo info_;
     StateLayout layout_;

@@ -1,4 +1,4 @@
-// Opt-in per-stage timing of single-token steps and batched passes (`bitmamba bench --profile`). Off by default:
+// Opt-in per-stage timing of BitMamba-2's single-token steps and of batched passes (`bitmamba bench --profile`). Off by default:
 // then each probe is one predictable branch on a null pointer.
 #pragma once
 
