@@ -272,13 +272,13 @@ void BitMamba2::step(State& st, int32_t token, float* logits) {
 // The chunk's tokens through every layer (Model::prefill / step_batch): the projections batched
 // over the chunk, the mixer per token in order (each token reads the state its predecessor left).
 void BitMamba2::layers_batch(State* const* states, int n, const ChunkSnapshots& snaps) {
+    StageClock* ck = profiling_ ? &clock_ : nullptr;
     for (std::size_t l = 0; l < schedule_.size(); ++l) {
         const Layer& ly = layers_[schedule_[l]];
         const LoraLayer* lo = lora_.empty() ? nullptr : &lora_[schedule_[l]];
         run_.apply_rows(ly.in_proj, Hb_.data(), d_, n, Pb_.data(), dproj_);
         if (lo) run_.apply_lora(ly.in_proj, lo->in_proj, lora_scale_, Hb_.data(), d_, n, Pb_.data(), dproj_);
         const int li = static_cast<int>(l);
-        StageClock* ck = profiling_ ? &clock_ : nullptr;
         const int64_t tm = ck ? StageClock::now() : 0;
         for_channels(*pool_, di_, [&](int c0, int c1, int) {
             std::size_t si = 0;
